@@ -1,0 +1,44 @@
+# The two commands of the README, and the steps they share.
+#   make book   build the book (offline, strict) and print where the HTML is
+#   make test   run the whole test suite
+# Both create or reuse .venv and install what they need.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --quiet --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+VENDOR := book/_vendor/.fetched
+JOBS   ?= auto
+
+.PHONY: book test exercises grade-demo clean
+
+book: $(STAMP) $(VENDOR)
+	$(VENV)/bin/jupyter-book build book -W -n --keep-going
+	@echo "Book built: $(CURDIR)/book/_build/html/index.html"
+
+test: $(STAMP) $(VENDOR)
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup
+
+exercises: $(STAMP)
+	$(PY) -m autograder release
+
+# torch first: the local CPU wheel. An unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip 2>/dev/null
+	$(PIP) install torch==2.13.0 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PIP) install -e '.[test]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PY) -c "import torch, nbgrader, jupyter_book, ipywidgets, playwright, qkv, autograder"
+	$(PY) -m pip check
+	touch $@
+
+$(VENDOR): book/fetch_vendor.sh
+	book/fetch_vendor.sh
+	touch $@
+
+clean:
+	rm -rf book/_build

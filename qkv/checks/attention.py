@@ -1,0 +1,209 @@
+"""Checks for the attention exercise: softmax, scaled dot-product attention, additive attention.
+
+Oracles are independent of any learner code and of qkv's own demo code:
+``torch.softmax``, ``torch.nn.functional.scaled_dot_product_attention`` (its
+weights are recovered by attending over an identity matrix of values) and an
+explicit double loop for additive attention. Oracles run in float64 and are cast
+to the input dtype, so low-precision inputs are compared with a precise answer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from qkv.checks.core import CheckFailed, Diagnosis, call_learner, expect_close, expect_pair
+
+# ----------------------------------------------------------------------------- oracles
+
+
+def oracle_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return torch.softmax(x.double(), dim=dim).to(x.dtype)
+
+
+def oracle_sdpa(q, k, v, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, weights) from torch's fused attention; fully masked rows give zeros."""
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    bool_mask = None if mask is None else mask.bool()
+    out = F.scaled_dot_product_attention(q64, k64, v64, attn_mask=bool_mask)
+    eye = torch.eye(k.shape[-2], dtype=torch.float64).expand(*k.shape[:-1], k.shape[-2])
+    weights = F.scaled_dot_product_attention(q64, k64, eye, attn_mask=bool_mask)
+    if bool_mask is not None:  # pin the fully-masked-row contract explicitly: zeros, never NaN
+        dead = ~bool_mask.expand(weights.shape).any(dim=-1, keepdim=True)
+        weights = weights.masked_fill(dead, 0.0)
+        out = out.masked_fill(dead, 0.0)
+    return out.to(q.dtype), weights.to(q.dtype)
+
+
+def oracle_additive(q, k, v, w_q, w_k, w_v, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive attention by an explicit loop over (i, j) pairs, in float64."""
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    wq, wk, wv = w_q.double(), w_k.double(), w_v.double()
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    qb = q64.expand(*batch, *q.shape[-2:]).reshape(-1, *q.shape[-2:])
+    kb = k64.expand(*batch, *k.shape[-2:]).reshape(-1, *k.shape[-2:])
+    logits = torch.empty(qb.shape[0], q.shape[-2], k.shape[-2], dtype=torch.float64)
+    for b in range(qb.shape[0]):
+        for i in range(q.shape[-2]):
+            for j in range(k.shape[-2]):
+                logits[b, i, j] = torch.dot(wv, torch.tanh(qb[b, i] @ wq + kb[b, j] @ wk))
+    logits = logits.reshape(*batch, q.shape[-2], k.shape[-2])
+    weights = _masked_softmax64(logits, mask)
+    return (weights @ v64).to(q.dtype), weights.to(q.dtype)
+
+
+def _masked_softmax64(logits, mask):
+    if mask is None:
+        return torch.softmax(logits, dim=-1)
+    keep = mask.bool().expand(logits.shape)
+    w = torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+    return torch.nan_to_num(w, nan=0.0)
+
+
+# ----------------------------------------------------------------------------- misconceptions
+
+
+def _variant(q, k, v, mask=None, *, scale=True, axis=-1, transpose_k=True, mask_mode="before"):
+    """Attention computed with one deliberate mistake, for diagnosis."""
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    kt = k64.transpose(-2, -1) if transpose_k else k64
+    if kt.shape[-2] != q64.shape[-1]:
+        return None
+    logits = q64 @ kt
+    if scale is True:
+        logits = logits / math.sqrt(q.shape[-1])
+    elif scale == "d_k":
+        logits = logits / q.shape[-1]
+    if mask is not None and mask_mode == "before":
+        logits = logits.masked_fill(~mask.bool(), float("-inf"))
+    elif mask is not None and mask_mode == "inverted":
+        logits = logits.masked_fill(mask.bool(), float("-inf"))
+    weights = torch.softmax(logits, dim=axis)
+    if mask is not None and mask_mode == "after":
+        weights = weights * mask.bool()
+    if weights.shape[-1] != v64.shape[-2]:
+        return None
+    return weights @ v64, weights
+
+
+def sdpa_diagnoses(q, k, v, mask=None) -> list[tuple[str, tuple | None]]:
+    """Named wrong variants of attention: (message, (output, weights) or None)."""
+    d = q.shape[-1]
+    cases = [
+        (f"your result equals attention without the 1/√d_k scale (divide the logits by √d_k = {math.sqrt(d):.3g}).",
+         _variant(q, k, v, mask, scale=False)),
+        (f"your result equals attention with the logits divided by d_k = {d}; divide by √d_k instead.",
+         _variant(q, k, v, mask, scale="d_k")),
+        ("softmax was taken over the query axis (dim=-2); each query's weights must sum to 1 over the keys (dim=-1).",
+         _variant(q, k, v, mask, axis=-2)),
+        ("k was not transposed: the scores must be q @ kᵀ (k.transpose(-2, -1)), one score per (query, key) pair.",
+         _variant(q, k, v, mask, transpose_k=False)),
+    ]
+    if mask is not None:
+        cases += [
+            ("the mask polarity is inverted: True means 'may attend', so fill the positions where mask is False.",
+             _variant(q, k, v, mask, mask_mode="inverted")),
+            ("the mask was applied after the softmax: masked weights were zeroed but the rest no longer sum to 1. "
+             "Fill masked logits with -inf before the softmax.",
+             _variant(q, k, v, mask, mask_mode="after")),
+            ("the mask was ignored: masked keys still receive weight.", _variant(q, k, v, None)),
+        ]
+    return cases
+
+
+def _pick(cases, index) -> list[Diagnosis]:
+    return [(res[index].to(torch.float64), msg) for msg, res in cases if res is not None]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_softmax(softmax, x: torch.Tensor, dim: int = -1) -> None:
+    """Compare ``softmax(x, dim)`` with torch.softmax; diagnose overflow and wrong axis."""
+    got = call_learner(softmax, x, dim, name="softmax")
+
+    def diagnoses():
+        out = []
+        if torch.isfinite(x).all() and x.abs().max() > 80:
+            out.append((torch.full_like(x, float("nan"), dtype=torch.float64),
+                        "NaN for large logits: exp overflowed. Subtract the maximum along `dim` before exp "
+                        "(softmax(x) = softmax(x - max x))."))
+        for other in range(x.dim()):
+            if other % x.dim() != dim % x.dim():
+                out.append((torch.softmax(x.double(), dim=other),
+                            f"softmax was taken over dim={other}; it must normalize over dim={dim}."))
+        out.append((x.double().exp() / x.double().exp().sum(),
+                    "you normalized by the sum over *all* elements; normalize along `dim` (keepdim=True)."))
+        return out
+
+    if isinstance(got, torch.Tensor) and torch.isnan(got).any() and torch.isfinite(x).all() and not torch.isnan(oracle_softmax(x, dim)).any():
+        if x.abs().max() > 80:
+            raise CheckFailed("softmax: NaN for large logits: exp overflowed. Subtract the maximum along `dim` before exp "
+                              "(softmax(x) = softmax(x - max x)).")
+    expect_close(got, oracle_softmax(x, dim), what=f"softmax(x of shape {tuple(x.shape)}, dim={dim})", diagnoses=diagnoses)
+
+
+def check_softmax_known_values(softmax) -> None:
+    """softmax([1, 2, 3]) = [0.0900, 0.2447, 0.6652]: e^i / (e + e² + e³)."""
+    x = torch.tensor([1.0, 2.0, 3.0])
+    expected = torch.tensor([0.09003057, 0.24472847, 0.66524096])
+    expect_close(call_learner(softmax, x, -1, name="softmax"), expected, what="softmax([1, 2, 3])", atol=1e-6)
+
+
+def check_sdpa(sdpa, q, k, v, mask=None) -> None:
+    """Compare ``sdpa(q, k, v, mask)`` with torch's fused attention; diagnose the classic mistakes."""
+    args = (q, k, v) if mask is None else (q, k, v, mask)
+    try:
+        result = call_learner(sdpa, *args, name="scaled_dot_product_attention")
+    except CheckFailed as failure:
+        cause = failure.__cause__
+        if isinstance(cause, RuntimeError) and "shape" in str(cause) and q.shape[-2] != k.shape[-2]:
+            raise CheckFailed(f"{failure} — the scores must be q @ kᵀ: transpose the last two dims of k.") from cause
+        raise
+    out, weights = expect_pair(result, what="scaled_dot_product_attention")
+    want_out, want_w = oracle_sdpa(q, k, v, mask)
+    what = f"scaled_dot_product_attention(q{tuple(q.shape)}, k{tuple(k.shape)}, v{tuple(v.shape)}" + (
+        f", mask{tuple(mask.shape)})" if mask is not None else ")")
+    cases = None
+
+    def diag(index):
+        nonlocal cases
+        cases = cases if cases is not None else sdpa_diagnoses(q, k, v, mask)
+        extra = []
+        if mask is not None and not mask.bool().expand(want_w.shape).any(-1).all():
+            extra.append((torch.full(want_w.shape if index else want_out.shape, float("nan"), dtype=torch.float64),
+                          "a fully masked row gave NaN (softmax of all -inf). Give such rows zero weights and a zero output."))
+        return _pick(cases, index) + extra
+
+    expect_close(weights, want_w, what=f"{what}: weights", diagnoses=lambda: diag(1))
+    expect_close(out, want_out, what=f"{what}: output", diagnoses=lambda: diag(0))
+
+
+def check_additive_attention(additive, q, k, v, w_q, w_k, w_v, mask=None) -> None:
+    """Compare ``additive_attention`` with an explicit double loop over (query, key) pairs."""
+    args = (q, k, v, w_q, w_k, w_v) if mask is None else (q, k, v, w_q, w_k, w_v, mask)
+    out, weights = expect_pair(call_learner(additive, *args, name="additive_attention"), what="additive_attention")
+    want_out, want_w = oracle_additive(q, k, v, w_q, w_k, w_v, mask)
+
+    def diagnoses():
+        # Common slip: a dot-product score instead of w_v · tanh(...).
+        dot = _variant(q @ w_q, k @ w_k, v, mask, scale=False)
+        scaled = _variant(q @ w_q, k @ w_k, v, mask)
+        return [(d[1], "your weights match dot-product attention of the projected q and k; additive attention scores "
+                        "each pair with w_v · tanh(q_i W_q + k_j W_k).") for d in (dot, scaled) if d is not None]
+
+    what = f"additive_attention(q{tuple(q.shape)}, k{tuple(k.shape)}, ...)"
+    expect_close(weights, want_w, what=f"{what}: weights", diagnoses=diagnoses)
+    expect_close(out, want_out, what=f"{what}: output")
+
+
+def random_attention_inputs(batch: tuple[int, ...], t_q: int, t_k: int, d_k: int, d_v: int, *,
+                            dtype=torch.float32, seed: int = 0, scale: float = 1.0):
+    """(q, k, v) with fixed seed: q (*batch, t_q, d_k), k (*batch, t_k, d_k), v (*batch, t_k, d_v)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(*batch, t_q, d_k, generator=gen, dtype=torch.float64) * scale
+    k = torch.randn(*batch, t_k, d_k, generator=gen, dtype=torch.float64) * scale
+    v = torch.randn(*batch, t_k, d_v, generator=gen, dtype=torch.float64)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
