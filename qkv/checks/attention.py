@@ -159,7 +159,8 @@ def check_sdpa(sdpa, q, k, v, mask=None) -> None:
         result = call_learner(sdpa, *args, name="scaled_dot_product_attention")
     except CheckFailed as failure:
         cause = failure.__cause__
-        if isinstance(cause, RuntimeError) and "shape" in str(cause) and q.shape[-2] != k.shape[-2]:
+        shape_words = ("shape", "size", "dimension")
+        if isinstance(cause, RuntimeError) and any(w in str(cause) for w in shape_words) and k.shape[-2] != k.shape[-1]:
             raise CheckFailed(f"{failure} — the scores must be q @ kᵀ: transpose the last two dims of k.") from cause
         raise
     out, weights = expect_pair(result, what="scaled_dot_product_attention")
@@ -171,12 +172,13 @@ def check_sdpa(sdpa, q, k, v, mask=None) -> None:
     def diag(index):
         nonlocal cases
         cases = cases if cases is not None else sdpa_diagnoses(q, k, v, mask)
-        extra = []
-        if mask is not None and not mask.bool().expand(want_w.shape).any(-1).all():
-            extra.append((torch.full(want_w.shape if index else want_out.shape, float("nan"), dtype=torch.float64),
-                          "a fully masked row gave NaN (softmax of all -inf). Give such rows zero weights and a zero output."))
-        return _pick(cases, index) + extra
+        return _pick(cases, index)
 
+    if mask is not None and isinstance(weights, torch.Tensor) and weights.shape == want_w.shape:
+        dead = ~mask.bool().expand(want_w.shape).any(dim=-1)  # (..., T_q): queries with no allowed key
+        if dead.any() and torch.isnan(weights[dead]).any():
+            raise CheckFailed(f"{what}: a fully masked row gave NaN (softmax of all -inf). "
+                              "Give such rows zero weights and a zero output.")
     expect_close(weights, want_w, what=f"{what}: weights", diagnoses=lambda: diag(1))
     expect_close(out, want_out, what=f"{what}: output", diagnoses=lambda: diag(0))
 

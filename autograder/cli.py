@@ -1,0 +1,71 @@
+"""Command line: ``python -m autograder {release,check-release,grade}``. Thin: parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from autograder.course import EXERCISES, SOLUTIONS, assignments
+
+
+def _release(args) -> int:
+    from autograder.release import generate, relative
+
+    names = args.assignments or assignments(SOLUTIONS)
+    EXERCISES.mkdir(exist_ok=True)
+    for name in names:
+        print(f"released {name} -> {relative(generate(name, EXERCISES))}")
+    return 0
+
+
+def _check_release(args) -> int:
+    from autograder.release import stale_exercises
+
+    stale = stale_exercises()
+    if stale:
+        print(f"exercises out of date: {', '.join(stale)}. Run `make exercises` and commit the result.")
+        return 1
+    print("exercises are up to date")
+    return 0
+
+
+def _grade(args) -> int:
+    from autograder.grading import GradingSetupError, grade_class
+
+    try:
+        results = grade_class(args.assignment, Path(args.submissions), Path(args.out), show_progress=not args.quiet)
+    except (GradingSetupError, FileNotFoundError) as exc:
+        print(f"cannot grade: {exc}", file=sys.stderr)
+        return 2
+    graded = [r for r in results if r.status == "graded"]
+    errors = len(results) - len(graded)
+    print(f"{len(results)} submissions: {len(graded)} graded, {errors} errors")
+    print(f"grades: {Path(args.out) / 'grades.csv'}")
+    print(f"feedback: {Path(args.out) / 'feedback'}/<student_id>/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("release", help="regenerate exercises/ from solutions/ with nbgrader")
+    p.add_argument("assignments", nargs="*", help="assignment ids (default: all)")
+    p.set_defaults(func=_release)
+
+    p = sub.add_parser("check-release", help="exit 1 if exercises/ differs from a fresh release")
+    p.set_defaults(func=_check_release)
+
+    p = sub.add_parser("grade", help="grade a folder of submissions")
+    p.add_argument("assignment", help="assignment id, e.g. attention")
+    p.add_argument("submissions", help="folder with one subfolder (or .zip) per student")
+    p.add_argument("--out", required=True, help="output folder: grades.csv, feedback/, course/ (the gradebook)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_grade)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
