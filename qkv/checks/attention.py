@@ -209,3 +209,39 @@ def random_attention_inputs(batch: tuple[int, ...], t_q: int, t_k: int, d_k: int
     k = torch.randn(*batch, t_k, d_k, generator=gen, dtype=torch.float64) * scale
     v = torch.randn(*batch, t_k, d_v, generator=gen, dtype=torch.float64)
     return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+# ----------------------------------------------------------------------------- learner guidance
+
+# Graded function -> the heading of the book section to reread when it fails.
+REREAD = {
+    "softmax": "Softmax, temperature and the scale of the logits",
+    "scaled_dot_product_attention": "How is attention computed, step by step?",
+    "additive_attention": "Dot-product or additive attention?",
+}
+
+# Graded function -> progressive hints: each leads further without giving the code away.
+HINTS = {
+    "softmax": [
+        "Softmax does not change if you subtract the same number from every entry along `dim`. "
+        "Which number keeps every exponent at most 0?",
+        "Use the maximum along `dim` with keepdim=True so it broadcasts back over `x`. "
+        "Then divide the exponentials by their sum along the same `dim`.",
+        "A row that is entirely -inf has maximum -inf, and -inf - (-inf) is NaN. Replace a non-finite "
+        "maximum by 0 before subtracting, and guard the division when the sum is 0.",
+    ],
+    "scaled_dot_product_attention": [
+        "You need one score per (query, key) pair: a (..., T_q, T_k) tensor. Which matrix product of q "
+        "and k gives that shape?",
+        "Divide the scores by the square root of d_k (the last dimension of q) before the softmax, and "
+        "normalize over the keys: the last dimension.",
+        "For the mask, fill the logits where the mask is False with -inf *before* the softmax; your "
+        "softmax from Part 1 already turns an all -inf row into zeros.",
+    ],
+    "additive_attention": [
+        "Project first: q @ w_q has shape (..., T_q, d_a) and k @ w_k has shape (..., T_k, d_a).",
+        "Insert singleton dimensions so the two projections broadcast to (..., T_q, T_k, d_a); then tanh.",
+        "Contract the last dimension with w_v to get (..., T_q, T_k) scores; from there it is the same as "
+        "dot-product attention: mask, softmax over keys, multiply by v.",
+    ],
+}

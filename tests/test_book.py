@@ -1,0 +1,87 @@
+"""The built book: strict build, offline assets only, embedded widget state, the course map."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from bs4 import BeautifulSoup
+
+from qkv.chapters import CHAPTERS, available_slugs
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("book")]
+
+
+def _pages(html: Path):
+    return sorted(p for p in html.rglob("*.html") if "_static" not in p.parts)
+
+
+def _is_external(url: str | None) -> bool:
+    return bool(url) and (urlparse(url).scheme in ("http", "https") or url.startswith("//"))
+
+
+def test_no_page_loads_an_external_script_or_stylesheet(built_book):
+    pages = _pages(built_book)
+    assert len(pages) >= 2
+    offenders = []
+    for page in pages:
+        soup = BeautifulSoup(page.read_text(), "html.parser")
+        for tag in soup.find_all("script"):
+            if _is_external(tag.get("src")) or "https://" in (tag.string or ""):
+                offenders.append((page.name, str(tag)[:120]))
+        for tag in soup.find_all("link"):
+            if _is_external(tag.get("href")) and {"stylesheet", "preload", "modulepreload"} & set(tag.get("rel", [])):
+                offenders.append((page.name, str(tag)[:120]))
+        for tag in soup.find_all(["img", "iframe"]):
+            if _is_external(tag.get("src")):
+                offenders.append((page.name, str(tag)[:120]))
+    assert offenders == []
+
+
+def test_mathjax_and_widget_manager_come_from_vendored_copies(built_book):
+    soup = BeautifulSoup((built_book / "chapters" / "attention.html").read_text(), "html.parser")
+    srcs = [s.get("src", "").split("?")[0] for s in soup.find_all("script") if s.get("src")]
+    for needed in ("../_static/mathjax/tex-mml-chtml.js", "../_static/embed-amd.js", "../_static/require.js"):
+        assert needed in srcs
+        assert (built_book / "chapters" / needed).resolve().is_file()
+    fonts = list((built_book / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
+    assert len(fonts) > 10
+
+
+def test_widget_state_is_embedded_with_the_default_figure(built_book):
+    soup = BeautifulSoup((built_book / "chapters" / "attention.html").read_text(), "html.parser")
+    state_tags = soup.find_all("script", type="application/vnd.jupyter.widget-state+json")
+    assert len(state_tags) == 1
+    state = json.loads(state_tags[0].string)["state"]
+    views = [json.loads(t.string)["model_id"] for t in soup.find_all("script", type="application/vnd.jupyter.widget-view+json")]
+    assert len(views) >= 2 and all(v in state for v in views)
+    outputs = [m for m in state.values() if m["model_name"] == "OutputModel"]
+    assert len(outputs) >= 2
+    assert all(any("image/png" in o.get("data", {}) for o in m["state"]["outputs"]) for m in outputs)
+    names = {m["model_name"] for m in state.values()}
+    assert {"DropdownModel", "FloatLogSliderModel"} <= names
+
+
+def test_every_written_chapter_has_executed_output(built_book):
+    for slug in available_slugs():
+        soup = BeautifulSoup((built_book / "chapters" / f"{slug}.html").read_text(), "html.parser")
+        assert soup.select(".cell_output"), slug
+        assert soup.find_all("img"), f"{slug} has no figure"
+        assert "Traceback" not in soup.get_text(), f"{slug} shows a traceback"
+
+
+def test_intro_maps_all_nine_chapters(built_book):
+    soup = BeautifulSoup((built_book / "intro.html").read_text(), "html.parser")
+    rows = soup.select("table.table tbody tr")
+    assert [r.find_all("td")[0].get_text() for r in rows] == [str(c.number) for c in CHAPTERS]
+    ready = available_slugs()
+    for row, ch in zip(rows, CHAPTERS):
+        status = row.find_all("td")[3].get_text()
+        link = row.find("a")
+        if ch.slug in ready:
+            assert status == "available" and link["href"] == f"chapters/{ch.slug}.html"
+            assert (built_book / link["href"]).is_file()
+        else:
+            assert status == "coming" and link is None
