@@ -34,15 +34,18 @@ def _grade(args) -> int:
     from autograder.grading import GradingSetupError, grade_class
 
     try:
-        results = grade_class(args.assignment, Path(args.submissions), Path(args.out), show_progress=not args.quiet)
+        results = grade_class(args.assignment, Path(args.submissions), Path(args.out), workers=args.workers,
+                              show_progress=not args.quiet)
     except (GradingSetupError, FileNotFoundError) as exc:
         print(f"cannot grade: {exc}", file=sys.stderr)
         return 2
     graded = [r for r in results if r.status == "graded"]
     errors = len(results) - len(graded)
-    print(f"{len(results)} submissions: {len(graded)} graded, {errors} errors")
-    print(f"grades: {Path(args.out) / 'grades.csv'}")
-    print(f"feedback: {Path(args.out) / 'feedback'}/<student_id>/")
+    cheats = sum(r.banned for r in results)
+    print(f"{len(results)} submissions: {len(graded)} graded, {errors} errors, {cheats} rejected cheats (banned calls)")
+    out = Path(args.out)
+    print(f"grades: {out / 'grades.csv'}\nreport: {out / 'report.md'} (plot: {out / 'score-distribution.png'})")
+    print(f"feedback: {out / 'feedback'}/<student_id>/{args.assignment}.html")
     return 0
 
 
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("assignment", help="assignment id, e.g. attention")
     p.add_argument("submissions", help="folder with one subfolder (or .zip) per student")
     p.add_argument("--out", required=True, help="output folder: grades.csv, feedback/, course/ (the gradebook)")
+    p.add_argument("--workers", type=int, default=None, help="parallel graders (default: the number of cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_grade)
     return parser

@@ -91,7 +91,7 @@ def test_errors_are_explained(graded_class):
     assert "attention (1).ipynb" in rows["hal"]["message"]
     printed = proc.stdout + proc.stderr
     assert "error: dee:" in printed and "error: eve:" in printed
-    assert "8 submissions: 6 graded, 2 errors" in proc.stdout
+    assert "8 submissions: 6 graded, 2 errors, 0 rejected cheats" in proc.stdout
 
 
 def test_feedback_written_for_each_graded_student(graded_class):

@@ -161,7 +161,8 @@ def check_sdpa(sdpa, q, k, v, mask=None) -> None:
         cause = failure.__cause__
         shape_words = ("shape", "size", "dimension")
         if isinstance(cause, RuntimeError) and any(w in str(cause) for w in shape_words) and k.shape[-2] != k.shape[-1]:
-            raise CheckFailed(f"{failure} — the scores must be q @ kᵀ: transpose the last two dims of k.") from cause
+            hint = "the scores must be q @ kᵀ: transpose the last two dims of k."
+            raise CheckFailed(f"{failure} — {hint}", reason=f"{failure.reason} — {hint}") from cause
         raise
     out, weights = expect_pair(result, what="scaled_dot_product_attention")
     want_out, want_w = oracle_sdpa(q, k, v, mask)
@@ -174,13 +175,19 @@ def check_sdpa(sdpa, q, k, v, mask=None) -> None:
         cases = cases if cases is not None else sdpa_diagnoses(q, k, v, mask)
         return _pick(cases, index)
 
-    if mask is not None and isinstance(weights, torch.Tensor) and weights.shape == want_w.shape:
-        dead = ~mask.bool().expand(want_w.shape).any(dim=-1)  # (..., T_q): queries with no allowed key
-        if dead.any() and torch.isnan(weights[dead]).any():
-            raise CheckFailed(f"{what}: a fully masked row gave NaN (softmax of all -inf). "
-                              "Give such rows zero weights and a zero output.")
+    _check_fully_masked_rows(weights, mask, want_w.shape, what)
     expect_close(weights, want_w, what=f"{what}: weights", diagnoses=lambda: diag(1))
     expect_close(out, want_out, what=f"{what}: output", diagnoses=lambda: diag(0))
+
+
+def _check_fully_masked_rows(weights, mask, shape, what: str) -> None:
+    """Name the NaN-for-fully-masked-rows mistake before any other diagnosis."""
+    if mask is None or not isinstance(weights, torch.Tensor) or weights.shape != shape:
+        return
+    dead = ~mask.bool().expand(shape).any(dim=-1)  # (..., T_q): queries with no allowed key
+    if dead.any() and torch.isnan(weights[dead]).any():
+        msg = "a fully masked row gave NaN (softmax of all -inf). Give such rows zero weights and a zero output."
+        raise CheckFailed(f"{what}: {msg}", reason=msg)
 
 
 def check_additive_attention(additive, q, k, v, w_q, w_k, w_v, mask=None) -> None:
@@ -197,6 +204,7 @@ def check_additive_attention(additive, q, k, v, w_q, w_k, w_v, mask=None) -> Non
                         "each pair with w_v · tanh(q_i W_q + k_j W_k).") for d in (dot, scaled) if d is not None]
 
     what = f"additive_attention(q{tuple(q.shape)}, k{tuple(k.shape)}, ...)"
+    _check_fully_masked_rows(weights, mask, want_w.shape, what)
     expect_close(weights, want_w, what=f"{what}: weights", diagnoses=diagnoses)
     expect_close(out, want_out, what=f"{what}: output")
 
@@ -214,6 +222,13 @@ def random_attention_inputs(batch: tuple[int, ...], t_q: int, t_k: int, d_k: int
 # ----------------------------------------------------------------------------- learner guidance
 
 # Graded function -> the heading of the book section to reread when it fails.
+# What answers may not call: the built-ins this exercise asks learners to write ("*" = every answer).
+BANNED = {
+    "*": ["torch.softmax", "torch.nn.functional.softmax", "torch.nn.Softmax", "torch.special.softmax",
+          "torch.Tensor.softmax", "torch.nn.functional.scaled_dot_product_attention",
+          "torch.nn.MultiheadAttention", "torch.nn.functional.multi_head_attention_forward"],
+}
+
 REREAD = {
     "softmax": "Softmax, temperature and the scale of the logits",
     "scaled_dot_product_attention": "How is attention computed, step by step?",

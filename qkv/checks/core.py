@@ -24,7 +24,15 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 
 
 class CheckFailed(AssertionError):
-    """A learner's function gave a wrong answer; the message says what and, if known, why."""
+    """A learner's function gave a wrong answer; the message says what and, if known, why.
+
+    ``reason`` is the part of the message that names no inputs (for example "softmax
+    was taken over the query axis"): the grader shows only that for hidden tests.
+    """
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class NotAttempted(CheckFailed):
@@ -46,7 +54,8 @@ def call_learner(fn: Callable, *args, name: str | None = None, **kwargs):
         ) from None
     except Exception as exc:  # the learner's code failed: explain, keep the original as the cause
         shapes = ", ".join(_describe(a) for a in args)
-        raise CheckFailed(f"{name}({shapes}) raised {type(exc).__name__}: {exc}") from exc
+        raise CheckFailed(f"{name}({shapes}) raised {type(exc).__name__}: {exc}",
+                          reason=f"{name} raised {type(exc).__name__}: {exc}") from exc
 
 
 def _describe(x) -> str:
@@ -71,13 +80,15 @@ def expect_close(
     the misconception. ``diagnoses`` may be a callable so they are computed only on failure.
     """
     if not isinstance(actual, torch.Tensor):
-        raise CheckFailed(f"{what}: expected a torch.Tensor, got {type(actual).__name__}.")
+        msg = f"expected a torch.Tensor, got {type(actual).__name__}."
+        raise CheckFailed(f"{what}: {msg}", reason=msg)
     if tuple(actual.shape) != tuple(expected.shape):
-        raise CheckFailed(f"{what}: expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}.")
+        raise CheckFailed(f"{what}: expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}.",
+                          reason="the result has the wrong shape.")
     if actual.dtype != expected.dtype:
-        raise CheckFailed(
-            f"{what}: expected dtype {expected.dtype}, got {actual.dtype}. Keep the input's dtype (avoid float literals that upcast, or .double())."
-        )
+        msg = (f"expected dtype {expected.dtype}, got {actual.dtype}. "
+               "Keep the input's dtype (avoid float literals that upcast, or .double()).")
+        raise CheckFailed(f"{what}: {msg}", reason=msg)
     default_atol, default_rtol = TOLERANCES.get(expected.dtype, (1e-6, 1e-5))
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
@@ -90,20 +101,24 @@ def expect_close(
         if wrong is not None and wrong.shape == a.shape and torch.allclose(
             a, wrong.detach().double(), atol=atol, rtol=rtol, equal_nan=True
         ):
-            raise CheckFailed(f"{what}: {message}")
+            raise CheckFailed(f"{what}: {message}", reason=message)
     bad_nan = torch.isnan(a) & ~torch.isnan(e)
     if bad_nan.any():
-        raise CheckFailed(f"{what}: your result has NaN at {int(bad_nan.sum())} position(s) where the answer is finite.")
+        msg = "your result has NaN where the answer is finite."
+        raise CheckFailed(f"{what}: your result has NaN at {int(bad_nan.sum())} position(s) where the answer is finite.", reason=msg)
     bad_inf = torch.isinf(a) & ~torch.isinf(e)
     if bad_inf.any():
-        raise CheckFailed(f"{what}: your result has inf at {int(bad_inf.sum())} position(s) (overflow?).")
+        raise CheckFailed(f"{what}: your result has inf at {int(bad_inf.sum())} position(s) (overflow?).",
+                          reason="your result has inf where the answer is finite (overflow?).")
     worst = (a - e).abs().nan_to_num(0.0).max().item()
-    raise CheckFailed(f"{what}: values differ from the expected answer (largest difference {worst:.3g}).")
+    raise CheckFailed(f"{what}: values differ from the expected answer (largest difference {worst:.3g}).",
+                      reason="values differ from the expected answer.")
 
 
 def expect_pair(result, *, what: str, names: Sequence[str] = ("output", "weights")) -> tuple:
     """Check that ``result`` is a tuple of ``len(names)`` items and return it."""
     if not isinstance(result, tuple) or len(result) != len(names):
         got = f"a {type(result).__name__}" + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "")
-        raise CheckFailed(f"{what}: expected a tuple ({', '.join(names)}), got {got}.")
+        msg = f"expected a tuple ({', '.join(names)}), got {got}."
+        raise CheckFailed(f"{what}: {msg}", reason=msg)
     return result

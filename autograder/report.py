@@ -1,0 +1,106 @@
+"""What the instructor reads after a run: grades.csv, a score-distribution plot, report.md."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+@dataclass
+class Result:
+    """One row of grades.csv, plus per-question details for the report."""
+
+    student_id: str
+    assignment: str
+    score: float
+    max_score: float
+    status: str  # "graded" or "error"
+    message: str = ""
+
+    # not in the CSV:
+    questions: dict | None = None  # test grade_id -> (points earned, points possible, failure message)
+    banned: bool = False
+
+
+CSV_FIELDS = [f.name for f in fields(Result) if f.name not in ("questions", "banned")]
+
+
+def write_csv(results: list[Result], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in sorted(results, key=lambda r: r.student_id):
+            row = {k: v for k, v in asdict(r).items() if k in CSV_FIELDS}
+            row["score"], row["max_score"] = f"{r.score:g}", f"{r.max_score:g}"
+            writer.writerow(row)
+    tmp.replace(path)  # never leave a half-written grades.csv
+
+
+def plot_distribution(results: list[Result], path: Path) -> Path | None:
+    """One panel per question: how many students earned each score. None when nothing was graded."""
+    graded = [r for r in results if r.status == "graded" and r.questions]
+    if not graded:
+        return None
+    questions = list(graded[0].questions)
+    fig, axes = plt.subplots(1, len(questions) + 1, figsize=(3.2 * (len(questions) + 1), 3), squeeze=False)
+    for ax, q in zip(axes[0], questions):
+        possible = graded[0].questions[q][1]
+        earned = Counter(r.questions[q][0] for r in graded if q in r.questions)
+        xs = sorted(set(earned) | {0.0, possible})
+        ax.bar([f"{x:g}" for x in xs], [earned.get(x, 0) for x in xs], color="tab:blue")
+        ax.set_title(q, fontsize=9)
+        ax.set_xlabel(f"points (of {possible:g})")
+    ax = axes[0][-1]
+    ax.hist([r.score for r in graded], bins=min(10, max(2, len(graded))), color="tab:green")
+    ax.set_title("total score", fontsize=9)
+    axes[0][0].set_ylabel("students")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: list[Result], assignment: str, path: Path, plot: Path | None) -> None:
+    graded = [r for r in results if r.status == "graded"]
+    errors = [r for r in results if r.status == "error"]
+    lines = [f"# Grading report: {assignment}", ""]
+    lines.append(f"{len(results)} submissions: {len(graded)} graded, {len(errors)} errors, "
+                 f"{sum(r.banned for r in results)} with banned calls (scored 0 on those questions).")
+    if graded:
+        scores = sorted(r.score for r in graded)
+        mid = scores[len(scores) // 2] if len(scores) % 2 else (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+        lines += ["", f"Score (of {graded[0].max_score:g}): mean {sum(scores) / len(scores):.2f}, median {mid:g}, "
+                  f"min {scores[0]:g}, max {scores[-1]:g}."]
+    if graded and graded[0].questions:
+        lines += ["", "| question | points | passed | most common failure |", "|---|---|---|---|"]
+        for q, (_, possible, _) in graded[0].questions.items():
+            passed = sum(1 for r in graded if r.questions and r.questions[q][0] == possible)
+            failures = Counter(_short(r.questions[q][2]) for r in graded if r.questions and r.questions[q][2])
+            common = f"{failures.most_common(1)[0][0]} ({failures.most_common(1)[0][1]})" if failures else ""
+            lines.append(f"| {q} | {possible:g} | {passed}/{len(graded)} | {common} |")
+    if plot:
+        lines += ["", f"![score distribution]({plot.name})"]
+    if errors:
+        lines += ["", "## Submissions that could not be graded", ""]
+        lines += [f"- **{r.student_id}**: {r.message}" for r in errors]
+    flagged = [r for r in results if r.banned or (r.status == "graded" and r.message)]
+    if flagged:
+        lines += ["", "## Notes on graded submissions", ""]
+        lines += [f"- **{r.student_id}**: {r.message}" for r in flagged]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _short(message: str) -> str:
+    message = message.replace("|", "/").replace("\n", " ")
+    if ": " in message and "(" in message.split(": ", 1)[0]:
+        message = message.split(": ", 1)[1]  # drop the call description, keep the diagnosis
+    return message[:140]
