@@ -32,10 +32,12 @@ def _check_release(args) -> int:
 
 def _grade(args) -> int:
     from autograder.grading import GradingSetupError, grade_class
+    from autograder.sandbox import Limits
 
     try:
+        limits = Limits(cell_seconds=args.timeout, call_seconds=args.timeout)
         results = grade_class(args.assignment, Path(args.submissions), Path(args.out), workers=args.workers,
-                              show_progress=not args.quiet)
+                              limits=limits, show_progress=not args.quiet)
     except (GradingSetupError, FileNotFoundError) as exc:
         print(f"cannot grade: {exc}", file=sys.stderr)
         return 2
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("submissions", help="folder with one subfolder (or .zip) per student")
     p.add_argument("--out", required=True, help="output folder: grades.csv, feedback/, course/ (the gradebook)")
     p.add_argument("--workers", type=int, default=None, help="parallel graders (default: the number of cores)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds each learner cell and each call to a learner function may run (default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_grade)
     return parser
