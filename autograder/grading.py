@@ -198,8 +198,12 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
             feedback_root: Path) -> Result:
     graded = api.autograde(assignment, sub.student_id, force=True, create=True)
     if not graded["success"]:
-        return _error(sub, assignment, max_score,
-                      "nbgrader could not record the grades: " + _last_line(graded.get("log") or graded.get("error")))
+        reason = _nbgrader_error(graded.get("log") or graded.get("error"))
+        if "metadata" in reason:
+            reason += (" The notebook's nbgrader cells do not match the released assignment: was it made from an "
+                       "older release, or were cells copied in from another notebook? Ask for a fresh copy of the "
+                       "exercise with the answers pasted in.")
+        return _error(sub, assignment, max_score, "nbgrader could not record the grades: " + reason)
     score = _score(course, assignment, sub.student_id)
     feedback = api.generate_feedback(assignment, sub.student_id, force=True)
     target = feedback_root / sub.student_id
@@ -211,7 +215,8 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
         notes.append("feedback could not be generated")
     banned = sorted({v.message for v in verdicts.tests.values() if v.banned})
     notes += [f"{gid}: {v.message}" for gid, v in verdicts.tests.items() if v.banned]
-    notes += [f"{cell}: {err}" for cell, err in verdicts.cell_errors.items() if "grader skipped" in err]
+    notes += [f"{cell}: {err}" for cell, err in verdicts.cell_errors.items()
+              if "grader skipped" in err or "did not finish" in err]
     questions = {gid: (v.points if v.passed else 0.0, v.points, "" if v.passed else v.message)
                  for gid, v in verdicts.tests.items()}
     return Result(sub.student_id, assignment, score, max_score, "graded", "; ".join(notes),
@@ -245,6 +250,16 @@ def _score(course: Path, assignment: str, student_id: str) -> float:
             return float(gb.find_submission(assignment, student_id).score)
         except MissingEntry:
             return 0.0
+
+
+def _nbgrader_error(log: str | None) -> str:
+    """The informative line of an nbgrader failure log (its last lines only say "see above")."""
+    generic = ("There was an error processing", "Traceback", "Please see", "Removing existing", "Overwriting")
+    for line in (log or "").splitlines():
+        line = line.strip()
+        if line.startswith("[ERROR]") and not any(g in line for g in generic):
+            return line.removeprefix("[ERROR]").strip()
+    return _last_line(log)
 
 
 def _last_line(text: str | None) -> str:

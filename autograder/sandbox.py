@@ -7,10 +7,17 @@ What the sandbox guarantees (each is tested by an attack in tests/test_attacks.p
   the Python installation, the venv and the public ``qkv`` library are mounted,
   read-only; solutions, the gradebook and other submissions are simply not there;
 - an empty scratch ``/tmp`` (tmpfs, size-capped) is the only writable place;
-- an unprivileged user (65534, no capabilities) with limits on address space,
+- an unprivileged user (a uid in SANDBOX_UIDS, no capabilities) with limits on address space,
   CPU seconds, file size (so output bytes) and processes;
 - every descendant dies with it: a new pid namespace whose init is bubblewrap,
   and the whole process group is killed on close.
+
+Speed: importing torch costs about a second, more than grading a notebook. In zygote
+mode the sandboxed worker imports it once and forks a fresh child per submission. The
+zygote keeps root inside the sandbox with only setuid/setgid/kill capabilities; each child
+drops to the unprivileged uid before any learner code runs, so it can neither signal nor
+ptrace the zygote. After each child the zygote kills every process left in the namespace
+and wipes /tmp. A sandbox that hangs or leaves a survivor is discarded, not reused.
 """
 
 from __future__ import annotations
@@ -32,7 +39,14 @@ HEADER_SIZE = 8
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 WIRE = Path(__file__).with_name("wire.py")
 INSIDE = "/opt/qkv-sandbox"
-NOBODY = 65534
+# Sandboxes run as an unprivileged uid with no passwd entry. Each grading worker gets its own
+# uid, because the process limit (RLIMIT_NPROC) counts per uid: a submission that forks up to
+# the limit must not leave a sandbox running in parallel unable to start.
+SANDBOX_UIDS = range(61000, 62000)
+
+
+def sandbox_uid() -> int:
+    return SANDBOX_UIDS.start + os.getpid() % len(SANDBOX_UIDS)
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,10 @@ class Limits:
 
 class SandboxError(RuntimeError):
     """The sandboxed process died, hung or spoke nonsense; the message says which."""
+
+
+class ChildDied(SandboxError):
+    """The forked child serving one submission ended; the sandbox itself is still usable."""
 
 
 def bwrap_available() -> bool:
@@ -71,7 +89,7 @@ def _ro_binds(paths: list[Path]) -> list[str]:
     return args
 
 
-def command(limits: Limits) -> list[str]:
+def command(limits: Limits, zygote: bool = False) -> list[str]:
     """The full argv that starts sandbox_worker.py inside the sandbox."""
     python_home = Path(sys.base_prefix).resolve()
     venv = Path(sys.prefix).resolve()
@@ -80,6 +98,7 @@ def command(limits: Limits) -> list[str]:
     if venv != python_home:
         mounts.append(venv)
     mounts.append(REPO_ROOT / "qkv")  # the public course library (importing it in an answer is banned, not hidden)
+    uid = sandbox_uid()
     argv = ["bwrap"]
     for link in ("lib", "lib64", "bin", "sbin"):
         target = Path("/") / link
@@ -98,29 +117,60 @@ def command(limits: Limits) -> list[str]:
              "--setenv", "HOME", "/tmp", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
              "--setenv", "MPLBACKEND", "Agg", "--setenv", "OMP_NUM_THREADS", "1",
              "--unsetenv", "JPY_PARENT_PID",
-             "--",
-             "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
-             "prlimit", f"--as={limits.memory_bytes}", f"--cpu={limits.cpu_seconds}",
+             "--"]
+    if zygote:
+        # The zygote stays root inside the sandbox, with only the capabilities it needs to drop
+        # each child to the unprivileged uid and to kill what a child leaves behind. A child
+        # therefore cannot signal or ptrace it (another uid), and has no capabilities at all.
+        argv += ["setpriv", "--inh-caps=-all", "--bounding-set=-all,+setuid,+setgid,+kill", "--no-new-privs"]
+    else:
+        argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    argv += ["prlimit", f"--as={limits.memory_bytes}", f"--cpu={limits.cpu_seconds}",
              f"--fsize={limits.output_bytes}", f"--nproc={limits.processes}", "--core=0",
              "--",
              str(venv / "bin" / "python"), "-I", "-B", f"{INSIDE}/sandbox_worker.py"]
+    if zygote:
+        argv += ["--zygote", f"--uid={uid}"]
     return argv
 
 
 class Sandbox:
     """A running sandboxed worker. Use as a context manager; every call has a deadline."""
 
-    def __init__(self, limits: Limits = Limits()):
+    def __init__(self, limits: Limits = Limits(), zygote: bool = False):
         self.limits = limits
+        self.zygote = zygote
         self.proc: subprocess.Popen | None = None
         self.dead_reason: str | None = None
+        self.child_alive = False
 
     def __enter__(self) -> "Sandbox":
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
-        self.proc = subprocess.Popen(command(self.limits), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(command(self.limits, self.zygote), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                                     start_new_session=True)
+        self.child_alive = not self.zygote
         return self
+
+    # ---------------------------------------------------------------- zygote mode
+
+    def fork(self) -> None:
+        """Zygote mode: start a fresh child (a fork of the warm process) for the next submission."""
+        if self.child_alive:
+            self.end_child()
+        self._write({"op": "fork"})
+        self.child_alive = True
+
+    def end_child(self) -> None:
+        """Zygote mode: end the current child and wait until the sandbox is clean again."""
+        if not self.child_alive:
+            return
+        self._write({"op": "exit"})
+        try:
+            self.read(time.monotonic() + 10)
+        except ChildDied:
+            pass  # the expected "child_exited"
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -187,9 +237,16 @@ class Sandbox:
         if length > wire.MAX_MESSAGE_BYTES:
             raise self._died(f"the learner's code sent {length} bytes, over the {wire.MAX_MESSAGE_BYTES}-byte limit")
         try:
-            return wire.loads(self._read_exact(length, deadline))
+            message = wire.loads(self._read_exact(length, deadline))
         except (ValueError, wire.NotPlainData) as exc:
             raise self._died(f"unreadable reply from the sandbox ({exc})") from None
+        if self.zygote and message.get("event") == "child_exited":
+            self.child_alive = False
+            status = message.get("status")
+            if not message.get("clean", False):
+                self.dead_reason = "a process survived the cleanup between submissions"
+            raise ChildDied(_wait_status_reason(status if isinstance(status, int) else -1))
+        return message
 
     def load(self, cells: list[dict], on_event=None) -> tuple[list[dict | None], list[str]]:
         """Execute ``cells`` in order. Returns (per-cell error or None, names of callables defined).
@@ -234,15 +291,26 @@ class Sandbox:
                         wire.decode(reply.get("kwargs", {"__dict__": []})))
             except (wire.NotPlainData, ValueError, TypeError) as exc:
                 raise LearnerException("NotPlainData", f"returned data the grader cannot read ({exc})") from None
-        raise LearnerException(str(reply.get("type", "Error")), str(reply.get("message", "")))
+        bases = [b for b in reply.get("bases", []) if isinstance(b, str)] if isinstance(reply.get("bases"), list) else []
+        raise LearnerException(str(reply.get("type", "Error")), str(reply.get("message", "")), bases)
 
 
 class LearnerException(Exception):
     """The learner's function raised ``type_name``: ``message`` (inside the sandbox)."""
 
-    def __init__(self, type_name: str, message: str):
+    def __init__(self, type_name: str, message: str, bases: list[str] | None = None):
         super().__init__(f"{type_name}: {message}")
         self.type_name, self.message = type_name, message
+        self.bases = bases or [type_name]  # built-in classes in its hierarchy, nearest first
+
+
+def _wait_status_reason(status: int) -> str:
+    """Describe an os.waitpid status as _exit_reason does for a return code."""
+    if status < 0:
+        return "the process ended"
+    if os.WIFSIGNALED(status):
+        return _exit_reason(-os.WTERMSIG(status))
+    return _exit_reason(os.WEXITSTATUS(status))
 
 
 def _exit_reason(code: int | None) -> str:

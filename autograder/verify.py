@@ -23,7 +23,9 @@ import nbformat
 import torch
 
 from autograder import banned as banned_calls
-from autograder.sandbox import LearnerException, Limits, Sandbox, SandboxError
+import atexit
+
+from autograder.sandbox import ChildDied, LearnerException, Limits, Sandbox, SandboxError
 
 VERIFIER_VERSION = "1"  # bump to invalidate cached verdicts when grading logic changes
 MAX_RESTARTS = 6
@@ -33,7 +35,8 @@ HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[ \t]*\n(.*?)^[ \t]*### END H
 _BUILTIN_ERRORS = {e.__name__: e for e in (RuntimeError, ValueError, TypeError, IndexError, KeyError, NameError,
                                            AttributeError, ZeroDivisionError, AssertionError, OverflowError,
                                            MemoryError, RecursionError, UnboundLocalError, LookupError,
-                                           ArithmeticError, OSError, ImportError, ModuleNotFoundError)}
+                                           ArithmeticError, OSError, ImportError, ModuleNotFoundError,
+                                           UnicodeError, StopIteration, NotImplementedError)}
 
 
 @dataclass
@@ -129,13 +132,23 @@ class Reference:
         return None
 
 
+def _is_self_check(cell) -> bool:
+    """A learner-side helper cell (``qkv.check(...)``/``qkv.hint(...)``): see
+    :func:`qkv.selfcheck.is_self_check_cell`. Skipping is safe whatever the cell says: a skipped
+    cell's code never runs. Loading it would run the learner-side checker in the sandbox and
+    flag ``import qkv`` as a banned call."""
+    from qkv.selfcheck import is_self_check_cell
+
+    return is_self_check_cell(cell)
+
+
 def learner_cells(reference: Reference, submission) -> list[dict]:
     """The code to load in the sandbox: the reference's locked setup cells, the learner's
     answer cells and any cells the learner added, in the submission's order. Test cells are
     never taken from the submission (they may have been edited)."""
     cells, seen_setup = [], False
     for i, cell in enumerate(submission.cells):
-        if cell.cell_type != "code":
+        if cell.cell_type != "code" or _is_self_check(cell):
             continue
         meta = _nbgrader(cell)
         gid = meta.get("grade_id")
@@ -154,6 +167,50 @@ def learner_cells(reference: Reference, submission) -> list[dict]:
 
 # ------------------------------------------------------------------------- the learner's process
 
+class _Zygotes:
+    """One warm sandbox per grading process (it has imported torch once); each submission
+    runs in a fresh fork of it. A sandbox that hung or misbehaved is replaced."""
+
+    def __init__(self):
+        self.sandbox: Sandbox | None = None
+        atexit.register(self.close)
+
+    def fresh_child(self, limits: Limits) -> Sandbox:
+        if self.sandbox is not None and (not self.sandbox.alive or self.sandbox.limits != limits):
+            self.close()
+        if self.sandbox is None:
+            self.sandbox = Sandbox(limits, zygote=True).__enter__()
+        try:
+            self.sandbox.fork()
+        except SandboxError:
+            self.close()
+            self.sandbox = Sandbox(limits, zygote=True).__enter__()
+            self.sandbox.fork()
+        return self.sandbox
+
+    def release(self, sandbox: Sandbox | None) -> None:
+        """End the submission's child; drop the sandbox if it is no longer trustworthy."""
+        if sandbox is None:
+            return
+        try:
+            if sandbox.alive:
+                sandbox.end_child()
+        except SandboxError:
+            pass
+        if not sandbox.alive:
+            sandbox.close()
+            if sandbox is self.sandbox:
+                self.sandbox = None
+
+    def close(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.close()
+            self.sandbox = None
+
+
+_ZYGOTES = _Zygotes()
+
+
 class LearnerProcess:
     """The learner's loaded notebook in a sandbox, restarted (skipping the culprit) after a crash."""
 
@@ -165,16 +222,15 @@ class LearnerProcess:
         self.functions: set[str] = set()
 
     def close(self) -> None:
-        if self.sandbox:
-            self.sandbox.close()
-            self.sandbox = None
+        _ZYGOTES.release(self.sandbox)
+        self.sandbox = None
 
     def _start(self) -> None:
         while True:
             if self.restarts > MAX_RESTARTS:
                 raise SandboxError("your notebook crashed the grader's process too many times")
             self.close()
-            self.sandbox = Sandbox(self.limits).__enter__()
+            self.sandbox = _ZYGOTES.fresh_child(self.limits)
             active = [c for i, c in enumerate(self.cells) if i not in self.skipped]
             index_map = [i for i in range(len(self.cells)) if i not in self.skipped]
             try:
@@ -186,17 +242,22 @@ class LearnerProcess:
                     raise SandboxError(f"the grader's process could not start ({exc})") from None
                 culprit = index_map[idx]
                 self.skipped.add(culprit)
-                what = "did not finish in time" if "timeout" in str(exc) else f"ended the process ({exc})"
+                what = (f"did not finish within {self.limits.cell_seconds:g} s" if "timeout" in str(exc)
+                        else f"ended the process ({exc})")
                 self.cell_errors[self.cells[culprit]["id"]] = f"this cell {what}; the grader skipped it"
                 continue
             for i, err in zip(index_map, errors):
                 if err and self.cells[i]["id"] not in self.cell_errors:
-                    self.cell_errors[self.cells[i]["id"]] = f"this cell raised {err.get('message') or err.get('type')}"
+                    if err.get("type") == "Timeout":
+                        text = f"this cell did not finish within {self.limits.cell_seconds:g} s and was stopped"
+                    else:
+                        text = f"this cell raised {err.get('message') or err.get('type')}"
+                    self.cell_errors[self.cells[i]["id"]] = text
             self.functions = set(names)
             return
 
     def call(self, name: str, args: tuple, kwargs: dict):
-        if self.sandbox is None or not self.sandbox.alive:
+        if self.sandbox is None or not self.sandbox.alive or not self.sandbox.child_alive:
             self._start()
         if name not in self.functions:
             raise NameError(f"name {name!r} is not defined: its cell did not run (see the message on that cell)")
@@ -218,7 +279,8 @@ class LearnerProcess:
             if exc.type_name == "NotPlainData":
                 raise TypeError(f"{name} returned {exc.message}; return plain tensors, numbers, strings, "
                                 "bytes, lists, tuples or dicts") from None
-            raise _BUILTIN_ERRORS.get(exc.type_name, RuntimeError)(exc.message) from None
+            nearest = next((_BUILTIN_ERRORS[b] for b in exc.bases if b in _BUILTIN_ERRORS), RuntimeError)
+            raise nearest(exc.message) from None
         _write_back(args, new_args)
         _write_back(kwargs, new_kwargs)
         return value

@@ -68,7 +68,8 @@ def test_every_written_chapter_has_executed_output(built_book):
     for slug in available_slugs():
         soup = BeautifulSoup((built_book / "chapters" / f"{slug}.html").read_text(), "html.parser")
         assert soup.select(".cell_output"), slug
-        assert soup.find_all("img"), f"{slug} has no figure"
+        views = soup.find_all("script", type="application/vnd.jupyter.widget-view+json")
+        assert views, f"{slug} has no widget"
         assert "Traceback" not in soup.get_text(), f"{slug} shows a traceback"
 
 

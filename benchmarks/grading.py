@@ -1,0 +1,93 @@
+"""Grading throughput: stock nbgrader (serial, unsandboxed) vs qkv's grader (all protections on).
+
+Both grade the same submissions of the attention assignment (correct, wrong and erroring,
+mixed) in this one invocation, and both write nbgrader gradebook entries and feedback.
+Prints notebooks per second for each and their ratio.
+
+    .venv/bin/python benchmarks/grading.py [--students 40] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from notebook_tools import learner_notebook  # noqa: E402
+
+from autograder.course import SOLUTIONS, nbgrader_config  # noqa: E402
+from autograder.grading import grade_class  # noqa: E402
+
+RIGHT = {"softmax": "reference", "scaled_dot_product_attention": "reference", "additive_attention": "reference"}
+KINDS = [
+    RIGHT,
+    {"softmax": "reference", "scaled_dot_product_attention":
+        "def scaled_dot_product_attention(q, k, v, mask=None):\n    w = softmax(q @ k.transpose(-2, -1))\n    return w @ v, w"},
+    {**RIGHT, "additive_attention": "def additive_attention(:\n    pass"},  # a syntax error
+    {},  # not attempted: every test raises
+]
+
+
+def make_class(folder: Path, n: int) -> Path:
+    for i in range(n):
+        (folder / f"s{i:03d}").mkdir(parents=True)
+        nbformat.write(learner_notebook("attention", KINDS[i % len(KINDS)]), folder / f"s{i:03d}" / "attention.ipynb")
+    return folder
+
+
+def stock(subs: Path, work: Path) -> float:
+    """nbgrader's own autograde and feedback, one notebook after another, no sandbox."""
+    from nbgrader.apps import NbGraderAPI
+
+    course = work / "stock"
+    shutil.copytree(SOLUTIONS / "attention", course / "source" / "attention")
+    api = NbGraderAPI(config=nbgrader_config(course))
+    assert api.generate_assignment("attention")["success"]
+    students = sorted(p.name for p in subs.iterdir())
+    for s in students:
+        (course / "submitted" / s / "attention").mkdir(parents=True)
+        shutil.copy(subs / s / "attention.ipynb", course / "submitted" / s / "attention" / "attention.ipynb")
+    start = time.perf_counter()
+    for s in students:
+        assert api.autograde("attention", s)["success"]
+        assert api.generate_feedback("attention", s)["success"]
+    return time.perf_counter() - start
+
+
+def ours(subs: Path, work: Path, workers: int | None) -> float:
+    start = time.perf_counter()
+    results = grade_class("attention", subs, work / "qkv", workers=workers, show_progress=False)
+    elapsed = time.perf_counter() - start
+    assert all(r.status == "graded" for r in results)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--students", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=None, help="qkv grader workers (default: cores)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="qkv-bench-") as tmp:
+        work = Path(tmp)
+        subs = make_class(work / "subs", args.students)
+        t_stock = stock(subs, work)
+        t_ours = ours(subs, work, args.workers)
+    n = args.students
+    print(f"machine: {os.cpu_count()} cores")
+    print(f"stock nbgrader (serial, unsandboxed): {n / t_stock:.2f} notebooks/s ({t_stock:.1f} s for {n})")
+    print(f"qkv grader (sandboxed, trusted verdicts, {args.workers or os.cpu_count()} workers): "
+          f"{n / t_ours:.2f} notebooks/s ({t_ours:.1f} s for {n})")
+    print(f"ratio qkv / stock: {t_stock / t_ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+"""Checks for the norms exercise: layer_norm, batch_norm, rms_norm, masked_batch_norm.
+
+Oracles are torch's own modules with copied parameters, run in float64 and cast to
+the input dtype: ``nn.LayerNorm``, ``nn.BatchNorm1d`` (its running buffers give the
+expected running statistics), ``nn.RMSNorm``, and for the masked BatchNorm an
+``nn.BatchNorm1d`` applied to the gathered real tokens. None of them uses qkv's demo code.
+
+Running statistics follow the exercise's functional contract: ``batch_norm`` and
+``masked_batch_norm`` return ``(output, new_running_mean, new_running_var)`` and must
+not modify the tensors they are given.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qkv.checks.core import CheckFailed, Diagnosis, NotAttempted, call_learner, expect_close, expect_pair
+
+# ----------------------------------------------------------------------------- oracles
+
+
+def _shape(normalized_shape) -> tuple[int, ...]:
+    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+
+
+def oracle_layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
+    """torch.nn.LayerNorm with copied weight and bias, in float64."""
+    ln = torch.nn.LayerNorm(_shape(normalized_shape), eps=eps, elementwise_affine=weight is not None or bias is not None,
+                            dtype=torch.float64)
+    with torch.no_grad():
+        if weight is not None:
+            ln.weight.copy_(weight.double())
+        if bias is not None:
+            ln.bias.copy_(bias.double())
+    with torch.no_grad():
+        return ln(x.double()).to(x.dtype)
+
+
+def oracle_rms_norm(x, weight=None, eps=1e-6) -> torch.Tensor:
+    """torch.nn.RMSNorm over the last dim with copied weight, in float64."""
+    rms = torch.nn.RMSNorm(x.shape[-1], eps=eps, elementwise_affine=weight is not None, dtype=torch.float64)
+    with torch.no_grad():
+        if weight is not None:
+            rms.weight.copy_(weight.double())
+        return rms(x.double()).to(x.dtype)
+
+
+def oracle_batch_norm(x, running_mean, running_var, weight=None, bias=None, training=True, momentum=0.1, eps=1e-5):
+    """(output, new running_mean, new running_var) from torch.nn.BatchNorm1d, in float64."""
+    bn = torch.nn.BatchNorm1d(x.shape[1], eps=eps, momentum=momentum, dtype=torch.float64)
+    with torch.no_grad():
+        bn.running_mean.copy_(running_mean.double())
+        bn.running_var.copy_(running_var.double())
+        bn.weight.copy_(weight.double() if weight is not None else torch.ones(x.shape[1]))
+        bn.bias.copy_(bias.double() if bias is not None else torch.zeros(x.shape[1]))
+        bn.train(training)
+        out = bn(x.double())
+    return out.to(x.dtype), bn.running_mean.to(running_mean.dtype), bn.running_var.to(running_var.dtype)
+
+
+def oracle_masked_batch_norm(x, mask, running_mean, running_var, weight=None, bias=None, training=True,
+                             momentum=0.1, eps=1e-5):
+    """BatchNorm1d on the gathered real tokens x[mask] (n_real, C), scattered back; padding -> 0."""
+    out_real, new_mean, new_var = oracle_batch_norm(x[mask.bool()], running_mean, running_var, weight, bias,
+                                                    training, momentum, eps)
+    out = torch.zeros_like(x)
+    out[mask.bool()] = out_real
+    return out, new_mean, new_var
+
+
+# ----------------------------------------------------------------------------- wrong variants
+
+
+def _normalize(x, mean, var, eps, *, eps_outside=False):
+    return (x - mean) / (var.sqrt() + eps) if eps_outside else (x - mean) / (var + eps).sqrt()
+
+
+def _affine(y, weight, bias, shape):
+    if weight is not None:
+        y = y * weight.double().reshape(shape)
+    if bias is not None:
+        y = y + bias.double().reshape(shape)
+    return y
+
+
+def _ln_variant(x, normalized_shape, weight, bias, eps, *, unbiased=False, eps_outside=False, dims=None):
+    x64 = x.double()
+    shape = _shape(normalized_shape)
+    dims = dims if dims is not None else tuple(range(-len(shape), 0))
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    if unbiased and n < 2:
+        return None
+    mean = x64.mean(dims, keepdim=True)
+    var = ((x64 - mean) ** 2).sum(dims, keepdim=True) / (n - 1 if unbiased else n)
+    return _affine(_normalize(x64, mean, var, eps, eps_outside=eps_outside), weight, bias, shape)
+
+
+def layer_norm_diagnoses(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> list[Diagnosis]:
+    """Named wrong variants of LayerNorm (float64)."""
+    k = len(_shape(normalized_shape))
+    cases = [
+        (_ln_variant(x, normalized_shape, weight, bias, eps, unbiased=True),
+         "you normalized with the unbiased variance (divided by n − 1, torch.var's default). LayerNorm uses the "
+         "biased variance: divide by n (unbiased=False, or mean of squared deviations)."),
+        (_ln_variant(x, normalized_shape, weight, bias, eps, eps_outside=True),
+         "eps was added outside the square root, (x − mean) / (std + eps). It belongs inside: "
+         "(x − mean) / sqrt(var + eps)."),
+    ]
+    if x.dim() > k:
+        cases.append((_ln_variant(x, normalized_shape, weight, bias, eps, dims=(0,)),
+                      "wrong axis: you normalized over the batch dimension (dim 0), which is what BatchNorm does. "
+                      "LayerNorm takes its statistics over the last normalized_shape dims of each sample."))
+        cases.append((_ln_variant(x, normalized_shape, weight, bias, eps, dims=tuple(range(x.dim() - k))),
+                      "wrong axis: you normalized each channel over all the other dims (BatchNorm's axes). "
+                      "LayerNorm takes its statistics over the last normalized_shape dims of each sample."))
+    if k > 1:
+        cases.append((_ln_variant(x, normalized_shape, weight, bias, eps, dims=(-1,)),
+                      f"you normalized over the last dim only; normalized_shape has {k} dims, so the statistics "
+                      f"are taken over the last {k} dims together."))
+    return [(w, m) for w, m in cases if w is not None and w.shape == x.shape]
+
+
+def _bn_variant(x, running_mean, running_var, weight, bias, training, momentum, eps, *, unbiased_norm=False,
+                eps_outside=False, biased_running=False, inverted_momentum=False, stats_mode=None, feature_axis=False):
+    """Output and running stats of BatchNorm with one deliberate mistake (float64)."""
+    x64 = x.double()
+    rm, rv = running_mean.double(), running_var.double()
+    c = x.shape[1]
+    shape = (1, c) if x.dim() == 2 else (1, c, 1)
+    dims = (0,) if x.dim() == 2 else (0, 2)
+    n = x.numel() // c
+    new_mean, new_var = rm.clone(), rv.clone()
+    use_batch = training if stats_mode is None else stats_mode == "batch"
+    if feature_axis:  # statistics over the channels of each sample/position: LayerNorm's axis
+        mean = x64.mean(1, keepdim=True)
+        var = ((x64 - mean) ** 2).mean(1, keepdim=True)
+        return _affine(_normalize(x64, mean, var, eps), weight, bias, shape), new_mean, new_var
+    if use_batch and n > 1:
+        mean = x64.mean(dims)
+        biased = ((x64 - mean.reshape(shape)) ** 2).mean(dims)
+        unbiased = biased * n / (n - 1)
+        var = unbiased if unbiased_norm else biased
+        batch_var = biased if biased_running else unbiased
+        m = 1 - momentum if inverted_momentum else momentum
+        if training:
+            new_mean = (1 - m) * rm + m * mean
+            new_var = (1 - m) * rv + m * batch_var
+    else:
+        mean, var = rm, rv
+    y = _normalize(x64, mean.reshape(shape), var.reshape(shape), eps, eps_outside=eps_outside)
+    return _affine(y, weight, bias, shape), new_mean, new_var
+
+
+def batch_norm_diagnoses(x, running_mean, running_var, weight=None, bias=None, training=True, momentum=0.1, eps=1e-5):
+    """[(message, (output, new_mean, new_var))] for the named mistakes that apply to this mode."""
+    args = (x, running_mean, running_var, weight, bias, training, momentum, eps)
+    cases = [
+        ("eps was added outside the square root, (x − mean) / (std + eps). It belongs inside: (x − mean) / sqrt(var + eps).",
+         _bn_variant(*args, eps_outside=True)),
+        ("wrong axis: you normalized each sample over its channels (LayerNorm's axis). BatchNorm takes each channel's "
+         "statistics over the batch (dim 0, and dim 2 for (N, C, L) inputs).", _bn_variant(*args, feature_axis=True)),
+    ]
+    if training:
+        cases += [
+            ("you normalized with the unbiased batch variance (n − 1). BatchNorm normalizes with the biased variance "
+             "(divide by n); only the running_var update uses the unbiased one.", _bn_variant(*args, unbiased_norm=True)),
+            ("running_var was updated with the biased batch variance. torch updates it with the unbiased one "
+             "(multiply by n / (n − 1), n = values per channel), even though it normalizes with the biased one.",
+             _bn_variant(*args, biased_running=True)),
+            ("the momentum convention is inverted: torch computes new = (1 − momentum) · old + momentum · batch "
+             "(momentum = 0.1 moves the running statistics 10% of the way to the batch).",
+             _bn_variant(*args, inverted_momentum=True)),
+            ("in training mode you normalized with the running statistics; training normalizes with the batch's own "
+             "mean and variance.", _bn_variant(*args, stats_mode="running")),
+        ]
+    else:
+        cases += [
+            ("in eval mode you normalized with the batch statistics; eval mode uses running_mean and running_var.",
+             _bn_variant(*args, stats_mode="batch")),
+        ]
+    return cases
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_layer_norm(layer_norm, x, normalized_shape, weight=None, bias=None, eps=1e-5) -> None:
+    """Compare ``layer_norm(x, normalized_shape, weight, bias, eps)`` with torch.nn.LayerNorm."""
+    got = call_learner(layer_norm, x, normalized_shape, weight, bias, eps, name="layer_norm")
+    what = f"layer_norm(x of shape {tuple(x.shape)}, normalized_shape={normalized_shape}, eps={eps:g})"
+    expect_close(got, oracle_layer_norm(x, normalized_shape, weight, bias, eps), what=what,
+                 diagnoses=lambda: layer_norm_diagnoses(x, normalized_shape, weight, bias, eps))
+
+
+def check_rms_norm(rms_norm, x, weight=None, eps=1e-6) -> None:
+    """Compare ``rms_norm(x, weight, eps)`` with torch.nn.RMSNorm."""
+    got = call_learner(rms_norm, x, weight, eps, name="rms_norm")
+
+    def diagnoses():
+        x64 = x.double()
+        w = weight.double() if weight is not None else 1.0
+        ms = (x64 ** 2).mean(-1, keepdim=True)
+        centered = x64 - x64.mean(-1, keepdim=True)
+        cases = [
+            ((centered / ((centered ** 2).mean(-1, keepdim=True) + eps).sqrt()) * w,
+             "you subtracted the mean: that is LayerNorm without a bias. RMSNorm does not re-center; it divides x "
+             "by sqrt(mean(x²) + eps)."),
+            (x64 / (ms.sqrt() + eps) * w,
+             "eps was added outside the square root, x / (rms + eps). It belongs inside: x / sqrt(mean(x²) + eps)."),
+        ]
+        if x.shape[-1] > 1:
+            cases.append((x64 / (x64.std(-1, keepdim=True) + eps) * w,
+                          "you divided by the standard deviation (torch.std); RMSNorm divides by the root mean square "
+                          "sqrt(mean(x²) + eps), which does not subtract the mean."))
+        for dim in range(x.dim() - 1):
+            cases.append((x64 / ((x64 ** 2).mean(dim, keepdim=True) + eps).sqrt() * w,
+                          f"wrong axis: the mean square was taken over dim {dim}; RMSNorm uses the last dim (the channels)."))
+        return cases
+
+    expect_close(got, oracle_rms_norm(x, weight, eps), what=f"rms_norm(x of shape {tuple(x.shape)}, eps={eps:g})",
+                 diagnoses=diagnoses)
+
+
+def _call_bn(fn, name, args, inputs_to_protect):
+    before = [t.clone() for t in inputs_to_protect]
+    result = call_learner(fn, *args, name=name)
+    for t, b in zip(inputs_to_protect, before):
+        if not torch.equal(t, b):
+            raise CheckFailed(f"{name}: you modified an argument in place (running_mean, running_var or x). This "
+                              "exercise is functional: return the new running statistics as new tensors instead.")
+    return expect_pair(result, what=name, names=("output", "new_running_mean", "new_running_var"))
+
+
+def _compare_bn(name, what, got, want, cases) -> None:
+    for i, part in enumerate(("output", "new running_mean", "new running_var")):
+        expect_close(got[i], want[i], what=f"{what}: {part}",
+                     diagnoses=lambda i=i: [(res[i].double(), msg) for msg, res in cases() if res is not None])
+
+
+def check_batch_norm(batch_norm, x, running_mean, running_var, weight=None, bias=None, training=True,
+                     momentum=0.1, eps=1e-5) -> None:
+    """Compare ``batch_norm(...)`` and the running statistics it returns with torch.nn.BatchNorm1d."""
+    args = (x, running_mean, running_var, weight, bias, training, momentum, eps)
+    got = _call_bn(batch_norm, "batch_norm", args, [x, running_mean, running_var])
+    want = oracle_batch_norm(*args)
+    what = f"batch_norm(x of shape {tuple(x.shape)}, training={training}, momentum={momentum:g}, eps={eps:g})"
+    cache = []
+
+    def cases():
+        if not cache:
+            cache.extend(batch_norm_diagnoses(*args))
+        return cache
+
+    _compare_bn("batch_norm", what, got, want, cases)
+
+
+def check_batch_norm_single_value_raises(batch_norm) -> None:
+    """Training mode with one value per channel must raise ValueError, as nn.BatchNorm1d does."""
+    x = torch.randn(1, 4, generator=torch.Generator().manual_seed(0))
+    try:
+        result = batch_norm(x, torch.zeros(4), torch.ones(4), None, None, True, 0.1, 1e-5)
+    except NotImplementedError:
+        raise NotAttempted("batch_norm: not attempted yet. Replace `raise NotImplementedError()` with your code, "
+                           "then rerun this cell.") from None
+    except ValueError:
+        return
+    except Exception as exc:
+        raise CheckFailed(f"batch_norm(x of shape (1, 4), training=True) raised {type(exc).__name__}: {exc}; "
+                          "raise a ValueError instead.") from exc
+    else:
+        del result
+        raise CheckFailed("batch_norm(x of shape (1, 4), training=True) returned a result instead of "
+                          "raising ValueError: with one value per channel the batch variance is undefined "
+                          "(this is why a batch of one decoding step cannot use BatchNorm in training mode).")
+
+
+def check_masked_batch_norm(masked_batch_norm, x, mask, running_mean, running_var, weight=None, bias=None,
+                            training=True, momentum=0.1, eps=1e-5) -> None:
+    """Compare with nn.BatchNorm1d applied to the real tokens x[mask]; pad outputs must be 0."""
+    args = (x, mask, running_mean, running_var, weight, bias, training, momentum, eps)
+    got = _call_bn(masked_batch_norm, "masked_batch_norm", args, [x, running_mean, running_var])
+    want = oracle_masked_batch_norm(*args)
+    what = f"masked_batch_norm(x of shape {tuple(x.shape)}, {int(mask.sum())} real tokens, training={training})"
+    keep = mask.bool()[..., None].double()
+    cache = []
+
+    def cases():
+        if cache:
+            return cache
+        flat = x.reshape(-1, x.shape[-1])
+        all_tokens = oracle_batch_norm(flat, running_mean, running_var, weight, bias, training, momentum, eps)
+        out_all = all_tokens[0].double().reshape(x.shape)
+        msg = ("padding was included in the batch statistics: the mean and variance must come from the real "
+               "tokens only (where mask is True), so that the pad values and the amount of padding change nothing.")
+        cache.extend([(msg, (out_all * keep, all_tokens[1], all_tokens[2])),
+                      (msg, (out_all, all_tokens[1], all_tokens[2]))])
+        real = oracle_masked_batch_norm(*args)
+        cache.append(("the real tokens are right but the padding positions of the output are not 0.",
+                      (real[0].double() + (1 - keep) * out_all, real[1], real[2])))
+        return cache
+
+    if isinstance(got[0], torch.Tensor) and got[0].shape == x.shape and training:
+        pad = ~mask.bool()
+        if pad.any() and got[0][pad].abs().max() > 0 and torch.allclose(
+                got[0][mask.bool()].double(), want[0][mask.bool()].double(), atol=1e-3, rtol=1e-3):
+            raise CheckFailed(f"{what}: the real tokens are right, but the padding positions of the output must be 0.")
+    _compare_bn("masked_batch_norm", what, got, want, cases)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def random_input(shape, *, dtype=torch.float32, seed: int = 0, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+    """Reproducible normal input with a per-channel spread of means, so that wrong axes give different answers."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale + shift
+    x = x + torch.linspace(-1, 1, shape[-1], dtype=torch.float64) * scale  # channels differ in mean
+    return x.to(dtype)
+
+
+def random_running_stats(c: int, *, seed: int = 0, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(running_mean, running_var) of shape (C,), away from the initial (0, 1) so that mistakes show."""
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.randn(c, generator=gen, dtype=torch.float64) * 0.5
+    var = torch.rand(c, generator=gen, dtype=torch.float64) * 2 + 0.5
+    return mean.to(dtype), var.to(dtype)
+
+
+def padded_batch(lengths, c: int, *, seed: int = 0, pad_value: float = 0.0, dtype=torch.float32):
+    """(x (B, T, C), mask (B, T)) with sequences of the given lengths and ``pad_value`` at padding positions."""
+    gen = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    x = torch.randn(len(lengths), T, c, generator=gen, dtype=torch.float64) + 0.5
+    x = x.masked_fill(~mask[..., None], pad_value)
+    return x.to(dtype), mask
+
+
+# ----------------------------------------------------------------------------- learner guidance
+
+# Graded function (or "*" for all) -> the built-ins an answer must not call: the ones it asks to write.
+BANNED = {
+    "*": ["torch.nn.functional.layer_norm", "torch.nn.functional.batch_norm", "torch.nn.functional.rms_norm",
+          "torch.nn.functional.group_norm", "torch.nn.functional.instance_norm",
+          "torch.nn.LayerNorm", "torch.nn.BatchNorm1d", "torch.nn.BatchNorm2d", "torch.nn.BatchNorm3d",
+          "torch.nn.RMSNorm", "torch.nn.GroupNorm", "torch.nn.InstanceNorm1d",
+          "torch.layer_norm", "torch.batch_norm", "torch.rms_norm", "torch.group_norm", "torch.instance_norm",
+          "torch.native_layer_norm", "torch.native_batch_norm"],
+}
+
+# Graded function -> the heading of the book section to reread when it fails.
+REREAD = {
+    "layer_norm": "Which axes do LayerNorm, BatchNorm and RMSNorm normalize over?",
+    "batch_norm": "What are the pros and cons of BatchNorm?",
+    "rms_norm": "What is RMSNorm and why do modern models use it?",
+    "masked_batch_norm": "Why do Transformers use LayerNorm rather than BatchNorm?",
+}
+
+# Graded function -> progressive hints: each leads further without giving the code away.
+HINTS = {
+    "layer_norm": [
+        "The statistics are taken over the last len(normalized_shape) dims of x, separately for every other index. "
+        "Keep those dims (keepdim=True) so the mean and variance broadcast back over x.",
+        "The variance is the mean of the squared deviations from the mean: divide by n, not n − 1 "
+        "(torch.var divides by n − 1 unless told otherwise).",
+        "eps goes inside the square root, next to the variance. weight and bias may be None: apply each only when given.",
+    ],
+    "batch_norm": [
+        "Channels are dim 1. Each channel's statistics are taken over every other dim: dim 0 for (N, C), "
+        "dims 0 and 2 for (N, C, L). Reshape the (C,) statistics so they broadcast back over x.",
+        "In training mode normalize with the batch mean and the biased batch variance; then build new running "
+        "statistics as (1 − momentum) times the old plus momentum times the batch value, using the unbiased "
+        "variance (times n / (n − 1)) for running_var. In eval mode normalize with the running statistics.",
+        "Never write into running_mean or running_var: compute new tensors and return all three. With only one "
+        "value per channel in training mode, raise ValueError.",
+    ],
+    "rms_norm": [
+        "RMSNorm works on the last dim only and never subtracts the mean.",
+        "Divide x by the square root of (the mean of x squared over the last dim, plus eps), then multiply by "
+        "weight if it is given.",
+    ],
+    "masked_batch_norm": [
+        "Boolean indexing x[mask] gathers the real tokens into an (n_real, C) matrix: exactly the (N, C) input "
+        "your batch_norm from Part 2 accepts.",
+        "Run your batch_norm on the gathered tokens, then scatter its output back into a zero tensor shaped "
+        "like x, at the positions where mask is True.",
+    ],
+}

@@ -1,0 +1,77 @@
+"""The learner's command line: ``qkv check``, ``qkv hint``, ``qkv progress``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from qkv.chapters import CHAPTERS
+
+
+def _parser() -> argparse.ArgumentParser:
+    slugs = ", ".join(c.slug for c in CHAPTERS)
+    p = argparse.ArgumentParser(prog="qkv", description="Check your exercises, get hints, see your progress.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="run a chapter's visible checks against your notebook",
+                       description="Run CHAPTER's visible checks against the functions in your notebook and "
+                                   "print function | status | diagnosis | section to reread. Exit 0 if all pass.")
+    c.add_argument("chapter", help=f"one of: {slugs}")
+    c.add_argument("notebook", nargs="?", type=Path,
+                   help="your notebook (default: exercises/CHAPTER/CHAPTER.ipynb under the current folder)")
+    c.add_argument("--timeout", type=float, default=None, help="seconds one cell or test may run (default 60)")
+
+    h = sub.add_parser("hint", help="show the next hint for a graded function")
+    h.add_argument("function", help="the function's name, as in its def line")
+    h.add_argument("--level", type=int, default=None, help="show hint number LEVEL (1, 2, 3)")
+
+    g = sub.add_parser("progress", help="every chapter's functions: passed / failing / not attempted",
+                       description="Self-check every chapter's notebook FOLDER/<chapter>/<chapter>.ipynb; "
+                                   "print a table and save a figure.")
+    g.add_argument("folder", nargs="?", type=Path, default=None,
+                   help="your working folder (default: exercises/ under the current folder)")
+    g.add_argument("--figure", type=Path, default=None, help="where to save the figure "
+                                                              "(default: FOLDER/qkv-progress.png)")
+    g.add_argument("--timeout", type=float, default=None, help="seconds one cell or test may run (default 60)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``qkv`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "hint":
+        from qkv.hints import all_hints, hint_text
+
+        print(hint_text(args.function, args.level))
+        return 0 if args.function in all_hints() else 1
+    from qkv import selfcheck
+
+    timeout = args.timeout or selfcheck.DEFAULT_STEP_TIMEOUT
+    if args.command == "check":
+        notebook = args.notebook or selfcheck.default_notebook(args.chapter)
+        try:
+            report = selfcheck.check_notebook(args.chapter, notebook, step_timeout=timeout)
+        except (KeyError, FileNotFoundError, ValueError) as exc:
+            print(f"qkv check: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+            return 2
+        print(f"notebook: {notebook}")
+        print(report.to_text())
+        return 0 if report.ok else 1
+    # progress
+    from qkv.progress import progress
+
+    folder = args.folder or Path("exercises")
+    if not folder.is_dir():
+        print(f"qkv progress: no folder {folder}; pass your working folder, e.g. qkv progress ~/my-qkv",
+              file=sys.stderr)
+        return 2
+    result = progress(folder, step_timeout=timeout)
+    print(result.to_text())
+    figure = result.figure(args.figure or folder / "qkv-progress.png")
+    print(f"figure: {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

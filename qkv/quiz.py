@@ -1,0 +1,142 @@
+"""Multiple-choice self-quizzes rendered as static HTML for the book.
+
+A chapter's quiz is a list of questions, each a dict::
+
+    {"question": "Is k = v in self-attention?",
+     "options": [
+         {"text": "Yes, always.", "correct": False, "why": "They come from different projections."},
+         {"text": "No.", "correct": True, "why": "..."},
+     ]}
+
+Text is markdown (``$...$`` math, ``code``, *emphasis*). Every option is a ``<details>``
+element whose hidden body says "Correct." or "Not quite." followed by the explanation, so
+the quiz works in the static, offline book with no kernel and no JavaScript. Math is
+emitted the way Sphinx emits it (``<span class="math">\\(...\\)</span>``), which is what the
+book's MathJax configuration typesets.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from markdown_it import MarkdownIt
+from mdit_py_plugins.dollarmath import dollarmath_plugin
+
+MIN_OPTIONS = 2
+MAX_OPTIONS = 6  # options are lettered A–F
+
+# Scoped to .qkv-quiz so that it cannot restyle the rest of the page; no external assets.
+_STYLE = """<style>
+.qkv-quiz ol.qkv-quiz-questions { padding-left: 1.5em; }
+.qkv-quiz li.qkv-quiz-question { margin-bottom: 1.2em; }
+.qkv-quiz details.qkv-quiz-option { border: 1px solid #ccc; border-radius: 4px; margin: 0.3em 0; padding: 0.2em 0.6em; }
+.qkv-quiz details.qkv-quiz-option > summary { cursor: pointer; }
+.qkv-quiz .qkv-quiz-verdict-correct { color: #1a7f37; }
+.qkv-quiz .qkv-quiz-verdict-wrong { color: #b3261e; }
+</style>"""
+
+
+def _math_html(content: str, options: dict[str, Any]) -> str:
+    """Render a math token as Sphinx does, so MathJax's ``processHtmlClass: math`` picks it up."""
+    if options.get("display_mode"):
+        return f'<div class="math notranslate nohighlight">\\[{html.escape(content)}\\]</div>'
+    return f'<span class="math notranslate nohighlight">\\({html.escape(content)}\\)</span>'
+
+
+# Raw HTML in the source is escaped (html=False): quiz and page text is data, never markup.
+_MD = MarkdownIt("commonmark", {"html": False}).enable("table")
+dollarmath_plugin(_MD, allow_space=True, allow_digits=True)
+# The plugin's own rules wrap math in a second element; emit exactly Sphinx's markup instead.
+for _rule, _display in [("math_inline", False), ("math_inline_double", True),
+                        ("math_block", True), ("math_block_label", True)]:
+    _MD.add_render_rule(_rule, lambda self, tokens, idx, options, env, _d=_display:
+                        _math_html(tokens[idx].content, {"display_mode": _d}))
+
+
+def markdown_to_html(text: str, *, inline: bool = False) -> str:
+    """Render MyST-style markdown (with ``$...$`` / ``$$...$$`` math) to an HTML string.
+
+    ``inline=True`` renders without the enclosing ``<p>`` (for a ``<summary>`` or a sentence).
+    ``<`` and ``&`` in the text are escaped; raw HTML is shown as text, not interpreted.
+    """
+    if inline:
+        return _MD.renderInline(text).strip()
+    return _MD.render(text).strip()
+
+
+def validate_quiz(questions: list[dict[str, Any]]) -> None:
+    """Check a quiz's data; raise ``ValueError`` naming the question and option at fault.
+
+    Rules: a non-empty list; each question has a non-empty ``question`` string and at least
+    ``MIN_OPTIONS`` and at most ``MAX_OPTIONS`` options; each option has non-empty ``text`` and ``why`` strings and a
+    boolean ``correct``; exactly one option per question is correct; no unknown keys.
+    """
+    if not isinstance(questions, list) or not questions:
+        raise ValueError("a quiz is a non-empty list of questions (dicts with 'question' and 'options')")
+    for qi, q in enumerate(questions, start=1):
+        where = f"question {qi}"
+        if not isinstance(q, dict):
+            raise ValueError(f"{where}: expected a dict with 'question' and 'options', got {type(q).__name__}")
+        unknown = set(q) - {"question", "options"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed are 'question' and 'options'")
+        if not isinstance(q.get("question"), str) or not q["question"].strip():
+            raise ValueError(f"{where}: 'question' must be a non-empty string")
+        options = q.get("options")
+        if not isinstance(options, list) or not MIN_OPTIONS <= len(options) <= MAX_OPTIONS:
+            raise ValueError(f"{where} ({q['question'][:40]!r}): give {MIN_OPTIONS} to {MAX_OPTIONS} options "
+                             "as a list of dicts")
+        n_correct = 0
+        for oi, opt in enumerate(options, start=1):
+            at = f"{where}, option {oi}"
+            if not isinstance(opt, dict):
+                raise ValueError(f"{at}: expected a dict with 'text', 'correct' and 'why'")
+            unknown = set(opt) - {"text", "correct", "why"}
+            if unknown:
+                raise ValueError(f"{at}: unknown keys {sorted(unknown)}; allowed are 'text', 'correct', 'why'")
+            if not isinstance(opt.get("text"), str) or not opt["text"].strip():
+                raise ValueError(f"{at}: 'text' must be a non-empty string")
+            if not isinstance(opt.get("correct"), bool):
+                raise ValueError(f"{at}: 'correct' must be True or False")
+            if not isinstance(opt.get("why"), str) or not opt["why"].strip():
+                raise ValueError(f"{at} ({opt['text'][:40]!r}): every option needs an explanation in 'why' "
+                                 "saying why it is right or wrong")
+            n_correct += opt["correct"]
+        if n_correct != 1:
+            raise ValueError(f"{where} ({q['question'][:40]!r}): exactly one option must have correct=True, "
+                             f"found {n_correct}")
+
+
+def render_quiz(questions: list[dict[str, Any]]) -> str:
+    """Validate ``questions`` (see ``validate_quiz``) and return the quiz as static HTML.
+
+    Structure: ``div.qkv-quiz > ol > li.qkv-quiz-question``, holding the prompt and one
+    ``details.qkv-quiz-option`` per option (``data-correct="true"|"false"``) whose body starts
+    with "Correct." or "Not quite." and continues with the explanation.
+    """
+    validate_quiz(questions)
+    parts = [f'<div class="qkv-quiz">{_STYLE}',
+             "<p>Click an option to see whether it is right, and why.</p>",
+             '<ol class="qkv-quiz-questions">']
+    for q in questions:
+        parts.append('<li class="qkv-quiz-question">')
+        parts.append(f'<div class="qkv-quiz-prompt">{markdown_to_html(q["question"])}</div>')
+        for letter, opt in zip("ABCDEF", q["options"]):
+            verdict = ('<strong class="qkv-quiz-verdict-correct">Correct.</strong>' if opt["correct"]
+                       else '<strong class="qkv-quiz-verdict-wrong">Not quite.</strong>')
+            parts.append(
+                f'<details class="qkv-quiz-option" data-correct="{str(opt["correct"]).lower()}">'
+                f'<summary>{letter}. {markdown_to_html(opt["text"], inline=True)}</summary>'
+                f'<p class="qkv-quiz-explanation">{verdict} {markdown_to_html(opt["why"], inline=True)}</p>'
+                "</details>")
+        parts.append("</li>")
+    parts.append("</ol></div>")
+    return "\n".join(parts)
+
+
+def show_quiz(questions: list[dict[str, Any]]):
+    """Return the rendered quiz as an ``IPython.display.HTML`` object (the last line of a book cell)."""
+    from IPython.display import HTML  # only needed inside a kernel; keeps `import qkv.quiz` light
+
+    return HTML(render_quiz(questions))

@@ -1,0 +1,647 @@
+"""Self-check: run a chapter's *visible* tests against a learner's functions and say,
+for each graded function, whether it passes, what is wrong, and which section to reread.
+
+Two ways in:
+
+- ``qkv check CHAPTER [NOTEBOOK]`` (:func:`check_notebook`): loads the learner's notebook in a
+  subprocess (so an infinite loop cannot hang the tool: each step has a timeout, and a step
+  that hangs is skipped on a rerun), then runs the visible test cells there.
+- ``qkv.check()`` inside an exercise notebook (:func:`check`): runs the visible test cells
+  against the functions defined in the kernel right now and displays the table.
+
+The visible tests are the test cells of the *released* exercise
+(``exercises/<ch>/<ch>.ipynb``), whose hidden tests nbgrader has already removed; the
+repository's copy is preferred (a learner may have edited the tests in their own copy),
+and the learner's copy is used only where the repository's is absent. ``solutions/`` is
+never read: a self-check sees only what a learner is allowed to see. These verdicts are
+feedback; the grade is decided by the autograder, which also runs hidden tests.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import inspect
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import nbformat
+
+from qkv.chapters import CHAPTERS, chapter as chapter_info
+
+REPO = Path(__file__).resolve().parent.parent
+SELF_CHECK_ROLE = "self-check"  # cell metadata {"qkv": {"role": "self-check"}}: the `qkv.check()` cell
+STATUSES = ("passed", "failing", "not attempted")
+DEFAULT_STEP_TIMEOUT = 60.0  # seconds one cell or one test may run; the slowest reference test takes ~2 s
+MAX_RERUNS = 5
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class FunctionResult:
+    """The verdict on one graded function."""
+
+    function: str
+    status: str  # one of STATUSES
+    diagnosis: str = ""  # the check's message for a failure ("" when passed)
+    reread: str = ""  # the book section heading to reread (from qkv.checks.<ch>.REREAD)
+    link: str = ""  # book/_build/html/chapters/<ch>.html#<anchor>
+
+
+@dataclass
+class Report:
+    """A chapter's self-check: one row per graded function, plus notes about loading."""
+
+    chapter: str
+    results: list[FunctionResult]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.status == "passed" for r in self.results)
+
+    def status_of(self) -> dict[str, str]:
+        return {r.function: r.status for r in self.results}
+
+    def summary(self) -> str:
+        n = sum(r.status == "passed" for r in self.results)
+        return f"{self.chapter}: {n} of {len(self.results)} functions pass the visible checks."
+
+    def to_text(self) -> str:
+        """A plain-text table: function | status | diagnosis | reread."""
+        rows = [("function", "status", "diagnosis", "")]
+        for r in self.results:
+            reread = f"{r.reread} ({r.link})" if r.status != "passed" and r.reread else ""
+            rows.append((r.function, r.status, r.diagnosis if r.status != "passed" else "", reread))
+        widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        lines = []
+        for i, row in enumerate(rows):
+            line = f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}"
+            if row[3]:
+                line += f"\n{'':<{widths[0]}}  {'':<{widths[1]}}  reread: {row[3]}"
+            lines.append(line.rstrip())
+            if i == 0:
+                lines.append("-" * max(len(lines[0]), 40))
+        out = [f"qkv check {self.chapter}", "", *lines, "", self.summary()]
+        out += [f"note: {n}" for n in self.notes]
+        if not self.ok:
+            out.append("These are the visible checks only; the grader also runs hidden tests.")
+        return "\n".join(out)
+
+    def _repr_html_(self) -> str:
+        colours = {"passed": "#1a7f37", "failing": "#cf222e", "not attempted": "#6e7781"}
+        cells = []
+        for r in self.results:
+            reread = (f"{html.escape(r.reread)}<br><code>{html.escape(r.link)}</code>"
+                      if r.status != "passed" and r.reread else "")
+            cells.append(
+                f"<tr><td><code>{html.escape(r.function)}</code></td>"
+                f"<td style='color:{colours.get(r.status, '#000')};font-weight:bold'>{html.escape(r.status)}</td>"
+                f"<td style='text-align:left'>{html.escape(r.diagnosis) if r.status != 'passed' else ''}</td>"
+                f"<td style='text-align:left'>{reread}</td></tr>")
+        notes = "".join(f"<p>note: {html.escape(n)}</p>" for n in self.notes)
+        return (f"<div class='qkv-check'><p><b>qkv check {html.escape(self.chapter)}</b></p>"
+                "<table><thead><tr><th>function</th><th>status</th><th>diagnosis</th><th>reread</th></tr></thead>"
+                f"<tbody>{''.join(cells)}</tbody></table><p>{html.escape(self.summary())}</p>{notes}</div>")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chapter": self.chapter, "notes": self.notes,
+                "results": [r.__dict__ for r in self.results]}
+
+
+# ----------------------------------------------------------------------------- the book's sections
+
+
+def anchor(heading: str) -> str:
+    """The HTML id Sphinx gives a section with this heading (docutils' ``make_id``, which
+    MyST sections use): ASCII-folded, lower case, runs of other characters become '-'."""
+    from docutils.nodes import make_id
+
+    return make_id(heading)
+
+
+def reread_for(chapter: str, function: str) -> tuple[str, str]:
+    """(section heading, book page path with anchor) to reread for ``function``, or ("", "")."""
+    heading = checks_constant(chapter, "REREAD").get(function, "")
+    if not heading:
+        return "", ""
+    return heading, f"book/_build/html/chapters/{chapter}.html#{anchor(heading)}"
+
+
+def checks_constant(chapter: str, name: str) -> dict:
+    """A literal constant (``REREAD``, ``HINTS``) of ``qkv/checks/<chapter>.py``, read without
+    importing the module: importing it imports torch, which would make the CLI slow."""
+    import ast
+
+    path = Path(__file__).resolve().parent / "checks" / f"{chapter}.py"
+    if not path.exists():
+        return {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:  # not a literal: fall back to importing
+                return getattr(importlib.import_module(f"qkv.checks.{chapter}"), name, {})
+    return {}
+
+
+def graded_functions(chapter: str) -> list[str]:
+    """The chapter's graded functions in notebook order (answer cells of the released exercise);
+    falls back to ``REREAD``'s keys when the exercise is absent."""
+    path = REPO / "exercises" / chapter / f"{chapter}.ipynb"
+    if path.exists():
+        return Visible.from_notebook(nbformat.read(path, as_version=4)).functions
+    return list(checks_constant(chapter, "REREAD"))
+
+
+# ----------------------------------------------------------------------------- notebook parts
+
+
+def _nbgrader(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+
+
+def is_self_check_cell(cell) -> bool:
+    """A learner-side helper cell: the exercise's ``qkv.check(...)`` cell (metadata
+    ``{"qkv": {"role": "self-check"}}``) or a cell holding only ``import qkv`` and
+    ``qkv.check(...)`` / ``qkv.hint(...)`` calls with literal arguments (what the README tells
+    learners to type). The self-check never runs these (a check would check itself) and the
+    grader skips them too (autograder/verify.py): a skipped cell's code never runs, so this
+    can only ever remove a learner's own code from what is loaded."""
+    import ast
+
+    meta = cell.get("metadata", {}).get("qkv", {})
+    if isinstance(meta, dict) and meta.get("role") == SELF_CHECK_ROLE:
+        return True
+    if cell.get("cell_type") != "code":
+        return False
+    try:
+        body = ast.parse(cell.get("source", "")).body
+    except SyntaxError:
+        return False
+
+    def helper(node) -> bool:
+        if isinstance(node, ast.Import):
+            return all(a.name == "qkv" and a.asname is None for a in node.names)
+        call = node.value if isinstance(node, ast.Expr) else None
+        return (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                and isinstance(call.func.value, ast.Name) and call.func.value.id == "qkv"
+                and call.func.attr in ("check", "hint")
+                and all(isinstance(a, ast.Constant) for a in [*call.args, *(k.value for k in call.keywords)]))
+
+    return bool(body) and all(helper(n) for n in body) and any(not isinstance(n, ast.Import) for n in body)
+
+
+def is_test_cell(cell) -> bool:
+    meta = _nbgrader(cell)
+    return cell.get("cell_type") == "code" and bool(meta.get("grade")) and not meta.get("solution")
+
+
+@dataclass
+class Visible:
+    """The visible tests of an exercise: graded functions and (test id, function, source)."""
+
+    functions: list[str]
+    tests: list[tuple[str, str, str]]
+
+    @classmethod
+    def from_notebook(cls, nb) -> "Visible":
+        functions: list[str] = []
+        tests: list[tuple[str, str, str]] = []
+        for cell in nb.cells:
+            meta = _nbgrader(cell)
+            if cell.get("cell_type") != "code":
+                continue
+            if meta.get("solution") and meta.get("grade_id"):
+                functions.append(meta["grade_id"])
+            elif is_test_cell(cell):
+                tid = meta.get("grade_id", f"test-{len(tests)}")
+                # Named test_<function>[_aspect]; a test named otherwise belongs to the answer above it.
+                owner = function_of(tid, functions) or (functions[-1] if functions else None)
+                if owner:
+                    tests.append((tid, owner, cell.source))
+        return cls(functions, tests)
+
+
+def function_of(test_id: str, functions: Iterable[str]) -> str | None:
+    """The graded function a test cell tests, from its name ``test_<function>[_aspect]``."""
+    for name in sorted(functions, key=len, reverse=True):  # longest first: test_merge_heads vs merge
+        if test_id == f"test_{name}" or test_id.startswith(f"test_{name}_"):
+            return name
+    return None
+
+
+def visible_tests(chapter: str, learner_nb=None) -> Visible:
+    """The repository's released exercise's visible tests, else those of the learner's copy."""
+    path = REPO / "exercises" / chapter / f"{chapter}.ipynb"
+    if path.exists():
+        return Visible.from_notebook(nbformat.read(path, as_version=4))
+    if learner_nb is not None:
+        return Visible.from_notebook(learner_nb)
+    raise FileNotFoundError(f"no released exercise for {chapter!r} at {path}; pass the notebook: "
+                            f"qkv check {chapter} path/to/{chapter}.ipynb")
+
+
+def learner_code_cells(nb) -> list[tuple[str, str]]:
+    """(id, source) of the code cells to load: everything but test cells and the self-check cell."""
+    out = []
+    for i, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "code" or is_test_cell(cell) or is_self_check_cell(cell):
+            continue
+        out.append((_nbgrader(cell).get("grade_id") or f"cell {i + 1}", cell.source))
+    return out
+
+
+# ----------------------------------------------------------------------------- running tests
+
+
+class StepTimeout(Exception):
+    """A test ran longer than the self-check allows (an infinite loop?)."""
+
+
+def classify(function: str, exc: BaseException | None) -> tuple[str, str]:
+    """(status, diagnosis) for a test of ``function`` that raised ``exc`` (None: it passed)."""
+    from qkv.checks.core import CheckFailed, NotAttempted
+
+    if exc is None:
+        return "passed", ""
+    if isinstance(exc, NotAttempted):
+        msg = str(exc)
+        other = msg.split(":", 1)[0].strip()
+        if other and other != function and other.isidentifier():  # blocked by another unfinished function
+            return "failing", f"uses {other}, which is not attempted yet: {msg}"
+        return "not attempted", msg
+    if isinstance(exc, CheckFailed):
+        return "failing", str(exc)
+    if isinstance(exc, NameError) and f"'{function}'" in str(exc):
+        return "failing", f"{function} is not defined: run the cell that defines it (or fix its error)."
+    if isinstance(exc, AssertionError):
+        return "failing", f"assertion failed: {exc}" if str(exc) else "an assertion in the test failed."
+    if isinstance(exc, StepTimeout):
+        return "failing", str(exc)
+    return "failing", f"the test raised {type(exc).__name__}: {exc}"
+
+
+def _exec(source: str, name: str, ns: dict) -> None:
+    exec(compile(source, f"<{name}>", "exec"), ns)  # noqa: S102 - running the learner's own code is the point
+
+
+class _NoShell:
+    """Stands in for IPython in the checker's process: line magics and shell escapes
+    (``%matplotlib inline``, ``!ls``) do nothing; ``%%time``-like cell magics run their body."""
+
+    PASS_THROUGH = {"time", "capture", "timeit", "prun"}
+
+    def __init__(self, ns: dict):
+        self.ns = ns
+
+    def run_line_magic(self, *args, **kwargs):
+        return None
+
+    def system(self, *args, **kwargs):
+        return None
+
+    getoutput = system
+
+    def run_cell_magic(self, magic: str, line: str, cell: str):
+        if magic in self.PASS_THROUGH:
+            _exec_cell(cell, f"%%{magic}", self.ns)
+        return None
+
+
+def _exec_cell(source: str, name: str, ns: dict) -> None:
+    """Run a learner's cell; IPython syntax (magics, ``!``) is translated first when present."""
+    try:
+        code = compile(source, f"<{name}>", "exec")
+    except SyntaxError:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        translated = TransformerManager().transform_cell(source)
+        if translated == source:
+            raise
+        ns.setdefault("get_ipython", lambda: _NoShell(ns))
+        code = compile(translated, f"<{name}>", "exec")
+    exec(code, ns)  # noqa: S102 - running the learner's own code is the point
+
+
+def run_tests(ns: dict, tests: list[tuple[str, str, str]], step_timeout: float | None = None
+              ) -> Iterator[tuple[str, str, str, str]]:
+    """Run the test cells in ``ns``; yield (test id, function, status, diagnosis) for each."""
+    for tid, function, source in tests:
+        with _alarm(step_timeout, f"{tid} did not finish within {step_timeout:g} s (an infinite loop?)"
+                    if step_timeout else ""):
+            try:
+                _exec(source, tid, ns)
+                exc = None
+            except Exception as e:  # any failure of a test is a verdict on the learner's function
+                exc = e
+        status, diagnosis = classify(function, exc)
+        yield tid, function, status, diagnosis
+
+
+class _alarm:
+    """Raise StepTimeout in the main thread after ``seconds`` (no-op elsewhere or when None)."""
+
+    def __init__(self, seconds: float | None, message: str):
+        self.seconds, self.message = seconds, message
+        self.active = bool(seconds) and threading.current_thread() is threading.main_thread() \
+            and hasattr(signal, "setitimer")
+
+    def _fire(self, *_):
+        raise StepTimeout(self.message)
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+        return False
+
+
+def aggregate(chapter: str, functions: list[str], verdicts: list[tuple[str, str, str, str]],
+              notes: list[str] | None = None, function_notes: dict[str, str] | None = None) -> Report:
+    """One row per function: failing if any of its tests fails (first diagnosis shown),
+    else not attempted if any says so, else passed."""
+    function_notes = function_notes or {}
+    results = []
+    for fn in functions:
+        mine = [(s, d) for _, f, s, d in verdicts if f == fn]
+        failing = [d for s, d in mine if s == "failing"]
+        if failing:
+            status, diagnosis = "failing", failing[0]
+        elif any(s == "not attempted" for s, _ in mine):
+            status, diagnosis = "not attempted", next(d for s, d in mine if s == "not attempted")
+        elif mine:
+            status, diagnosis = "passed", ""
+        else:
+            status, diagnosis = "not attempted", "no visible test ran for this function."
+        if status != "passed" and fn in function_notes:
+            diagnosis = f"{diagnosis} ({function_notes[fn]})"
+        heading, link = reread_for(chapter, fn)
+        results.append(FunctionResult(fn, status, diagnosis, heading, link))
+    return Report(chapter, results, list(notes or []))
+
+
+# ----------------------------------------------------------------------------- the subprocess
+
+
+def _worker() -> None:
+    """Child process: read {"cwd", "cells", "tests"} as JSON on stdin, write one JSON line per step.
+
+    The learner's prints go to /dev/null (fd 1 is redirected) so they cannot corrupt the protocol.
+    """
+    spec = json.loads(sys.stdin.read())
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+    def send(**msg):
+        proto.write(json.dumps(msg) + "\n")
+        proto.flush()
+
+    # Import the heavy modules before the first step, so their import time (seconds on a busy
+    # machine) counts against the start-up allowance and not against a cell's timeout.
+    import torch  # noqa: F401
+
+    importlib.import_module(f"qkv.checks.{spec['chapter']}")
+    if spec.get("cwd"):
+        os.chdir(spec["cwd"])
+        sys.path.insert(0, spec["cwd"])
+    ns: dict = {"__name__": "__main__"}
+    for cid, source in spec["cells"]:
+        send(kind="start", id=cid)
+        try:
+            _exec_cell(source, cid, ns)
+            send(kind="cell", id=cid, error="")
+        except BaseException as exc:  # noqa: BLE001 - a learner cell may raise anything, even SystemExit
+            send(kind="cell", id=cid, error=f"{type(exc).__name__}: {exc}")
+    for tid, function, source in spec["tests"]:
+        send(kind="start", id=tid)
+        for _, fn, status, diagnosis in run_tests(ns, [(tid, function, source)]):
+            send(kind="test", id=tid, function=fn, status=status, diagnosis=diagnosis)
+    send(kind="done")
+
+
+def _run_child(chapter: str, cells, tests, cwd: Path, step_timeout: float) -> tuple[list[dict], str | None, str]:
+    """Run the worker; return its messages, the id of the step that hung or crashed the
+    process (None when all finished) and what happened to it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("MPLBACKEND", "Agg")
+    proc = subprocess.Popen([sys.executable, "-m", "qkv.selfcheck", "--worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=str(cwd))
+    assert proc.stdin and proc.stdout
+    proc.stdin.write(json.dumps({"chapter": chapter, "cwd": str(cwd), "cells": cells, "tests": tests}).encode())
+    proc.stdin.close()
+    messages: list[dict] = []
+    buf = b""
+    current: str | None = "start-up"
+    deadline = time.monotonic() + max(step_timeout, 120)  # start-up imports torch: slow on a busy machine
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return messages, current, f"did not finish within {step_timeout:g} s (an infinite loop?)"
+            ready, _, _ = select.select([proc.stdout], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:  # the child exited (or crashed: os._exit, segfault)
+                proc.wait()
+                finished = bool(messages) and messages[-1]["kind"] == "done"
+                return messages, (None if finished else current), "ended the checker's process (exit() or a crash?)"
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                messages.append(msg)
+                if msg["kind"] == "start":
+                    current, deadline = msg["id"], time.monotonic() + step_timeout
+                elif msg["kind"] == "done":
+                    current = None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def check_notebook(chapter: str, notebook: Path, *, step_timeout: float = DEFAULT_STEP_TIMEOUT) -> Report:
+    """Load the learner's ``notebook`` in a subprocess and run ``chapter``'s visible tests there."""
+    chapter_info(chapter)  # KeyError listing the valid slugs
+    notebook = Path(notebook)
+    if not notebook.exists():
+        raise FileNotFoundError(f"no notebook at {notebook}; pass the path of your copy: "
+                                f"qkv check {chapter} path/to/{chapter}.ipynb")
+    try:
+        nb = nbformat.read(notebook, as_version=4)
+    except Exception as exc:  # a hand-edited notebook may not be valid JSON
+        raise ValueError(f"cannot read {notebook} as a notebook ({exc}); restore it from a backup "
+                         "or re-copy it from exercises/") from exc
+    visible = visible_tests(chapter, nb)
+    cells = learner_code_cells(nb)
+    tests = list(visible.tests)
+    notes: list[str] = []
+    function_notes: dict[str, str] = {}
+    hung_verdicts: list[tuple[str, str, str, str]] = []
+    skip: set[str] = set()
+    # Every attempt reruns all cells and tests but the ones that hung before: a later test may
+    # need what an earlier one defined (`check` is imported in the first test cell).
+    for _ in range(MAX_RERUNS + 1):
+        verdicts = list(hung_verdicts)
+        run_cells = [c for c in cells if c[0] not in skip]
+        run_tests_ = [t for t in tests if t[0] not in skip]
+        messages, hung, why = _run_child(chapter, run_cells, run_tests_, notebook.parent.resolve(), step_timeout)
+        for m in messages:
+            if m["kind"] == "cell" and m["error"]:
+                note = f"{m['id']} raised {m['error']}"
+                if m["id"] in visible.functions:
+                    function_notes[m["id"]] = f"its cell raised {m['error']}"
+                if note not in notes:
+                    notes.append(note)
+            elif m["kind"] == "test":
+                verdicts.append((m["id"], m["function"], m["status"], m["diagnosis"]))
+        if hung is None:
+            break
+        if hung == "start-up":
+            notes.append("the checker's process failed to start (is torch installed in this Python?)")
+            break
+        skip.add(hung)
+        test_owner = {t[0]: t[1] for t in tests}
+        if hung in test_owner:
+            hung_verdicts.append((hung, test_owner[hung], "failing", f"{hung} {why}"))
+        else:
+            notes.append(f"{hung} {why}; it was skipped")
+            if hung in visible.functions:
+                function_notes[hung] = f"its cell {why}"
+    hung_ids = {h[0] for h in hung_verdicts}
+    verdicts = hung_verdicts + [v for v in verdicts if v[0] not in hung_ids]
+    return aggregate(chapter, visible.functions, verdicts, notes, function_notes)
+
+
+def default_notebook(chapter: str, cwd: Path | None = None) -> Path:
+    """The learner's notebook for ``chapter``: ``exercises/<ch>/<ch>.ipynb`` (or ``<ch>/<ch>.ipynb``,
+    ``<ch>.ipynb``) under the current folder, else the repository's released exercise."""
+    cwd = Path.cwd() if cwd is None else cwd
+    name = f"{chapter}.ipynb"
+    for candidate in (cwd / "exercises" / chapter / name, cwd / chapter / name, cwd / name):
+        if candidate.exists():
+            return candidate
+    return REPO / "exercises" / chapter / name
+
+
+# ----------------------------------------------------------------------------- inside a notebook
+
+
+def _kernel_namespace() -> dict:
+    """The learner's namespace: IPython's user namespace in a kernel, else the globals of the
+    first caller outside the qkv package (``qkv.check`` is called through a wrapper)."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if shell is not None:
+        return shell.user_ns
+    frame = inspect.currentframe()
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "qkv":
+        frame = frame.f_back
+    return frame.f_globals if frame is not None else {}
+
+
+def infer_chapter(ns: dict) -> str:
+    """The chapter of the running notebook: its path (``__session__``, set by ipykernel from
+    JupyterLab), the working folder, or else the chapter whose graded functions are defined."""
+    slugs = [c.slug for c in CHAPTERS]
+    for hint in (ns.get("__session__"), os.environ.get("JPY_SESSION_NAME"), str(Path.cwd() / "_")):
+        if hint:
+            p = Path(str(hint))
+            for part in (p.stem, p.parent.name):
+                if part in slugs:
+                    return part
+    scores = {s: sum(callable(ns.get(f)) for f in checks_constant(s, "REREAD")) for s in slugs}
+    best = max(scores, key=lambda s: scores[s])
+    if scores[best] == 0:
+        raise ValueError("cannot tell which chapter this is: pass it, for example qkv.check(\"attention\")")
+    return best
+
+
+def check_namespace(chapter: str, ns: dict, *, step_timeout: float | None = DEFAULT_STEP_TIMEOUT) -> Report:
+    """Run ``chapter``'s visible tests against the functions in ``ns`` (not modified: the tests
+    run in a copy, so their variables do not overwrite the learner's)."""
+    chapter_info(chapter)
+    learner_nb = None
+    session = ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
+    if session and Path(session).suffix == ".ipynb" and Path(session).exists():
+        learner_nb = nbformat.read(session, as_version=4)
+    visible = visible_tests(chapter, learner_nb)
+    verdicts = list(run_tests(dict(ns), visible.tests, step_timeout))
+    notes = []
+    missing = [f for f in visible.functions if not callable(ns.get(f))]
+    if missing:
+        notes.append(f"not defined in this kernel: {', '.join(missing)} (run their cells first)")
+    return aggregate(chapter, visible.functions, verdicts, notes)
+
+
+def check(chapter: str | None = None, notebook: str | os.PathLike | None = None, *,
+          step_timeout: float | None = DEFAULT_STEP_TIMEOUT) -> Report:
+    """Check your functions against the chapter's visible tests and show the table.
+
+    In an exercise notebook, ``qkv.check()`` checks the functions defined in the kernel right
+    now (the chapter is inferred, or pass it: ``qkv.check("attention")``). With ``notebook``,
+    it checks that saved notebook in a subprocess instead, like ``qkv check CHAPTER NOTEBOOK``.
+    Returns the :class:`Report` (displayed as HTML in Jupyter, as text elsewhere).
+    """
+    if notebook is not None:
+        if chapter is None:
+            chapter = Path(notebook).stem
+        return _show(check_notebook(chapter, Path(notebook), step_timeout=step_timeout or DEFAULT_STEP_TIMEOUT))
+    ns = _kernel_namespace()
+    return _show(check_namespace(chapter or infer_chapter(ns), ns, step_timeout=step_timeout))
+
+
+class _Shown(Report):
+    """A Report already displayed by :func:`check`: Jupyter must not show it a second time."""
+
+    def __repr__(self) -> str:
+        return f"<{self.summary()}>"
+
+    def _ipython_display_(self) -> None:  # IPython calls this instead of any other repr
+        pass
+
+
+def _show(report: Report) -> Report:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
+        from IPython.display import HTML, display
+
+        display(HTML(report._repr_html_()))
+    else:
+        print(report.to_text())
+    return _Shown(report.chapter, report.results, report.notes)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    _worker()

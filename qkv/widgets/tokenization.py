@@ -1,0 +1,106 @@
+"""Widgets for the tokenization chapter: step through BPE merges; type text and see its tokens."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyBboxPatch
+
+from qkv.bpe import build_vocab, encode, pretokenize, token_strings, train_bpe
+
+# A small corpus whose words share stems and suffixes, so the first merges are easy to read.
+STEP_CORPUS = ("low low low lower lowest newer newest newest widest wider new new lower "
+               "slow slower slowest show shower showing low new")
+
+_COLORS = ["#cfe2f3", "#d9ead3", "#fff2cc", "#f4cccc", "#d9d2e9", "#fce5cd", "#d0e0e3", "#ead1dc"]
+
+
+def _visible(token: str) -> str:
+    # Spaces and newlines are real bytes of a token; show them instead of drawing nothing.
+    return token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
+
+
+def plot_tokens(lines: Sequence[Sequence[str]], ax=None, *, title: str | None = None, max_cols: int = 72):
+    """Draw each line of token strings as adjacent colored boxes (monospace, wrapped at ``max_cols``)."""
+    ax = ax or plt.gca()
+    row, col = 0, 0
+    for tokens in lines:
+        for k, tok in enumerate(tokens):
+            text = _visible(tok)
+            width = max(len(text), 1)
+            if col + width > max_cols and col > 0:
+                row, col = row + 1, 0
+            ax.add_patch(FancyBboxPatch((col + 0.08, -row - 0.8), width - 0.16, 0.7, boxstyle="round,pad=0.02",
+                                        fc=_COLORS[k % len(_COLORS)], ec="#666666", lw=0.6))
+            ax.text(col + width / 2, -row - 0.45, text, ha="center", va="center", family="monospace", fontsize=10)
+            col += width
+        row, col = row + 1, 0
+    ax.set_xlim(-0.2, max_cols + 0.2)
+    ax.set_ylim(-row - 0.1, 0.1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10, loc="left")
+    return ax
+
+
+def merge_stepper(corpus: str = STEP_CORPUS, n_merges: int = 20, default_step: int = 6) -> widgets.Widget:
+    """Slider over the merge number k: the corpus's distinct pre-tokens segmented with the first k merges.
+
+    The merges are learned once by :func:`qkv.bpe.train_bpe` (byte-level, GPT-2
+    pre-tokenization, ties to the greatest byte pair); step k applies ``merges[:k]``.
+    """
+    vocab, merges = train_bpe(corpus, 256 + n_merges)
+    words = list(dict.fromkeys(pretokenize(corpus)))  # distinct pre-tokens: the leading space belongs to the word
+    step = widgets.IntSlider(value=min(default_step, len(merges)), min=0, max=len(merges), description="merges",
+                             continuous_update=False)
+    out = widgets.Output()
+
+    def draw(_change=None):
+        k = step.value
+        lines = [token_strings(encode(w, merges[:k]), vocab) for w in words]
+        n_tokens = len(encode(corpus, merges[:k]))
+        with out:
+            out.clear_output(wait=True)
+            fig, (ax, side) = plt.subplots(1, 2, figsize=(9, 0.36 * len(words) + 0.9),
+                                           gridspec_kw={"width_ratios": [1.1, 1]})
+            plot_tokens(lines, ax, max_cols=11, title=f"after {k} merges: corpus = {n_tokens} tokens "
+                                                      f"({len(corpus.encode())} bytes)")
+            side.axis("off")
+            side.text(0, 1, "merges in learned order:\n" + "\n".join(
+                f"{i:>2}. {vocab[a].decode()!r} + {vocab[b].decode()!r} -> {vocab[256 + i].decode()!r}"
+                for i, (a, b) in enumerate(merges[:k])), family="monospace", fontsize=9, va="top")
+            plt.show()
+
+    step.observe(draw, names="value")
+    draw()
+    return widgets.VBox([step, out])
+
+
+def tokenizer_playground(merges, special_tokens: Sequence[str] = (),
+                         default_text: str = "Tokenizers split unbelievably long words into pieces: 1234567!",
+                         label: str = "BPE") -> widgets.Widget:
+    """Type text, see its tokens as colored boxes and the count of tokens per character."""
+    vocab = build_vocab(merges, special_tokens)
+    box = widgets.Text(value=default_text, description="text", layout=widgets.Layout(width="90%"),
+                       continuous_update=False)
+    out = widgets.Output()
+
+    def draw(_change=None):
+        try:
+            ids = encode(box.value, merges, special_tokens)
+            tokens = token_strings(ids, vocab)
+            title = f"{label}: {len(ids)} tokens for {len(box.value)} characters ({len(ids) / max(len(box.value), 1):.2f} per character)"
+        except ValueError as err:
+            tokens, title = [], f"cannot encode: {err}"
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(9, 1.3 + 0.35 * (sum(len(_visible(t)) for t in tokens) // 72)))
+            plot_tokens([tokens], ax, title=title)
+            plt.show()
+            print("ids (this course's numbering: bytes are 0-255):", ids if tokens else [])
+
+    box.observe(draw, names="value")
+    draw()
+    return widgets.VBox([box, out])

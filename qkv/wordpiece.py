@@ -1,0 +1,114 @@
+"""WordPiece (Schuster & Nakajima 2012; Wu et al. 2016, §4.1; BERT, Devlin et al. 2019).
+
+Two parts, as in BERT:
+
+* **training** grows the vocabulary by merging the pair of symbols whose merge most
+  increases the likelihood of the training data under a unigram model. The usual
+  approximation, used here, scores a pair by ``freq(ab) / (freq(a) * freq(b))``:
+  frequent *together* relative to how frequent the parts are *alone*. BPE instead
+  takes the most frequent pair, ``freq(ab)``.
+* **tokenizing** a word is greedy longest-match-first: take the longest vocabulary
+  entry that starts the word, then the longest ``##``-prefixed entry that continues it,
+  and so on; if some position matches nothing, the whole word becomes ``[UNK]``.
+  Only the learned vocabulary is used: no merge list, no probabilities.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Literal, Mapping
+
+Symbols = tuple[str, ...]
+
+
+def wordpiece_tokenize(word: str, vocab: Iterable[str], unk_token: str = "[UNK]",
+                       max_input_chars_per_word: int = 100) -> list[str]:
+    """Split one whitespace-free ``word`` into WordPiece tokens, greedy longest-match-first.
+
+    Continuation pieces (not at the start of the word) are looked up with a ``"##"``
+    prefix. If any position cannot be matched, or the word is longer than
+    ``max_input_chars_per_word`` characters, returns ``[unk_token]`` for the whole word
+    (BERT's rule, google-research/bert ``tokenization.py``). An empty word gives ``[]``.
+    Raises ValueError if ``word`` contains whitespace (split text into words first).
+    """
+    if any(ch.isspace() for ch in word):
+        raise ValueError(f"expected a single word without whitespace, got {word!r}; split the text first")
+    vocab = vocab if isinstance(vocab, (set, frozenset, dict)) else set(vocab)
+    if len(word) > max_input_chars_per_word:
+        return [unk_token]
+    tokens: list[str] = []
+    start = 0
+    while start < len(word):
+        end = len(word)
+        piece = None
+        while end > start:  # longest first: shrink from the right until the piece is known
+            candidate = word[start:end] if start == 0 else "##" + word[start:end]
+            if candidate in vocab:
+                piece = candidate
+                break
+            end -= 1
+        if piece is None:
+            return [unk_token]
+        tokens.append(piece)
+        start = end
+    return tokens
+
+
+def _pair_and_unit_counts(words: Mapping[Symbols, int]) -> tuple[Counter, Counter]:
+    pairs, units = Counter(), Counter()
+    for symbols, freq in words.items():
+        for s in symbols:
+            units[s] += freq
+        for pair in zip(symbols, symbols[1:]):
+            pairs[pair] += freq
+    return pairs, units
+
+
+def merge_scores(words: Mapping[Symbols, int], rule: Literal["bpe", "wordpiece"]) -> dict[tuple[str, str], float]:
+    """Score of every adjacent symbol pair: ``freq(ab)`` for BPE, ``freq(ab)/(freq(a) freq(b))`` for WordPiece.
+
+    ``words`` maps a word, as a tuple of symbols, to its corpus frequency.
+    Raises ValueError for an unknown rule.
+    """
+    if rule not in ("bpe", "wordpiece"):
+        raise ValueError(f"rule must be 'bpe' or 'wordpiece', got {rule!r}")
+    pairs, units = _pair_and_unit_counts(words)
+    if rule == "bpe":
+        return {p: float(c) for p, c in pairs.items()}
+    return {(a, b): c / (units[a] * units[b]) for (a, b), c in pairs.items()}
+
+
+def _merge_symbols(symbols: Symbols, pair: tuple[str, str], new: str) -> Symbols:
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(new)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return tuple(out)
+
+
+def learn_merges(word_counts: Mapping[str, int], n_merges: int,
+                 rule: Literal["bpe", "wordpiece"]) -> list[tuple[tuple[str, str], float]]:
+    """The first ``n_merges`` merges, as ``((a, b), score)``, learned from character-split words.
+
+    Symbols are plain strings (no ``##`` marks, so the two rules are compared on equal
+    terms); ties go to the lexicographically greatest pair. Stops early when no pair is left.
+    """
+    words: dict[Symbols, int] = Counter()
+    for w, c in word_counts.items():
+        words[tuple(w)] += c
+    merges = []
+    for _ in range(n_merges):
+        scores = merge_scores(words, rule)
+        if not scores:
+            break
+        best = max(scores, key=lambda p: (scores[p], p))
+        merges.append((best, scores[best]))
+        merged: dict[Symbols, int] = Counter()
+        for symbols, c in words.items():
+            merged[_merge_symbols(symbols, best, best[0] + best[1])] += c
+        words = merged
+    return merges
