@@ -14,7 +14,8 @@ What the sandbox guarantees (each is tested by an attack in tests/test_attacks.p
 
 Speed: importing torch costs about a second, more than grading a notebook. In zygote
 mode the sandboxed worker imports it once and forks a fresh child per submission. The
-zygote keeps root inside the sandbox with only setuid/setgid/kill capabilities; each child
+zygote keeps root inside the sandbox with only the setuid, setgid, kill, dac_override and
+fowner capabilities (no mount, no network, read-only files all the same); each child
 drops to the unprivileged uid before any learner code runs, so it can neither signal nor
 ptrace the zygote. After each child the zygote kills every process left in the namespace
 and wipes /tmp. A sandbox that hangs or leaves a survivor is discarded, not reused.
@@ -106,12 +107,14 @@ def command(limits: Limits, zygote: bool = False) -> list[str]:
             argv += ["--symlink", os.readlink(target), str(target)]
         elif target.exists():
             mounts.insert(0, target)
+    # The scratch /tmp first: a checkout or venv that lives under /tmp is then mounted on top
+    # of it (mounted after, it would be hidden by the tmpfs).
+    argv += ["--size", str(limits.scratch_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     argv += _ro_binds(mounts)
     argv += ["--perms", "0755", "--dir", "/opt", "--perms", "0755", "--dir", INSIDE,
              "--ro-bind", str(WORKER), f"{INSIDE}/sandbox_worker.py",
              "--ro-bind", str(WIRE), f"{INSIDE}/wire.py",
              "--proc", "/proc", "--dev", "/dev",
-             "--size", str(limits.scratch_bytes), "--perms", "1777", "--tmpfs", "/tmp",
              "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
              "--die-with-parent", "--new-session", "--chdir", "/tmp",
              "--setenv", "HOME", "/tmp", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
@@ -122,7 +125,9 @@ def command(limits: Limits, zygote: bool = False) -> list[str]:
         # The zygote stays root inside the sandbox, with only the capabilities it needs to drop
         # each child to the unprivileged uid and to kill what a child leaves behind. A child
         # therefore cannot signal or ptrace it (another uid), and has no capabilities at all.
-        argv += ["setpriv", "--inh-caps=-all", "--bounding-set=-all,+setuid,+setgid,+kill", "--no-new-privs"]
+        # (dac_override and fowner: to delete whatever a child left in /tmp, whatever its permissions.)
+        argv += ["setpriv", "--inh-caps=-all", "--bounding-set=-all,+setuid,+setgid,+kill,+dac_override,+fowner",
+                 "--no-new-privs"]
     else:
         argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                  "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]

@@ -9,8 +9,8 @@ message (see wire.py) and compares the values itself.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
+import stat
 import struct
 import sys
 import time
@@ -183,18 +183,28 @@ def _sweep() -> bool:
 
 
 def _wipe_tmp() -> None:
-    for name in os.listdir("/tmp"):
-        path = os.path.join("/tmp", name)
+    """Delete everything the child left in /tmp, but not the read-only mounts that may live
+    under it (a checkout under /tmp has its venv mounted there)."""
+    tmp_dev = os.lstat("/tmp").st_dev
+
+    def wipe(path: str) -> bool:  # True when path is gone
         try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                for root, dirs, _ in os.walk(path):
-                    for d in dirs:
-                        os.chmod(os.path.join(root, d), 0o700)
-                shutil.rmtree(path, ignore_errors=True)
+            st = os.lstat(path)
+            if st.st_dev != tmp_dev:
+                return False  # a mount point
+            if stat.S_ISDIR(st.st_mode):
+                kept = [name for name in os.listdir(path) if not wipe(os.path.join(path, name))]
+                if kept:
+                    return False
+                os.rmdir(path)
             else:
                 os.unlink(path)
+            return True
         except OSError:
-            pass
+            return False
+
+    for name in os.listdir("/tmp"):
+        wipe(os.path.join("/tmp", name))
 
 
 def _drop_privileges(uid: int) -> None:
