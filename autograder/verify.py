@@ -324,12 +324,27 @@ def _split_hidden(source: str) -> tuple[str, str]:
     return HIDDEN.sub("", source), hidden
 
 
+_GROUP_WITH_DIGITS = re.compile(r"\([^()]*\d[^()]*\)|\[[^\[\]]*\d[^\[\]]*\]")
+
+
+def redact_inputs(message: str) -> str:
+    """Hide what a message says about a hidden test's inputs: bracketed groups holding numbers
+    (shapes, values, index lists) become (…) / […]; the diagnosis around them stays."""
+    previous = None
+    while previous != message:  # nested groups: innermost first
+        previous = message
+        message = _GROUP_WITH_DIGITS.sub(lambda m: "(…)" if m.group(0)[0] == "(" else "[…]", message)
+    return message
+
+
 def _failure_message(exc: BaseException, hidden: bool) -> str:
     reason = getattr(exc, "reason", None)
     if not hidden:
         text = str(exc) or type(exc).__name__
         return text if type(exc).__name__ in ("CheckFailed", "NotAttempted") else f"{type(exc).__name__}: {text}"
     if reason:
+        if not getattr(exc, "explicit_reason", False):
+            reason = redact_inputs(reason)  # written without a hidden-safe reason: hide its numbers
         return f"Your function passed the visible tests but failed a hidden test: {reason}"
     return f"Your function passed the visible tests but failed a hidden test ({type(exc).__name__})."
 

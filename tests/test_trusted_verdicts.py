@@ -32,3 +32,16 @@ def test_untouched_exercise_fails_every_test_as_not_attempted(assignment, tmp_pa
     assert verdicts.tests and all(not v.passed for v in verdicts.tests.values())
     assert all("not attempted" in v.message for v in verdicts.tests.values()), \
         {g: v.message for g, v in verdicts.tests.items()}
+
+
+def test_hidden_failure_messages_hide_the_inputs():
+    from autograder.verify import _failure_message
+    from qkv.checks import CheckFailed
+
+    explicit = CheckFailed("softmax(x of shape (7, 3), dim=0): softmax was taken over dim=1.",
+                           reason="softmax was taken over dim=1.")
+    assert _failure_message(explicit, hidden=True).endswith("softmax was taken over dim=1.")
+    implicit = CheckFailed("mlm_mask: labels must have the shape of input_ids (3, 100), got (3, 99) at [4, 17]")
+    shown = _failure_message(implicit, hidden=True)
+    assert "100" not in shown and "17" not in shown and "labels must have the shape of input_ids" in shown
+    assert "(3, 100)" in _failure_message(implicit, hidden=False)  # visible tests show everything

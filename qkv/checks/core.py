@@ -32,6 +32,7 @@ class CheckFailed(AssertionError):
 
     def __init__(self, message: str, reason: str | None = None):
         super().__init__(message)
+        self.explicit_reason = reason is not None
         self.reason = reason or message
 
 
