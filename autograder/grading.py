@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,7 +33,7 @@ from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
-from autograder.course import SOLUTIONS, nbgrader_config, solution_notebook
+from autograder.course import REPO_ROOT, SOLUTIONS, nbgrader_config, solution_notebook
 from autograder.preprocessors import ApplyTrustedVerdicts
 from autograder.report import CSV_FIELDS, Result, plot_distribution, write_csv, write_report  # noqa: F401
 from autograder.sandbox import Limits, bwrap_available
@@ -211,6 +212,8 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
     notes = [sub.note] if sub.note else []
     if feedback["success"]:
         shutil.copytree(course / "feedback" / sub.student_id / assignment, target)
+        for page in target.glob("*.html"):
+            _offline_mathjax(page, feedback_root)
     else:
         notes.append("feedback could not be generated")
     banned = sorted({v.message for v in verdicts.tests.values() if v.banned})
@@ -221,6 +224,26 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
                  for gid, v in verdicts.tests.items()}
     return Result(sub.student_id, assignment, score, max_score, "graded", "; ".join(notes),
                   questions=questions, banned=bool(banned))
+
+
+# nbgrader's feedback template hard-codes MathJax 2 from a CDN (not even configurable), so
+# offline a learner sees raw TeX and the page reaches out to the network. Point it at the
+# book's vendored MathJax 3 instead, copied once next to the feedback pages.
+_MATHJAX_CDN = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*">\s*</script>')
+_VENDORED_MATHJAX = REPO_ROOT / "book" / "_vendor" / "mathjax"
+
+
+def _offline_mathjax(page: Path, feedback_root: Path) -> None:
+    html = page.read_text(encoding="utf-8")
+    if _VENDORED_MATHJAX.is_dir():
+        local = feedback_root / "_mathjax"
+        if not local.is_dir():
+            shutil.copytree(_VENDORED_MATHJAX, local)
+        tag = ('<script>window.MathJax = {tex: {inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]]}};</script>\n'
+               '<script src="../_mathjax/tex-mml-chtml.js"></script>')
+    else:
+        tag = "<!-- MathJax is not vendored yet (run `make book` once); formulas show as TeX -->"
+    page.write_text(_MATHJAX_CDN.sub(lambda _: tag, html), encoding="utf-8")
 
 
 def _notebook_problem(path: Path) -> str | None:

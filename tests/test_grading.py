@@ -109,3 +109,24 @@ def test_unknown_assignment_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "nope", str(tmp_path / "subs"), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no assignment 'nope'" in proc.stderr
+
+
+def test_feedback_pages_work_offline_with_vendored_mathjax(graded_class):
+    from bs4 import BeautifulSoup
+    from playwright.sync_api import sync_playwright
+
+    _, _, out = graded_class
+    page_path = out / "feedback" / "ben" / "attention.html"
+    soup = BeautifulSoup(page_path.read_text(), "html.parser")
+    sources = [s.get("src") for s in soup.find_all("script") if s.get("src")]
+    assert sources and not [s for s in sources if s.startswith(("http:", "https:", "//"))]
+    assert (out / "feedback" / "_mathjax" / "tex-mml-chtml.js").is_file()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        page.goto(page_path.as_uri())
+        page.wait_for_selector("mjx-container", timeout=30_000)  # the learner sees typeset math
+        assert page.locator("mjx-container").count() >= 3
+        browser.close()
