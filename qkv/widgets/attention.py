@@ -8,6 +8,7 @@ import torch
 from IPython.display import display
 
 from qkv.attention import scaled_dot_product_attention, softmax
+from qkv.widgets.live import live_view
 
 # A toy sentence with hand-made 6-d embeddings along readable directions
 # (animal, object/place, action, function word, pronoun, state), so that the
@@ -60,24 +61,19 @@ def query_heatmap(tokens=None, x: torch.Tensor | None = None, default_query: int
     labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
     choose = widgets.Dropdown(options=[(lab, i) for i, lab in enumerate(labels)], value=default_query,
                               description="query")
-    out = widgets.Output()
 
-    def draw(_change=None):
+    def draw():
         i = choose.value
-        with out:
-            out.clear_output(wait=True)
-            fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.2, 1]})
-            plot_attention(weights, labels, labels, highlight=i, ax=left, title="all queries")
-            right.bar(range(len(tokens)), weights[i].numpy(), color="tab:blue")
-            right.set_xticks(range(len(tokens)), labels, rotation=60, ha="right")
-            right.set_ylim(0, 1)
-            right.set_title(f"weights of query {labels[i]!r} (sum = {weights[i].sum():.3f})")
-            fig.tight_layout()
-            plt.show()
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.2, 1]})
+        plot_attention(weights, labels, labels, highlight=i, ax=left, title="all queries")
+        right.bar(range(len(tokens)), weights[i].numpy(), color="tab:blue")
+        right.set_xticks(range(len(tokens)), labels, rotation=60, ha="right")
+        right.set_ylim(0, 1)
+        right.set_title(f"weights of query {labels[i]!r} (sum = {weights[i].sum():.3f})")
+        fig.tight_layout()
+        plt.show()
 
-    choose.observe(draw, names="value")
-    draw()
-    return widgets.VBox([choose, out])
+    return live_view(draw, [choose])
 
 
 def softmax_temperature(logits=(2.0, 1.0, 0.5, 0.1, -1.0), default_scale: float = 1.0) -> widgets.Widget:
@@ -89,25 +85,20 @@ def softmax_temperature(logits=(2.0, 1.0, 0.5, 0.1, -1.0), default_scale: float 
     z = torch.tensor(logits, dtype=torch.float64)
     scale = widgets.FloatLogSlider(value=default_scale, base=10, min=-1.5, max=1.5, step=0.05,
                                    description="scale s", readout_format=".2f", continuous_update=False)
-    out = widgets.Output()
 
-    def draw(_change=None):
+    def draw():
         s = scale.value
         p = softmax(s * z)
         entropy = -(p * torch.log(p.clamp_min(1e-300))).sum().item()
-        with out:
-            out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(6, 2.8))
-            ax.bar([f"z={v:g}" for v in logits], p.numpy(), color="tab:orange")
-            ax.set_ylim(0, 1)
-            ax.set_ylabel("probability")
-            ax.set_title(f"softmax(s·z), s = {s:.2f}: max p = {p.max():.3f}, entropy = {entropy:.3f} nats")
-            fig.tight_layout()
-            plt.show()
+        fig, ax = plt.subplots(figsize=(6, 2.8))
+        ax.bar([f"z={v:g}" for v in logits], p.numpy(), color="tab:orange")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("probability")
+        ax.set_title(f"softmax(s·z), s = {s:.2f}: max p = {p.max():.3f}, entropy = {entropy:.3f} nats")
+        fig.tight_layout()
+        plt.show()
 
-    scale.observe(draw, names="value")
-    draw()
-    return widgets.VBox([scale, out])
+    return live_view(draw, [scale])
 
 
 def show(widget: widgets.Widget) -> None:

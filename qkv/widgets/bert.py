@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from qkv.bert import mlm_categories, mlm_mask
+from qkv.widgets.live import live_view
 
 SENTENCE = (
     "the quick brown fox jumps over the lazy dog while the farmer sleeps under an old oak tree "
@@ -63,20 +64,14 @@ def masking_playground(default_rate: float = 0.15, default_seed: int = 35) -> wi
     rate = widgets.FloatSlider(value=default_rate, min=0.0, max=0.6, step=0.05, description="rate",
                                continuous_update=False, readout_format=".2f")
     seed = widgets.IntSlider(value=default_seed, min=0, max=50, description="seed", continuous_update=False)
-    out = widgets.Output()
 
-    def draw(_change=None):
-        with out:
-            out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(9, 4.4))
-            counts = draw_masking(rate.value, seed.value, ax=ax)
-            selected = counts["mask"] + counts["random"] + counts["kept"]
-            ax.set_title(f"rate = {rate.value:.2f}, seed = {seed.value}: {selected} of {selected + counts['unselected']} "
-                         "ordinary tokens selected\n(the loss is computed at exactly these)", fontsize=11)
-            fig.tight_layout()
-            plt.show()
+    def draw():
+        fig, ax = plt.subplots(figsize=(9, 4.4))
+        counts = draw_masking(rate.value, seed.value, ax=ax)
+        selected = counts["mask"] + counts["random"] + counts["kept"]
+        ax.set_title(f"rate = {rate.value:.2f}, seed = {seed.value}: {selected} of {selected + counts['unselected']} "
+                     "ordinary tokens selected\n(the loss is computed at exactly these)", fontsize=11)
+        fig.tight_layout()
+        plt.show()
 
-    rate.observe(draw, names="value")
-    seed.observe(draw, names="value")
-    draw()
-    return widgets.VBox([widgets.HBox([rate, seed]), out])
+    return live_view(draw, [rate, seed])

@@ -10,6 +10,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 from qkv.masks import attention_mask, causal_mask, padding_mask
+from qkv.widgets.live import live_view
 
 # One colour per reason a (query, key) pair is allowed or blocked.
 _STATES = ["may attend", "key is padding", "query is padding", "future key (causal)"]
@@ -60,20 +61,14 @@ def padded_batch_masks(default_lengths=(6, 4, 2), max_len: int = 6, default_caus
                                  style={"description_width": "60px"}, layout=widgets.Layout(width="240px"))
                for b, n in enumerate(default_lengths)]
     causal = widgets.Checkbox(value=default_causal, description="causal (decoder self-attention)", indent=False)
-    out = widgets.Output()
 
-    def draw(_change=None):
+    def draw():
         lengths = torch.tensor([s.value for s in sliders])
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, len(sliders), figsize=(2.6 * len(sliders), 3.4))
-            draw_masks(lengths, max_len, causal.value, axes)
-            fig.legend(handles=[Patch(facecolor=c, edgecolor="gray", label=s) for c, s in zip(_COLOURS, _STATES)],
-                       loc="lower center", ncol=4, frameon=False, fontsize=10)
-            fig.tight_layout(rect=(0, 0.08, 1, 1))
-            plt.show()
+        fig, axes = plt.subplots(1, len(sliders), figsize=(2.6 * len(sliders), 3.4))
+        draw_masks(lengths, max_len, causal.value, axes)
+        fig.legend(handles=[Patch(facecolor=c, edgecolor="gray", label=s) for c, s in zip(_COLOURS, _STATES)],
+                   loc="lower center", ncol=4, frameon=False, fontsize=10)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        plt.show()
 
-    for control in [*sliders, causal]:
-        control.observe(draw, names="value")
-    draw()
-    return widgets.VBox([widgets.HBox(sliders), causal, out])
+    return live_view(draw, [*sliders, causal], header=[widgets.HBox(sliders), causal])

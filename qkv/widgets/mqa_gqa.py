@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
+from qkv.widgets.live import live_view
 from qkv.kv_cache import DTYPE_BYTES, kv_cache_bytes
 
 GIB = 2**30
@@ -44,46 +45,38 @@ def kv_cache_calculator(n_layers: int = 80, n_heads: int = 64, n_kv_heads: int =
     dtype_w = widgets.Dropdown(options=list(DTYPE_BYTES), value=dtype, description="cache dtype", style=style)
     context_w = widgets.Dropdown(options=[2**i for i in range(8, 21)], value=context, description="context", style=style)
     batch_w = widgets.BoundedIntText(value=batch, min=1, max=4096, description="batch", style=style)
-    out = widgets.Output()
-
-    def draw(_change=None):
+    def draw():
         kv = kv_w.value
         bpe = DTYPE_BYTES[dtype_w.value]
         rows = kv_cache_table(layers_w.value, heads_w.value, kv, dhead_w.value, bpe, context_w.value, batch_w.value)
         contexts = np.array([2**i for i in range(8, 21)])
-        with out:
-            out.clear_output(wait=True)
-            total_header = f"{context_w.value:,} tok × {batch_w.value}"
-            print(f"{'':<13}{'KV heads':>9}{'bytes/token':>13}{total_header:>20}")
-            for name, h_kv, per_token, total in rows:
-                print(f"{name:<13}{h_kv:>9}{per_token:>13,}{total / GIB:>16.3f} GiB")
-            fig, ax = plt.subplots(figsize=(7, 3.2))
-            for (name, h_kv, _, _), style_ in zip(rows, ["-", "-o", "--"]):
-                sizes = [kv_cache_bytes(layers_w.value, h_kv, dhead_w.value, int(c), batch_w.value, bpe) / GIB
-                         for c in contexts]
-                ax.loglog(contexts, sizes, style_, label=f"{name} ({h_kv} KV heads)", base=2, markersize=3)
-            ax.axvline(context_w.value, color="gray", lw=0.8)
-            ax.set_xlabel("context length (tokens)")
-            ax.set_ylabel("KV cache (GiB)")
-            ax.set_title(f"{layers_w.value} layers, d_head {dhead_w.value}, {dtype_w.value}, batch {batch_w.value}")
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            plt.show()
+        total_header = f"{context_w.value:,} tok × {batch_w.value}"
+        print(f"{'':<13}{'KV heads':>9}{'bytes/token':>13}{total_header:>20}")
+        for name, h_kv, per_token, total in rows:
+            print(f"{name:<13}{h_kv:>9}{per_token:>13,}{total / GIB:>16.3f} GiB")
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for (name, h_kv, _, _), style_ in zip(rows, ["-", "-o", "--"]):
+            sizes = [kv_cache_bytes(layers_w.value, h_kv, dhead_w.value, int(c), batch_w.value, bpe) / GIB
+                     for c in contexts]
+            ax.loglog(contexts, sizes, style_, label=f"{name} ({h_kv} KV heads)", base=2, markersize=3)
+        ax.axvline(context_w.value, color="gray", lw=0.8)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("KV cache (GiB)")
+        ax.set_title(f"{layers_w.value} layers, d_head {dhead_w.value}, {dtype_w.value}, batch {batch_w.value}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        plt.show()
 
     def heads_changed(change):
+        # KV heads must divide the query heads; registered before live_view's redraw, so it runs first.
         options = _divisors(heads_w.value)
         keep = kv_w.value if kv_w.value in options else options[-1]
-        with kv_w.hold_trait_notifications():
-            kv_w.options = options
-            kv_w.value = keep
-        draw()
+        kv_w.options = options  # (holding notifications here fails validation when 8 no longer divides)
+        kv_w.value = keep
 
     heads_w.observe(heads_changed, names="value")
-    for w in (layers_w, kv_w, dhead_w, dtype_w, context_w, batch_w):
-        w.observe(draw, names="value")
-    draw()
     controls = widgets.HBox([widgets.VBox([layers_w, heads_w, kv_w, dhead_w]), widgets.VBox([dtype_w, context_w, batch_w])])
-    return widgets.VBox([controls, out])
+    return live_view(draw, [layers_w, heads_w, kv_w, dhead_w, dtype_w, context_w, batch_w], header=[controls])
 
 
 def show(widget: widgets.Widget) -> None:

@@ -11,6 +11,7 @@ from IPython.display import HTML, display
 
 from qkv.multihead import attention_cost, multi_head_attention
 from qkv.widgets.attention import TOY_TOKENS, toy_embeddings
+from qkv.widgets.live import live_view
 
 HEAD_CHOICES = (1, 2, 4, 8)
 D_MODEL = 24  # divisible by every entry of HEAD_CHOICES
@@ -49,33 +50,28 @@ def head_maps(default_heads: int = 4) -> widgets.Widget:
     """
     layer = toy_layer()
     choose = widgets.ToggleButtons(options=list(HEAD_CHOICES), value=default_heads, description="heads H")
-    out = widgets.Output()
 
-    def draw(_change=None):
+    def draw():
         H = choose.value
         w = per_head_weights(H, layer)
-        with out:
-            out.clear_output(wait=True)
-            maps = [(w[h], f"head {h} (d_head = {D_MODEL // H})") for h in range(H)]
-            if H > 1:
-                maps.append((w.mean(0), "average of the heads"))
-            cols = min(len(maps), 5)  # at most 5 maps per row keeps the token labels readable
-            rows = math.ceil(len(maps) / cols)
-            fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 0.8, 2.6 * rows + 0.4), squeeze=False)
-            for ax in axes.flat[len(maps):]:
-                ax.axis("off")
-            for i, (ax, (m, title)) in enumerate(zip(axes.flat, maps)):
-                ax.imshow(m.numpy(), cmap="viridis", vmin=0, vmax=1)
-                ax.set_title(title, fontsize=9)
-                ax.set_xticks(range(len(TOY_TOKENS)), TOY_TOKENS, rotation=90, fontsize=7)
-                ax.set_yticks(range(len(TOY_TOKENS)), TOY_TOKENS if i % cols == 0 else [], fontsize=7)
-            fig.suptitle(f"H = {H}: one (T, T) weight map per head (rows: queries, columns: keys)", fontsize=10)
-            fig.tight_layout()
-            plt.show()
+        maps = [(w[h], f"head {h} (d_head = {D_MODEL // H})") for h in range(H)]
+        if H > 1:
+            maps.append((w.mean(0), "average of the heads"))
+        cols = min(len(maps), 5)  # at most 5 maps per row keeps the token labels readable
+        rows = math.ceil(len(maps) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 0.8, 2.6 * rows + 0.4), squeeze=False)
+        for ax in axes.flat[len(maps):]:
+            ax.axis("off")
+        for i, (ax, (m, title)) in enumerate(zip(axes.flat, maps)):
+            ax.imshow(m.numpy(), cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks(range(len(TOY_TOKENS)), TOY_TOKENS, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(TOY_TOKENS)), TOY_TOKENS if i % cols == 0 else [], fontsize=7)
+        fig.suptitle(f"H = {H}: one (T, T) weight map per head (rows: queries, columns: keys)", fontsize=10)
+        fig.tight_layout()
+        plt.show()
 
-    choose.observe(draw, names="value")
-    draw()
-    return widgets.VBox([choose, out])
+    return live_view(draw, [choose])
 
 
 def cost_rows(T: int, d_model: int, n_heads: int) -> list[tuple[str, dict[str, int]]]:
@@ -106,14 +102,8 @@ def cost_table(T: int = 512, d_model: int = 512, n_heads: int = 8) -> widgets.Wi
     t_slider = widgets.SelectionSlider(options=[2 ** i for i in range(4, 14)], value=T, description="T")
     d_choice = widgets.Dropdown(options=[64, 128, 256, 512, 768, 1024], value=d_model, description="d_model")
     h_choice = widgets.Dropdown(options=[1, 2, 4, 8, 16, 32], value=n_heads, description="heads H")
-    out = widgets.Output()
 
-    def draw(_change=None):
-        with out:
-            out.clear_output(wait=True)
-            display(HTML(cost_table_html(t_slider.value, d_choice.value, h_choice.value)))
+    def draw():
+        display(HTML(cost_table_html(t_slider.value, d_choice.value, h_choice.value)))
 
-    for control in (t_slider, d_choice, h_choice):
-        control.observe(draw, names="value")
-    draw()
-    return widgets.VBox([widgets.HBox([t_slider, d_choice, h_choice]), out])
+    return live_view(draw, [t_slider, d_choice, h_choice])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipywidgets as widgets
+from qkv.widgets.live import live_view
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
@@ -67,14 +68,9 @@ def draw_axes_picture(norm: str, lengths=(5, 3, 2), n_channels: int = 6, element
 def axes_picture(default: str = "LayerNorm", lengths=(5, 3, 2), n_channels: int = 6) -> widgets.Widget:
     """Dropdown over LayerNorm / RMSNorm / BatchNorm / masked BatchNorm; redraws the (B, T, C) picture."""
     choose = widgets.Dropdown(options=list(NORMS), value=default, description="norm")
-    out = widgets.Output()
 
-    def draw(_change=None):
-        with out:
-            out.clear_output(wait=True)
-            draw_axes_picture(choose.value, lengths, n_channels)
-            plt.show()
+    def draw():
+        draw_axes_picture(choose.value, lengths, n_channels)
+        plt.show()
 
-    choose.observe(draw, names="value")
-    draw()
-    return widgets.VBox([choose, out])
+    return live_view(draw, [choose])

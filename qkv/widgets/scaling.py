@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from qkv.scaling import grad_norm_to_q, random_logits
+from qkv.widgets.live import live_view
 
 D_KS = (4, 16, 64, 256, 1024)
 
@@ -22,9 +23,8 @@ def dk_explorer(default_dk: int = 256, n_keys: int = 16, seed: int = 0) -> widge
         raise ValueError(f"default_dk must be one of {D_KS}, got {default_dk}")
     slider = widgets.SelectionSlider(options=list(D_KS), value=default_dk, description="d_k",
                                      continuous_update=False)
-    out = widgets.Output()
 
-    def draw(_change=None):
+    def draw():
         d_k = slider.value
         raw = random_logits(d_k, scaled=False, n_keys=n_keys, seed=seed)
         scaled = random_logits(d_k, scaled=True, n_keys=n_keys, seed=seed)
@@ -34,33 +34,29 @@ def dk_explorer(default_dk: int = 256, n_keys: int = 16, seed: int = 0) -> widge
         p_raw, p_scaled = torch.softmax(raw[i], -1), torch.softmax(scaled[i], -1)
         g_raw = grad_norm_to_q(d_k, scaled=False, n_keys=n_keys, seed=seed)
         g_scaled = grad_norm_to_q(d_k, scaled=True, n_keys=n_keys, seed=seed)
-        with out:
-            out.clear_output(wait=True)
-            fig = plt.figure(figsize=(8, 6))
-            grid = fig.add_gridspec(2, 3)
-            ax_h, ax_g, ax_p = fig.add_subplot(grid[0, :2]), fig.add_subplot(grid[0, 2]), fig.add_subplot(grid[1, :])
-            bins = torch.linspace(-4 * d_k ** 0.5, 4 * d_k ** 0.5, 60).numpy()
-            ax_h.hist(raw.flatten().numpy(), bins=bins, color="tab:red", alpha=0.6, label=f"q·k (std {raw.std():.1f})")
-            ax_h.hist(scaled.flatten().numpy(), bins=bins, color="tab:blue", alpha=0.6,
-                      label=f"q·k/√d_k (std {scaled.std():.2f})")
-            ax_h.set_title(f"logits, d_k = {d_k}")
-            ax_h.set_xlabel("logit")
-            ax_h.legend(fontsize=9)
-            ax_g.bar(["unscaled", "scaled"], [g_raw, g_scaled], color=["tab:red", "tab:blue"])
-            ax_g.set_yscale("log")
-            ax_g.set_ylim(1e-4, 1e2)
-            ax_g.set_title(f"median ‖∂L/∂q‖\n{g_raw:.2g} vs {g_scaled:.2g}")
-            idx = torch.arange(n_keys).numpy()
-            ax_p.bar(idx - 0.2, p_raw.numpy(), width=0.4, color="tab:red", label=f"unscaled (max {p_raw.max():.2f})")
-            ax_p.bar(idx + 0.2, p_scaled.numpy(), width=0.4, color="tab:blue", label=f"scaled (max {p_scaled.max():.2f})")
-            ax_p.set_ylim(0, 1)
-            ax_p.set_xticks(idx)
-            ax_p.set_xlabel("key")
-            ax_p.set_title(f"softmax weights of a typical query (median max weight) over {n_keys} keys")
-            ax_p.legend(fontsize=9)
-            fig.tight_layout()
-            plt.show()
+        fig = plt.figure(figsize=(8, 6))
+        grid = fig.add_gridspec(2, 3)
+        ax_h, ax_g, ax_p = fig.add_subplot(grid[0, :2]), fig.add_subplot(grid[0, 2]), fig.add_subplot(grid[1, :])
+        bins = torch.linspace(-4 * d_k ** 0.5, 4 * d_k ** 0.5, 60).numpy()
+        ax_h.hist(raw.flatten().numpy(), bins=bins, color="tab:red", alpha=0.6, label=f"q·k (std {raw.std():.1f})")
+        ax_h.hist(scaled.flatten().numpy(), bins=bins, color="tab:blue", alpha=0.6,
+                  label=f"q·k/√d_k (std {scaled.std():.2f})")
+        ax_h.set_title(f"logits, d_k = {d_k}")
+        ax_h.set_xlabel("logit")
+        ax_h.legend(fontsize=9)
+        ax_g.bar(["unscaled", "scaled"], [g_raw, g_scaled], color=["tab:red", "tab:blue"])
+        ax_g.set_yscale("log")
+        ax_g.set_ylim(1e-4, 1e2)
+        ax_g.set_title(f"median ‖∂L/∂q‖\n{g_raw:.2g} vs {g_scaled:.2g}")
+        idx = torch.arange(n_keys).numpy()
+        ax_p.bar(idx - 0.2, p_raw.numpy(), width=0.4, color="tab:red", label=f"unscaled (max {p_raw.max():.2f})")
+        ax_p.bar(idx + 0.2, p_scaled.numpy(), width=0.4, color="tab:blue", label=f"scaled (max {p_scaled.max():.2f})")
+        ax_p.set_ylim(0, 1)
+        ax_p.set_xticks(idx)
+        ax_p.set_xlabel("key")
+        ax_p.set_title(f"softmax weights of a typical query (median max weight) over {n_keys} keys")
+        ax_p.legend(fontsize=9)
+        fig.tight_layout()
+        plt.show()
 
-    slider.observe(draw, names="value")
-    draw()
-    return widgets.VBox([slider, out])
+    return live_view(draw, [slider])

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch
 
 from qkv.bpe import build_vocab, encode, pretokenize, token_strings, train_bpe
+from qkv.widgets.live import live_view
 
 # A small corpus whose words share stems and suffixes, so the first merges are easy to read.
 STEP_CORPUS = ("low low low lower lowest newer newest newest widest wider new new lower "
@@ -55,27 +56,22 @@ def merge_stepper(corpus: str = STEP_CORPUS, n_merges: int = 20, default_step: i
     words = list(dict.fromkeys(pretokenize(corpus)))  # distinct pre-tokens: the leading space belongs to the word
     step = widgets.IntSlider(value=min(default_step, len(merges)), min=0, max=len(merges), description="merges",
                              continuous_update=False)
-    out = widgets.Output()
 
-    def draw(_change=None):
+    def draw():
         k = step.value
         lines = [token_strings(encode(w, merges[:k]), vocab) for w in words]
         n_tokens = len(encode(corpus, merges[:k]))
-        with out:
-            out.clear_output(wait=True)
-            fig, (ax, side) = plt.subplots(1, 2, figsize=(9, 0.36 * len(words) + 0.9),
-                                           gridspec_kw={"width_ratios": [1.1, 1]})
-            plot_tokens(lines, ax, max_cols=11, title=f"after {k} merges: corpus = {n_tokens} tokens "
-                                                      f"({len(corpus.encode())} bytes)")
-            side.axis("off")
-            side.text(0, 1, "merges in learned order:\n" + "\n".join(
-                f"{i:>2}. {vocab[a].decode()!r} + {vocab[b].decode()!r} -> {vocab[256 + i].decode()!r}"
-                for i, (a, b) in enumerate(merges[:k])), family="monospace", fontsize=9, va="top")
-            plt.show()
+        fig, (ax, side) = plt.subplots(1, 2, figsize=(9, 0.36 * len(words) + 0.9),
+                                       gridspec_kw={"width_ratios": [1.1, 1]})
+        plot_tokens(lines, ax, max_cols=11, title=f"after {k} merges: corpus = {n_tokens} tokens "
+                                                  f"({len(corpus.encode())} bytes)")
+        side.axis("off")
+        side.text(0, 1, "merges in learned order:\n" + "\n".join(
+            f"{i:>2}. {vocab[a].decode()!r} + {vocab[b].decode()!r} -> {vocab[256 + i].decode()!r}"
+            for i, (a, b) in enumerate(merges[:k])), family="monospace", fontsize=9, va="top")
+        plt.show()
 
-    step.observe(draw, names="value")
-    draw()
-    return widgets.VBox([step, out])
+    return live_view(draw, [step])
 
 
 def tokenizer_playground(merges, special_tokens: Sequence[str] = (),
@@ -85,22 +81,17 @@ def tokenizer_playground(merges, special_tokens: Sequence[str] = (),
     vocab = build_vocab(merges, special_tokens)
     box = widgets.Text(value=default_text, description="text", layout=widgets.Layout(width="90%"),
                        continuous_update=False)
-    out = widgets.Output()
 
-    def draw(_change=None):
+    def draw():
         try:
             ids = encode(box.value, merges, special_tokens)
             tokens = token_strings(ids, vocab)
             title = f"{label}: {len(ids)} tokens for {len(box.value)} characters ({len(ids) / max(len(box.value), 1):.2f} per character)"
         except ValueError as err:
             tokens, title = [], f"cannot encode: {err}"
-        with out:
-            out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(9, 1.3 + 0.35 * (sum(len(_visible(t)) for t in tokens) // 72)))
-            plot_tokens([tokens], ax, title=title)
-            plt.show()
-            print("ids (this course's numbering: bytes are 0-255):", ids if tokens else [])
+        fig, ax = plt.subplots(figsize=(9, 1.3 + 0.35 * (sum(len(_visible(t)) for t in tokens) // 72)))
+        plot_tokens([tokens], ax, title=title)
+        plt.show()
+        print("ids (this course's numbering: bytes are 0-255):", ids if tokens else [])
 
-    box.observe(draw, names="value")
-    draw()
-    return widgets.VBox([box, out])
+    return live_view(draw, [box])

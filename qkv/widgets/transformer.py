@@ -10,6 +10,7 @@ import torch
 
 from qkv.positional import pair_frequencies, sinusoidal_positional_encoding
 from qkv.schedules import noam_curve
+from qkv.widgets.live import live_view
 
 
 def pe_heatmap(n_positions: int = 100, d_model: int = 64, default_position: int = 20,
@@ -25,41 +26,35 @@ def pe_heatmap(n_positions: int = 100, d_model: int = 64, default_position: int 
                                  continuous_update=False)
     pair = widgets.IntSlider(value=default_pair, min=0, max=d_model // 2 - 1, description="pair i",
                              continuous_update=False)
-    out = widgets.Output()
     omega = pair_frequencies(d_model)
 
-    def draw(_change=None):
+    def draw():
         pos, i = position.value, pair.value
-        with out:
-            out.clear_output(wait=True)
-            fig = plt.figure(figsize=(11, 4))
-            grid = fig.add_gridspec(2, 2, width_ratios=[1.1, 1])
-            ax = fig.add_subplot(grid[:, 0])
-            im = ax.imshow(pe.numpy(), aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
-            ax.add_patch(plt.Rectangle((-0.5, pos - 0.5), d_model, 1, fill=False, ec="black", lw=1.5))
-            ax.add_patch(plt.Rectangle((2 * i - 0.5, -0.5), 2, n_positions, fill=False, ec="green", lw=1.5))
-            ax.set_xlabel("dimension (even: sin, odd: cos)")
-            ax.set_ylabel("position")
-            ax.set_title(f"PE, {n_positions} positions × d_model = {d_model}")
-            fig.colorbar(im, ax=ax, fraction=0.04)
-            top = fig.add_subplot(grid[0, 1])
-            top.bar(range(d_model), pe[pos].numpy(), color="black")
-            top.set_ylim(-1.1, 1.1)
-            top.set_title(f"PE[{pos}]: fast pairs on the left, slow on the right", fontsize=10)
-            bottom = fig.add_subplot(grid[1, 1])
-            bottom.plot(pe[:, 2 * i].numpy(), color="green", label=f"sin (dim {2 * i})")
-            bottom.plot(pe[:, 2 * i + 1].numpy(), color="green", ls="--", label=f"cos (dim {2 * i + 1})")
-            bottom.axvline(pos, color="black", lw=1)
-            bottom.set_xlabel("position")
-            bottom.set_title(f"pair {i}: wavelength 2π/ω = {2 * math.pi / omega[i].item():.1f} positions", fontsize=10)
-            bottom.legend(fontsize=8, loc="lower left")
-            fig.tight_layout()
-            plt.show()
+        fig = plt.figure(figsize=(11, 4))
+        grid = fig.add_gridspec(2, 2, width_ratios=[1.1, 1])
+        ax = fig.add_subplot(grid[:, 0])
+        im = ax.imshow(pe.numpy(), aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
+        ax.add_patch(plt.Rectangle((-0.5, pos - 0.5), d_model, 1, fill=False, ec="black", lw=1.5))
+        ax.add_patch(plt.Rectangle((2 * i - 0.5, -0.5), 2, n_positions, fill=False, ec="green", lw=1.5))
+        ax.set_xlabel("dimension (even: sin, odd: cos)")
+        ax.set_ylabel("position")
+        ax.set_title(f"PE, {n_positions} positions × d_model = {d_model}")
+        fig.colorbar(im, ax=ax, fraction=0.04)
+        top = fig.add_subplot(grid[0, 1])
+        top.bar(range(d_model), pe[pos].numpy(), color="black")
+        top.set_ylim(-1.1, 1.1)
+        top.set_title(f"PE[{pos}]: fast pairs on the left, slow on the right", fontsize=10)
+        bottom = fig.add_subplot(grid[1, 1])
+        bottom.plot(pe[:, 2 * i].numpy(), color="green", label=f"sin (dim {2 * i})")
+        bottom.plot(pe[:, 2 * i + 1].numpy(), color="green", ls="--", label=f"cos (dim {2 * i + 1})")
+        bottom.axvline(pos, color="black", lw=1)
+        bottom.set_xlabel("position")
+        bottom.set_title(f"pair {i}: wavelength 2π/ω = {2 * math.pi / omega[i].item():.1f} positions", fontsize=10)
+        bottom.legend(fontsize=8, loc="lower left")
+        fig.tight_layout()
+        plt.show()
 
-    position.observe(draw, names="value")
-    pair.observe(draw, names="value")
-    draw()
-    return widgets.VBox([widgets.HBox([position, pair]), out])
+    return live_view(draw, [position, pair])
 
 
 def lr_schedule(d_model: int = 512, default_warmup: int = 4000, total_steps: int = 40_000) -> widgets.Widget:
@@ -70,30 +65,24 @@ def lr_schedule(d_model: int = 512, default_warmup: int = 4000, total_steps: int
     warmup = widgets.IntSlider(value=default_warmup, min=500, max=16_000, step=500, description="warmup",
                                continuous_update=False)
     width = widgets.Dropdown(options=[256, 512, 1024], value=d_model, description="d_model")
-    out = widgets.Output()
     steps = torch.arange(1, total_steps + 1)
 
-    def draw(_change=None):
+    def draw():
         w, d = warmup.value, width.value
         lr = noam_curve(steps, d, w)
         peak = (d * w) ** -0.5
-        with out:
-            out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(8, 3.2))
-            ax.plot(steps.numpy(), lr.numpy(), color="tab:purple")
-            ax.plot(steps.numpy(), noam_curve(steps, 512, 4000).numpy(), color="gray", lw=0.8, ls=":",
-                    label="Vaswani base model: d_model 512, warmup 4000")
-            ax.axvline(w, color="tab:purple", lw=0.8, ls="--")
-            ax.plot([w], [peak], "o", color="tab:purple")
-            ax.set_xlabel("training step")
-            ax.set_ylabel("learning rate")
-            ax.set_ylim(0, 1.25 * max(peak, (512 * 4000) ** -0.5))   # the base curve stays visible
-            ax.set_title(f"peak at step {w}: lr = (d_model·warmup)^-0.5 = {peak:.2e}")
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            plt.show()
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        ax.plot(steps.numpy(), lr.numpy(), color="tab:purple")
+        ax.plot(steps.numpy(), noam_curve(steps, 512, 4000).numpy(), color="gray", lw=0.8, ls=":",
+                label="Vaswani base model: d_model 512, warmup 4000")
+        ax.axvline(w, color="tab:purple", lw=0.8, ls="--")
+        ax.plot([w], [peak], "o", color="tab:purple")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("learning rate")
+        ax.set_ylim(0, 1.25 * max(peak, (512 * 4000) ** -0.5))   # the base curve stays visible
+        ax.set_title(f"peak at step {w}: lr = (d_model·warmup)^-0.5 = {peak:.2e}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        plt.show()
 
-    warmup.observe(draw, names="value")
-    width.observe(draw, names="value")
-    draw()
-    return widgets.VBox([widgets.HBox([warmup, width]), out])
+    return live_view(draw, [warmup, width])
