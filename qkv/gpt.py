@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from typing import Callable
 
 import torch
@@ -277,7 +278,7 @@ def empty_adam_state(params: Params) -> dict:
 
 
 def train_step(params: Params, config: dict, tokens: torch.Tensor, lr: float, state: dict | None = None,
-               *, pieces: Pieces = LIBRARY_PIECES) -> tuple[Params, dict, float]:
+               *, pieces: Pieces = LIBRARY_PIECES, forward_fn: Callable | None = None) -> tuple[Params, dict, float]:
     """One step of Adam (Kingma & Ba 2015, Algorithm 1) on next-token prediction.
 
     Args:
@@ -285,6 +286,8 @@ def train_step(params: Params, config: dict, tokens: torch.Tensor, lr: float, st
         lr: the learning rate of this step (e.g. from the Noam schedule).
         state: Adam's state returned by the previous step, or None for the first step:
             {"step": int, "m": {name: tensor}, "v": {name: tensor}}.
+        forward_fn: the forward pass to differentiate, with :func:`forward`'s signature
+            (default: :func:`forward` built from ``pieces``).
 
     Returns:
         (new params, new state, the loss *before* the update as a float). ``params`` and
@@ -295,8 +298,9 @@ def train_step(params: Params, config: dict, tokens: torch.Tensor, lr: float, st
     beta1, beta2 = config["adam_betas"]
     eps = config["adam_eps"]
     state = empty_adam_state(params) if state is None else state
+    forward_fn = forward_fn or partial(forward, pieces=pieces)
     leaves = {k: t.detach().clone().requires_grad_(True) for k, t in params.items()}
-    logits, _ = forward(leaves, config, tokens[:, :-1], pieces=pieces)
+    logits, _ = forward_fn(leaves, config, tokens[:, :-1])
     loss = next_token_loss(logits, tokens[:, 1:])
     grads = torch.autograd.grad(loss, list(leaves.values()))
     step = state["step"] + 1
@@ -328,7 +332,8 @@ def next_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gener
 
 @torch.no_grad()
 def generate(model: dict, prompt_ids: torch.Tensor, n: int, kv_cache: bool = True, temperature: float = 0.0,
-             generator: torch.Generator | None = None, *, pieces: Pieces = LIBRARY_PIECES) -> torch.Tensor:
+             generator: torch.Generator | None = None, *, pieces: Pieces = LIBRARY_PIECES,
+             forward_fn: Callable | None = None) -> torch.Tensor:
     """Continue ``prompt_ids`` by ``n`` tokens.
 
     Args:
@@ -339,6 +344,8 @@ def generate(model: dict, prompt_ids: torch.Tensor, n: int, kv_cache: bool = Tru
             False: recompute the whole sequence at every step. Both give the same tokens.
         temperature: 0 for greedy decoding, else sample from softmax(logits / temperature).
         generator: the random source for sampling (torch.Generator), for reproducible samples.
+        forward_fn: the forward pass, with :func:`forward`'s signature (default: :func:`forward`
+            built from ``pieces``).
 
     Returns:
         (B, T0 + n) int64: the prompt followed by the new tokens.
@@ -348,16 +355,17 @@ def generate(model: dict, prompt_ids: torch.Tensor, n: int, kv_cache: bool = Tru
         raise ValueError(f"expected prompt_ids of shape (B, T0) with T0 >= 1, got {tuple(prompt_ids.shape)}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    forward_fn = forward_fn or partial(forward, pieces=pieces)
     tokens = prompt_ids
     if kv_cache:
-        logits, cache = forward(params, config, prompt_ids, pieces=pieces)  # prefill: the whole prompt at once
+        logits, cache = forward_fn(params, config, prompt_ids)  # prefill: the whole prompt at once
         for step in range(n):
             new = next_tokens(logits[:, -1], temperature, generator, pieces.softmax)  # (B, 1)
             tokens = torch.cat([tokens, new], dim=1)
             if step < n - 1:
-                logits, cache = forward(params, config, new, cache, pieces=pieces)  # only the new token
+                logits, cache = forward_fn(params, config, new, cache)  # only the new token
     else:
         for _ in range(n):
-            logits, _ = forward(params, config, tokens, pieces=pieces)  # every position, every step
+            logits, _ = forward_fn(params, config, tokens)  # every position, every step
             tokens = torch.cat([tokens, next_tokens(logits[:, -1], temperature, generator, pieces.softmax)], dim=1)
     return tokens
