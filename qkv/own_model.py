@@ -401,15 +401,15 @@ def run_own_model(learner: dict[str, Callable], capstone_ns: dict | None, settin
                       cpu_seconds=run.cpu_seconds, wall_seconds=run.wall_seconds, probes=final.probes,
                       n_params=gpt.count_params(run.params))
         if not final.problem:
-            with alarm(step_timeout, "sampling"):
-                result["sample_before"] = _safe_sample(assembly, run.initial_params, run.config, data)
-                result["sample_after"] = _safe_sample(assembly, run.params, run.config, data)
+            result["sample_before"] = _safe_sample(assembly, run.initial_params, run.config, data, step_timeout)
+            result["sample_after"] = _safe_sample(assembly, run.params, run.config, data, step_timeout)
     return result
 
 
-def _safe_sample(assembly: Assembly, params, config, data: Data) -> str:
+def _safe_sample(assembly: Assembly, params, config, data: Data, timeout: float | None) -> str:
     try:
-        return sample_text(assembly, params, config, data, SAMPLE_PROMPT, 40)
+        with alarm(timeout, "sampling 40 tokens"):
+            return sample_text(assembly, params, config, data, SAMPLE_PROMPT, 40)
     except Exception as exc:  # noqa: BLE001 - a sample is a courtesy; its failure is reported, not fatal
         return f"(sampling failed: {describe(exc)})"
 
