@@ -528,8 +528,8 @@ BANNED = {
 
 REREAD = {
     "forward": "How do the pieces fit together?",
-    "train_step": "Does it learn? The loss against the unigram baseline",
-    "generate": "Generation: does the KV cache change the tokens, and what does it save?",
+    "train_step": "How is it trained, and does it learn?",
+    "generate": "Does the KV cache change the generated tokens, and what does it save?",
 }
 
 HINTS = {
