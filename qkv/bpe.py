@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter, defaultdict
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import regex
 
@@ -268,8 +268,14 @@ def encode(text: str, merges: Sequence[Pair], special_tokens: Sequence[str] = ()
     Any Unicode string round-trips through :func:`decode`. A lone surrogate (e.g.
     ``"\\ud800"``) is not Unicode and has no UTF-8 bytes: it raises ValueError.
     """
-    _check_text(text)
     ranks = _ranks(merges)
+    return _encode_pieces(text, merges, special_tokens, lambda ids: _encode_chunk(ids, ranks))
+
+
+def _encode_pieces(text: str, merges: Sequence[Pair], special_tokens: Sequence[str],
+                   encode_chunk: Callable[[list[int]], list[int]]) -> list[int]:
+    """Split out special tokens, pre-tokenize, and encode each pre-token's bytes with ``encode_chunk``."""
+    _check_text(text)
     special_ids = {s: 256 + len(merges) + j for j, s in enumerate(dict.fromkeys(special_tokens))}
     out: list[int] = []
     for piece, is_special in split_special(text, special_tokens):
@@ -277,7 +283,7 @@ def encode(text: str, merges: Sequence[Pair], special_tokens: Sequence[str] = ()
             out.append(special_ids[piece])
             continue
         for chunk in _GPT2_SPLIT.findall(piece):
-            out.extend(_encode_chunk(list(chunk.encode("utf-8")), ranks))
+            out.extend(encode_chunk(list(chunk.encode("utf-8"))))
     return out
 
 
@@ -310,17 +316,8 @@ def encode_dropout(text: str, merges: Sequence[Pair], p: float, rng: random.Rand
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p is a probability: expected 0 <= p <= 1, got {p}")
-    _check_text(text)
     ranks = _ranks(merges)
-    special_ids = {s: 256 + len(merges) + j for j, s in enumerate(dict.fromkeys(special_tokens))}
-    out: list[int] = []
-    for piece, is_special in split_special(text, special_tokens):
-        if is_special:
-            out.append(special_ids[piece])
-            continue
-        for chunk in _GPT2_SPLIT.findall(piece):
-            out.extend(_encode_chunk_dropout(list(chunk.encode("utf-8")), ranks, p, rng))
-    return out
+    return _encode_pieces(text, merges, special_tokens, lambda ids: _encode_chunk_dropout(ids, ranks, p, rng))
 
 
 def decode(ids: Iterable[int], vocab: dict[int, bytes]) -> str:
