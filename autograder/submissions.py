@@ -149,22 +149,27 @@ def _safe_unzip(archive: Path, target: Path) -> str | None:
                         if written > MAX_UNPACKED_BYTES:  # sizes in the header can lie
                             return "the zip unpacks to more than its declared size; it was not unpacked"
                         out.write(chunk)
+    except NotImplementedError as exc:  # (a RuntimeError: it must come first)
+        if "encrypt" in str(exc):  # "strong encryption (flag bit 6)"
+            return "the zip is password-protected; zip the notebook again without a password"
+        return (f"the zip uses a compression method the grader cannot read ({exc}); "
+                "zip the notebook again with the standard (deflate) method, or send the notebook alone")
     except RuntimeError as exc:
         if "encrypted" in str(exc) or "password" in str(exc):
             return "the zip is password-protected; zip the notebook again without a password"
         return _unreadable_zip(exc)
-    except NotImplementedError as exc:
-        return (f"the zip uses a compression method the grader cannot read ({exc}); "
-                "zip the notebook again with the standard (deflate) method, or send the notebook alone")
-    except Exception as exc:  # BadZipFile, zlib.error, EOFError, lzma/bz2 errors, OSError, UnicodeDecodeError...
+    except UnicodeDecodeError as exc:
+        return (f"the zip has a file name that is not valid UTF-8 ({exc.reason}); "
+                "zip the notebook again, or send the notebook alone")
+    except Exception as exc:  # BadZipFile, zlib.error, EOFError, lzma/bz2 errors, OSError...
         return _unreadable_zip(exc)
     return None
 
 
 def _unreadable_zip(exc: BaseException) -> str:
     kind = "damaged" if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError)) else "unreadable"
-    return (f"the zip is {kind} and could not be unpacked ({type(exc).__name__}: {exc}); "
-            "send a valid .zip or the notebook alone")
+    name = type(exc).__name__ if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{type(exc).__name__}"
+    return f"the zip is {kind} and could not be unpacked ({name}: {exc}); send a valid .zip or the notebook alone"
 
 
 # --------------------------------------------------------------------------- finding the notebook
