@@ -9,7 +9,9 @@
 # Run as root where apt-get exists, it installs what is missing; otherwise it prints one line
 # naming the packages and the command to install them, and exits 1.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+script="${BASH_SOURCE[0]}"
+[[ $script == */* ]] || script="./$script"
+cd "${script%/*}/.."  # (bash only: this runs before anything else is known to be installed)
 purpose="${1:-test}"
 
 missing() {
@@ -31,7 +33,7 @@ case $purpose in book|test) ;; none) exit 0 ;;
 esac
 need="$(missing)"
 [[ -z $need ]] && exit 0
-if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+if [[ $EUID == 0 ]] && command -v apt-get >/dev/null 2>&1; then
   echo "installing system packages for make $purpose: $need"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -22,6 +22,7 @@ import html
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import bleach
 from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
@@ -54,8 +55,9 @@ _IMAGE_DATA = re.compile(r"^data:image/(png|jpeg|gif|webp|svg\+xml);base64,[A-Za
 
 def _allowed_attribute(tag: str, name: str, value: str) -> bool:
     if tag == "a":
-        if name == "href":
-            return value.startswith(("http://", "https://", "mailto:", "#"))  # a link loads nothing until clicked
+        if name == "href":  # a link loads nothing until clicked; no javascript:, data: or other schemes
+            scheme = urlsplit(value).scheme.lower()
+            return scheme in ("http", "https", "mailto") or (scheme == "" and not value.lstrip().startswith("//"))
         return name == "title" or (name == "class" and value == "anchor-link")
     if tag == "img":
         if name == "src":

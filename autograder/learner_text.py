@@ -39,6 +39,8 @@ _HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
 # Bare-URL autolinks (GitHub, JupyterLab): escaping the colon of "://" or the dot of "www."
 # breaks the pattern without changing what the reader sees.
 _AUTOLINK = re.compile(r"(?i)(?<=[a-z0-9])://|(?<=\bwww)\.")
+# At the start of a line, "-" and "1." (or "1)") open a list.
+_LIST_START = re.compile(r"^(-|\d+(?=[.)]))")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -68,6 +70,7 @@ def markdown_inline(text: object, limit: int = 300) -> str:
     line = one_line(text, limit)
     line = "".join(_HTML.get(ch, ch) for ch in line)
     line = _MARKDOWN.sub(r"\\\1", line)
+    line = _LIST_START.sub(lambda m: "\\-" if m.group(0) == "-" else m.group(0) + "\\", line)
     return _AUTOLINK.sub(lambda m: "\\" + m.group(0) if m.group(0) == "." else ":\\//", line)
 
 

@@ -62,7 +62,7 @@ def _tree_digest(*folders: Path) -> str:
     for folder in folders:
         for p in sorted(folder.rglob("*")):
             if p.is_file() and "__pycache__" not in p.parts:
-                h.update(str(p.relative_to(folder)).encode())
+                h.update(os.fsencode(p.relative_to(folder)))
                 h.update(p.read_bytes())
     return h.hexdigest()
 
