@@ -8,6 +8,7 @@ on stderr and exit status 2; anything unexpected is one line naming the error an
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _grade(args) -> int:
     from autograder.grading import GradingSetupError, grade_class
     from autograder.sandbox import Limits
 
-    if not args.timeout > 0:
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
         print(f"cannot grade: --timeout must be a positive number of seconds, not {args.timeout:g}", file=sys.stderr)
         return 2
     try:
@@ -53,7 +54,7 @@ def _grade(args) -> int:
     graded = [r for r in results if r.status == "graded"]
     errors = len(results) - len(graded)
     cheats = sum(r.banned for r in results)
-    print(f"reference solution checked first: full marks (the grader works on this machine)")
+    print("reference solution checked first: full marks (the grader works on this machine)")
     print(f"{len(results)} submissions: {len(graded)} graded, {errors} errors, {cheats} rejected cheats (banned calls)")
     out = Path(args.out)
     print(f"grades: {out / 'grades.csv'}\nreport: {out / 'report.md'} (plot: {out / 'score-distribution.png'})")
