@@ -36,8 +36,10 @@ _SPACES = re.compile(r"\s+")
 # ``test_softmax`` stay as they are.
 _MARKDOWN = re.compile(r"([\\`*{}\[\]()#+!|~$@^]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 _HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
-# Bare-URL autolinks (GitHub, JupyterLab): escaping the colon of "://" or the dot of "www."
-# breaks the pattern without changing what the reader sees.
+# Bare-URL autolinks (GitHub, JupyterLab): a backslash inside "://" (before the first slash)
+# or before the dot of "www." breaks the pattern without changing what the reader sees.
+# (Renderers that link bare domain names, such as markdown-it's fuzzy linkify, go further
+# than GitHub does; a domain shown as a link to itself forges nothing.)
 _AUTOLINK = re.compile(r"(?i)(?<=[a-z0-9])://|(?<=\bwww)\.")
 # At the start of a line, "-" and "1." (or "1)") open a list.
 _LIST_START = re.compile(r"^(-|\d+(?=[.)]))")
