@@ -87,11 +87,12 @@ def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Pat
     ctx = multiprocessing.get_context("spawn")  # workers must not inherit the main process's state
     # Workers are started on demand, so a pool sized for the class costs one process for the canary.
     with ProcessPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1), mp_context=ctx,
-                             initializer=_warm_worker) as pool, tempfile.TemporaryDirectory(prefix="qkv-grade-") as tmp:
-        template = _course_template(assignment, solutions, out / "course", Path(tmp))
-        _canary(assignment, solutions, template, pool, limits, out)
-        if not (out / "course").exists():  # first run: the prepared course is the one the canary passed in
-            shutil.copytree(template, out / "course")
+                             initializer=_warm_worker) as pool:
+        with tempfile.TemporaryDirectory(prefix="qkv-grade-") as tmp:  # gone before anyone is graded
+            template = _course_template(assignment, solutions, out / "course", Path(tmp))
+            _canary(assignment, solutions, template, pool, limits, out)
+            if not (out / "course").exists():  # first run: the prepared course is the one the canary passed in
+                shutil.copytree(template, out / "course")
         return _grade_students(assignment, submissions, out, solutions, pool, limits, show_progress)
 
 
