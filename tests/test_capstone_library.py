@@ -315,3 +315,30 @@ def test_generate_mistakes_are_diagnosed():
         check.check_generate(only_new, params, config, prompt, 6)
     with pytest.raises(CheckFailed, match="disagree from new token"):
         check.check_generate_cache(broken_cache, params, config, prompt, 8)
+
+
+# ----------------------------------------------------------------------------- the widget
+
+
+def test_generation_playground_draws_now_and_on_every_change(monkeypatch):
+    import ipywidgets as widgets
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from qkv import bpe
+    from qkv.widgets.capstone import generation_playground, next_token_table
+
+    config = gpt.make_config(256, 16, 4, 2, 1)  # byte tokens only: no merges
+    params = gpt.init_params(config, seed=0)
+    vocab = bpe.build_vocab([])
+    drawn = []
+    monkeypatch.setattr(widgets.Output, "clear_output", lambda self, wait=False: drawn.append(1))
+    view = generation_playground(params, config, vocab, [])
+    assert drawn == [1]
+    temperature = view.children[0].children[0]
+    temperature.value = 0.0
+    assert len(drawn) == 2
+    greedy = next_token_table(params, config, torch.tensor([[82, 101]]), vocab, 0.0)
+    assert greedy[0][1] == 1.0 and all(p == 0.0 for _, p in greedy[1:])
+    sampled = next_token_table(params, config, torch.tensor([[82, 101]]), vocab, 1.0, k=256)
+    assert sum(p for _, p in sampled) == pytest.approx(1.0)
