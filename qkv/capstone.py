@@ -67,11 +67,16 @@ class _SelfCheck:
         return learner_code_cells(nbformat.read(notebook, as_version=4))
 
     @staticmethod
-    def run_cell(source: str, name: str, namespace: dict) -> None:
-        """Run one of your cells as Jupyter would (IPython magics included)."""
-        from qkv.selfcheck import _exec_cell
+    def cell_runner(namespace: dict) -> Callable[[str, str], object]:
+        """``run(source, name)``: runs your cells in ``namespace`` as Jupyter would (magics included),
+        with the runner ``qkv check`` uses."""
+        try:  # the shared notebook contract, where it exists
+            from qkv.notebook_contract import CellRunner
+        except ImportError:
+            from qkv.selfcheck import _exec_cell
 
-        _exec_cell(source, name, namespace)
+            return lambda source, name: _exec_cell(source, name, namespace)
+        return CellRunner(namespace).run
 
 
 # ----------------------------------------------------------------------------- the report
@@ -243,6 +248,7 @@ def _worker() -> None:
         if not any(own_model.SLOT_CHAPTER[s] == chapter for s in wanted):
             continue
         ns: dict = {"__name__": "__main__"}
+        run_cell = _SelfCheck.cell_runner(ns)
         folder = str(Path(path).parent)
         os.chdir(folder)
         sys.path.insert(0, folder)
@@ -250,7 +256,7 @@ def _worker() -> None:
             send(kind="start", what=f"loading {chapter}: {cid}")
             try:
                 with own_model.alarm(spec["step_timeout"], f"cell {cid} of {chapter}"):
-                    _SelfCheck.run_cell(source, cid, ns)
+                    run_cell(source, f"<{chapter}: {cid}>")
             except BaseException as exc:  # noqa: BLE001 - a learner cell may raise anything
                 load_notes.append(f"{chapter}: cell {cid} raised {type(exc).__name__}: {exc}")
         sys.path.remove(folder)

@@ -50,6 +50,14 @@ def train_step(params, config, tokens, lr, state=None):
     return {k: t.detach() for k, t in leaves.items()}, {"step": 1, "m": {}, "v": {}}, loss.item()
 '''
 
+# A hostile learner reaches for the library's own forward through the modules the setup cell
+# imported: qkv.gpt is never imported in the sandbox, so there is nothing to reach.
+LIBRARY_FORWARD = '''
+def forward(params, config, tokens, cache=None):
+    import sys
+    return sys.modules["q" + "kv.gpt"].forward(params, config, tokens, cache)
+'''
+
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
@@ -61,6 +69,7 @@ def graded(tmp_path_factory):
         "cy": {**ALL_REFERENCE, "train_step": TORCH_ADAM},
         "dee": {},
         "eve": {**ALL_REFERENCE, "forward": RESTARTED_POSITIONS},
+        "fay": {**ALL_REFERENCE, "forward": LIBRARY_FORWARD},
     }
     for student, answers in students.items():
         (subs / student).mkdir(parents=True)
@@ -75,7 +84,7 @@ def graded(tmp_path_factory):
 def test_the_run_completes(graded):
     proc, rows, _ = graded
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "5 submissions: 5 graded, 0 errors, 1 rejected cheats" in proc.stdout
+    assert "6 submissions: 6 graded, 0 errors, 1 rejected cheats" in proc.stdout
 
 
 @pytest.mark.parametrize("student, score", [
@@ -84,6 +93,7 @@ def test_the_run_completes(graded):
     ("cy", MAX - 9),        # torch.optim is banned: train_step 4 + tied 2 + learns 3 lost
     ("dee", 0),             # the untouched exercise
     ("eve", MAX - 3 - 6),   # positions restart in the cache: forward_cache 3, generate 3, generate_cache 3 lost
+    ("fay", 0),             # forward raises (no qkv.gpt to borrow), and every other function calls it
 ])
 def test_scores(graded, student, score):
     _, rows, _ = graded
@@ -98,6 +108,7 @@ def test_feedback_names_the_mistake_without_leaking_hidden_tests(graded):
     assert "torch.optim" in page("cy") and "implement yourself" in page("cy")
     assert "rotated as if they started at position 0" in page("eve")
     assert "not attempted" in page("dee")
-    for student in ("ada", "ben", "cy", "dee", "eve"):
+    assert "forward(params (18 tensors), config, tensor" in page("fay") and "raised KeyError" in page("fay")
+    for student in ("ada", "ben", "cy", "dee", "eve", "fay"):
         text = page(student)
         assert "BEGIN HIDDEN TESTS" not in text and "_cfg" not in text  # hidden-test source never shown

@@ -15,7 +15,7 @@ import numbers
 
 import torch
 
-from qkv.checks.core import CheckFailed, Diagnosis, call_learner, expect_close
+from qkv.checks.core import CheckFailed, Diagnosis, NotAttempted, call_learner, expect_close
 from qkv.gpt_torch import TorchGPT, adam_reference_step
 
 # ----------------------------------------------------------------------------- inputs
@@ -50,6 +50,37 @@ def random_tokens(config: dict, batch: int, t: int, *, seed: int = 0, exclude: t
     allowed = torch.tensor([i for i in range(config["vocab_size"]) if i not in exclude])
     gen = torch.Generator().manual_seed(seed)
     return allowed[torch.randint(0, len(allowed), (batch, t), generator=gen)]
+
+
+def _brief(value) -> str:
+    """A short description of an argument for a message: shapes, not values (a params dict is big)."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, dict):
+        if "params" in value and "config" in value:
+            return "model"
+        if "tok_emb" in value:
+            return f"params ({len(value)} tensors)"
+        if "d_model" in value:
+            return "config"
+        return f"dict of {len(value)}"
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of {len(value)}"
+    return repr(value)[:40]
+
+
+def _call(fn, *args, name: str, **kwargs):
+    """:func:`call_learner`, with arguments described by shape: its own message would print every weight."""
+    try:
+        return call_learner(fn, *args, name=name, **kwargs)
+    except NotAttempted:
+        raise
+    except CheckFailed as exc:
+        cause = exc.__cause__
+        if cause is None:
+            raise
+        described = ", ".join([*map(_brief, args), *(f"{k}={_brief(v)}" for k, v in kwargs.items())])
+        raise CheckFailed(f"{name}({described}) raised {type(cause).__name__}: {cause}", reason=exc.reason) from cause
 
 
 def _copy(value):
@@ -127,7 +158,7 @@ def check_forward(forward, params: dict, config: dict, tokens: torch.Tensor) -> 
     with torch.no_grad():
         want_logits, want_cache = oracle(tokens)
     what = f"forward(params, config, tokens of shape {tuple(tokens.shape)})"
-    result = call_learner(forward, _copy(params), dict(config), tokens.clone(), name="forward")
+    result = _call(forward, _copy(params), dict(config), tokens.clone(), name="forward")
     logits, cache = _unpack_forward(result, what)
     b, t = tokens.shape
     if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (b, t, config["d_model"]):
@@ -159,9 +190,9 @@ def check_forward_causal(forward, params: dict, config: dict, tokens: torch.Tens
     changed = tokens.clone()
     shift = torch.randint(1, config["vocab_size"], changed[:, t + 1:].shape, generator=gen)
     changed[:, t + 1:] = (changed[:, t + 1:] + shift) % config["vocab_size"]  # every later token differs
-    a = _unpack_forward(call_learner(forward, _copy(params), dict(config), tokens.clone(), name="forward"),
+    a = _unpack_forward(_call(forward, _copy(params), dict(config), tokens.clone(), name="forward"),
                         "forward")[0]
-    b = _unpack_forward(call_learner(forward, _copy(params), dict(config), changed, name="forward"), "forward")[0]
+    b = _unpack_forward(_call(forward, _copy(params), dict(config), changed, name="forward"), "forward")[0]
     for x in (a, b):
         if not isinstance(x, torch.Tensor) or tuple(x.shape[:2]) != tuple(tokens.shape):
             msg = "logits must have shape (B, T, V)."
@@ -182,11 +213,11 @@ def check_forward_tied(forward, params: dict, config: dict, tokens: torch.Tensor
     if len(absent) < 2:
         raise ValueError("check_forward_tied needs two token ids that do not occur in tokens")
     j, j2 = absent[0], absent[-1]
-    base = _unpack_forward(call_learner(forward, _copy(params), dict(config), tokens.clone(), name="forward"),
+    base = _unpack_forward(_call(forward, _copy(params), dict(config), tokens.clone(), name="forward"),
                            "forward")[0]
     edited = _copy(params)
     edited["tok_emb"][j] = -2.5 * params["tok_emb"][j2]
-    got = _unpack_forward(call_learner(forward, edited, dict(config), tokens.clone(), name="forward"), "forward")[0]
+    got = _unpack_forward(_call(forward, edited, dict(config), tokens.clone(), name="forward"), "forward")[0]
     if not isinstance(got, torch.Tensor) or not isinstance(base, torch.Tensor) or got.shape != base.shape \
             or got.dim() != 3 or got.shape[-1] != config["vocab_size"]:
         msg = "logits must be a tensor of shape (B, T, vocab_size)."
@@ -214,11 +245,11 @@ def check_forward_cache(forward, params: dict, config: dict, tokens: torch.Tenso
         want, want_cache = oracle(tokens)
     dtype = params["tok_emb"].dtype
     what = f"forward with a cache: {split} tokens, then {tokens.shape[1] - split} more through the cache"
-    first = _unpack_forward(call_learner(forward, _copy(params), dict(config), tokens[:, :split].clone(),
-                                         name="forward"), what)
+    first = _unpack_forward(_call(forward, _copy(params), dict(config), tokens[:, :split].clone(), name="forward"),
+                            what)
     _check_cache(first[1], config, tokens.shape[0], split, f"{what}: the first call's cache")
-    second = _unpack_forward(call_learner(forward, _copy(params), dict(config), tokens[:, split:].clone(),
-                                          _copy(first[1]), name="forward"), what)
+    second = _unpack_forward(_call(forward, _copy(params), dict(config), tokens[:, split:].clone(), _copy(first[1]),
+                                   name="forward"), what)
 
     def diagnoses():
         with torch.no_grad():
@@ -313,7 +344,7 @@ def check_train_step(train_step, params: dict, config: dict, tokens: torch.Tenso
     want_params, want_state, want_loss = adam_reference_step(params, config, tokens, lr, state, torch.float64)
     what = f"train_step(tokens of shape {tuple(tokens.shape)}, lr={lr:g}, state at step {0 if state is None else state['step']})"
     given_params, given_state = _copy(params), _copy(state)
-    result = call_learner(train_step, given_params, dict(config), tokens.clone(), lr, given_state, name="train_step")
+    result = _call(train_step, given_params, dict(config), tokens.clone(), lr, given_state, name="train_step")
     new_params, new_state, loss = _unpack_step(result, what)
     if not all(torch.equal(given_params[k], params[k]) for k in params):
         msg = "train_step changed the params it was given; return new tensors and leave the inputs unchanged."
@@ -376,7 +407,7 @@ def check_tied_embedding_trains(train_step, params: dict, config: dict, tokens: 
     absent = [i for i in range(config["vocab_size"]) if i not in present]
     if not absent:
         raise ValueError("check_tied_embedding_trains needs a token id that does not occur in tokens")
-    result = call_learner(train_step, _copy(params), dict(config), tokens.clone(), lr, None, name="train_step")
+    result = _call(train_step, _copy(params), dict(config), tokens.clone(), lr, None, name="train_step")
     new_params = _unpack_step(result, "train_step")[0]
     row = new_params.get("tok_emb")
     if not isinstance(row, torch.Tensor) or row.shape != params["tok_emb"].shape:
@@ -432,7 +463,7 @@ def check_train_step_learns(train_step, params: dict, config: dict, batches: lis
     current = _copy(params)
     for step, tokens in enumerate(batches, start=1):
         lr = factor * noam_schedule(step, config["d_model"], warmup)
-        result = call_learner(train_step, current, dict(config), tokens, lr, state, name="train_step")
+        result = _call(train_step, current, dict(config), tokens, lr, state, name="train_step")
         current, state, loss = _unpack_step(result, f"train_step at step {step}")
         if not math.isfinite(loss):
             msg = f"the loss became {loss} at step {step}."
@@ -490,7 +521,7 @@ def check_generate(generate, params: dict, config: dict, prompt_ids: torch.Tenso
     kwargs = {"kv_cache": kv_cache, "temperature": temperature}
     if seed is not None:
         kwargs["generator"] = torch.Generator().manual_seed(seed)
-    got = call_learner(generate, model, prompt_ids.clone(), n, name="generate", **kwargs)
+    got = _call(generate, model, prompt_ids.clone(), n, name="generate", **kwargs)
     mode = "greedy" if temperature == 0 else f"sampling at temperature {temperature}"
     _check_tokens_result(got, want, prompt_ids, f"generate(prompt of shape {tuple(prompt_ids.shape)}, n={n}, "
                                                 f"kv_cache={kv_cache}, {mode})")
@@ -499,8 +530,8 @@ def check_generate(generate, params: dict, config: dict, prompt_ids: torch.Tenso
 def check_generate_cache(generate, params: dict, config: dict, prompt_ids: torch.Tensor, n: int) -> None:
     """Cached and uncached generation give the same tokens, token for token (greedy)."""
     model = {"params": _copy(params), "config": dict(config)}
-    cached = call_learner(generate, model, prompt_ids.clone(), n, kv_cache=True, name="generate")
-    full = call_learner(generate, _copy(model), prompt_ids.clone(), n, kv_cache=False, name="generate")
+    cached = _call(generate, model, prompt_ids.clone(), n, kv_cache=True, name="generate")
+    full = _call(generate, _copy(model), prompt_ids.clone(), n, kv_cache=False, name="generate")
     for got in (cached, full):
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != (prompt_ids.shape[0], prompt_ids.shape[1] + n):
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
