@@ -250,17 +250,17 @@ def train_with(learner: dict[str, Callable], capstone_ns: dict | None, settings:
 def probe(assembly: Assembly, run: Run, data: Data, settings: Settings, timeout: float | None) -> dict[str, str]:
     """The causality and KV-cache probes on the trained weights ("" = passed)."""
     windows = validation_windows(data, settings)
-    tracker_free = {}
+    results = {}
     for name, fn, args in (("causality", causality_probe, (windows[:4],)),
                            ("cache", cache_probe, (windows[:2, :8],))):
         try:
             with alarm(timeout, f"the {name} probe"):
-                tracker_free[name] = fn(assembly, run.params, run.config, *args)
+                results[name] = fn(assembly, run.params, run.config, *args)
         except PieceFailed as exc:
-            tracker_free[name] = f"your {exc.slot} {exc.symptom} during the {name} probe"
+            results[name] = f"your {exc.slot} {exc.symptom} during the {name} probe"
         except Exception as exc:  # noqa: BLE001
-            tracker_free[name] = f"the {name} probe failed: {describe(exc)}"
-    return tracker_free
+            results[name] = f"the {name} probe failed: {describe(exc)}"
+    return results
 
 
 def probe_only(learner: dict[str, Callable], capstone_ns: dict | None, run: Run, data: Data, settings: Settings,

@@ -162,3 +162,38 @@ def test_a_missing_folder_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "qkv", "capstone", str(tmp_path / "nope")], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "no folder" in proc.stderr and "qkv capstone ~/my-qkv" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- the report and the exit status
+
+
+def _report(events, problem=""):
+    from qkv.capstone import CapstoneReport, PieceRow
+
+    rows = [PieceRow("softmax", "attention", "softmax", not events, ""),
+            PieceRow("forward", "capstone", "forward", True, "")]
+    result = {"used": ["forward"] if events else ["forward", "softmax"], "events": events, "problem": problem,
+              "unigram": 4.1, "bigram": 3.0, "losses": [5.0, 4.0], "val_steps": [0, 2], "val_losses": [5.5, 3.9],
+              "cpu_seconds": 1.0, "wall_seconds": 2.0, "n_params": 1234, "sample_before": "x", "sample_after": "y"}
+    return CapstoneReport("my-qkv", rows, result)
+
+
+def test_the_report_names_the_function_that_broke_training_and_the_exit_status_follows(monkeypatch, capsys):
+    from qkv import capstone
+
+    event = {"slot": "softmax", "problem": "your softmax returned NaN or inf from inputs without NaN at training "
+                                           "step 3; the loss became nan at step 3", "traced_by": "caught in the act"}
+    broken = _report([event])
+    assert not broken.ok
+    text = broken.to_text()
+    assert "BROKE TRAINING: your softmax (chapter 1): your softmax returned NaN" in text
+    assert "caught while it happened" in text and "the library's softmax was used instead" in text
+    assert "1 of 2 pieces of the model are yours." in text
+    healthy = _report([])
+    assert healthy.ok and "BROKE" not in healthy.to_text() and "2 of 2 pieces" in healthy.to_text()
+    assert "unigram baseline 4.100, bigram baseline 3.000" in healthy.to_text()
+    for report, status in ((healthy, 0), (broken, 1)):
+        monkeypatch.setattr(capstone, "from_notebooks", lambda *a, report=report, **k: report)
+        assert capstone.main(Path("."), steps=None, use_failing=False, step_timeout=5, tiny=True) == status
+    assert capstone.main(Path("."), steps=0, use_failing=False, step_timeout=5, tiny=True) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err
