@@ -331,7 +331,7 @@ def from_notebooks(folder: str | os.PathLike, *, settings: Settings | None = Non
 
     Args:
         folder: your working copy of the exercises (``folder/<chapter>/<chapter>.ipynb``).
-        settings: sizes of the run (default: the book's, about half a minute of CPU for the
+        settings: sizes of the run (default: the book's, under a minute of CPU for the
             training itself; qkv.gpt_training.TINY is a seconds-long run).
         use_failing: also use functions that fail their checks, to see what they do to a real model.
         step_timeout: seconds one check, cell or training step may take.

@@ -21,7 +21,7 @@ from qkv.corpora import english_corpus
 
 @dataclass(frozen=True)
 class Settings:
-    """Sizes of one training run. The defaults are the book's: about 30 s of CPU on one thread."""
+    """Sizes of one training run. The defaults are the book's: the training takes about 40 s of CPU (one thread)."""
 
     corpus_bytes: int = 400_000
     vocab_size: int = 512  # 256 bytes + 256 merges
