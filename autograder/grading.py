@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
+from autograder import nbgrader_course
 from autograder.course import REPO_ROOT, SOLUTIONS, nbgrader_config, solution_notebook
 from autograder.preprocessors import ApplyTrustedVerdicts
 from autograder.report import CSV_FIELDS, Result, plot_distribution, write_csv, write_report  # noqa: F401
@@ -50,16 +52,30 @@ class GradingSetupError(RuntimeError):
     """The run cannot start (unknown assignment, no sandbox, broken reference); nothing was graded."""
 
 
-def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Path = SOLUTIONS,
-                workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True) -> list[Result]:
+def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutions: Path = SOLUTIONS,
+                workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True,
+                course: Path | None = None, intake: Callable[[Path], list[Submission]] | None = None,
+                run_notes: Sequence[str] = ()) -> list[Result]:
     """Grade every submission of ``assignment``; write ``out/grades.csv``, ``out/feedback/``,
     ``out/report.md`` and ``out/score-distribution.png``. One student's failure becomes an
-    ``error`` row with a message; the others are graded normally."""
+    ``error`` row with a message; the others are graded normally.
+
+    ``course``: an nbgrader course folder to grade in place (``COURSE/submitted/<student>/<assignment>/``,
+    its gradebook and feedback folder; see ``nbgrader_course``) instead of ``out/course``.
+    ``intake``: finds the submissions in another layout (an LMS download), given a scratch folder.
+    ``run_notes``: lines for the report about the run as a whole (files that mapped to no student).
+    """
     if not bwrap_available():
         raise GradingSetupError("bubblewrap (bwrap) and setpriv are needed to run learner code safely: "
                                 "apt-get install bubblewrap util-linux")
     out = Path(out).resolve()
-    course = out / "course"
+    in_place = course is not None
+    course = Path(course).resolve() if in_place else out / "course"
+    if in_place:
+        try:
+            nbgrader_course.check_course(course, assignment, solution_notebook(assignment, solutions))
+        except (nbgrader_course.CourseLayoutError, FileNotFoundError) as exc:
+            raise GradingSetupError(str(exc)) from None
     source_nb = _prepare_course(assignment, course, solutions)
     verdict_dir = course / "verdicts"
     verdict_dir.mkdir(exist_ok=True)
@@ -68,7 +84,12 @@ def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Pat
 
     unpacked = out / ".unpacked"
     shutil.rmtree(unpacked, ignore_errors=True)
-    entries = discover(Path(submissions), assignment, unpacked)
+    if in_place:
+        entries = nbgrader_course.discover_submitted(course, assignment)
+    elif intake is not None:
+        entries = intake(unpacked)
+    else:
+        entries = discover(Path(submissions), assignment, unpacked)
     results: list[Result] = []
     jobs: list[tuple[Submission, Path]] = []
     for sub in entries:
@@ -76,10 +97,16 @@ def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Pat
         if problem:
             results.append(Result(sub.student_id, assignment, 0.0, max_score, "error", problem))
             continue
+        if in_place:
+            jobs.append((sub, nbgrader_course.place_in_course(sub, course, assignment)))
+            continue
         submitted = course / "submitted" / sub.student_id / assignment
         shutil.rmtree(submitted, ignore_errors=True)
         submitted.mkdir(parents=True)
         shutil.copyfile(sub.notebook, submitted / f"{assignment}.ipynb")
+        timestamp = sub.notebook.parent / nbgrader_course.TIMESTAMP  # nbgrader's layout: keep when it was submitted
+        if timestamp.is_file() and not timestamp.is_symlink():
+            shutil.copyfile(timestamp, submitted / nbgrader_course.TIMESTAMP)
         jobs.append((sub, submitted / f"{assignment}.ipynb"))
 
     bar = tqdm(total=len(entries), desc=f"grading {assignment}", unit="nb", disable=not show_progress)
@@ -121,7 +148,9 @@ def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Pat
 
     write_csv(results, out / "grades.csv")
     plot = plot_distribution(results, out / "score-distribution.png")
-    write_report(results, assignment, out / "report.md", plot)
+    write_report(results, assignment, out / "report.md", plot, run_notes=run_notes)
+    if in_place:
+        nbgrader_course.give_back_to_owner(course)
     return sorted(results, key=lambda r: r.student_id)
 
 
@@ -209,7 +238,11 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
     feedback = api.generate_feedback(assignment, sub.student_id, force=True)
     target = feedback_root / sub.student_id
     shutil.rmtree(target, ignore_errors=True)
-    notes = [sub.note] if sub.note else []
+    notes = sub.note.split("; ") if sub.note else []
+    late = nbgrader_course.late_note(course / "gradebook.db", assignment, sub.student_id)
+    if late:
+        notes.insert(0, late)
+    late = "; ".join(n for n in notes if n.startswith("late:"))
     if feedback["success"]:
         shutil.copytree(course / "feedback" / sub.student_id / assignment, target)
         for page in target.glob("*.html"):
@@ -223,7 +256,7 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
     questions = {gid: (v.points if v.passed else 0.0, v.points, "" if v.passed else v.message)
                  for gid, v in verdicts.tests.items()}
     return Result(sub.student_id, assignment, score, max_score, "graded", "; ".join(notes),
-                  questions=questions, banned=bool(banned))
+                  questions=questions, banned=bool(banned), late=late)
 
 
 # nbgrader's feedback template hard-codes MathJax 2 from a CDN (not even configurable), so

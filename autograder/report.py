@@ -27,9 +27,10 @@ class Result:
     # not in the CSV:
     questions: dict | None = None  # test grade_id -> (points earned, points possible, failure message)
     banned: bool = False
+    late: str = ""  # "late: submitted … after the due date", from nbgrader's timestamps or the LMS
 
 
-CSV_FIELDS = [f.name for f in fields(Result) if f.name not in ("questions", "banned")]
+CSV_FIELDS = [f.name for f in fields(Result) if f.name not in ("questions", "banned", "late")]
 
 
 def write_csv(results: list[Result], path: Path) -> None:
@@ -69,7 +70,8 @@ def plot_distribution(results: list[Result], path: Path) -> Path | None:
     return path
 
 
-def write_report(results: list[Result], assignment: str, path: Path, plot: Path | None) -> None:
+def write_report(results: list[Result], assignment: str, path: Path, plot: Path | None,
+                 run_notes: list[str] | tuple[str, ...] = ()) -> None:
     graded = [r for r in results if r.status == "graded"]
     errors = [r for r in results if r.status == "error"]
     lines = [f"# Grading report: {assignment}", ""]
@@ -92,6 +94,13 @@ def write_report(results: list[Result], assignment: str, path: Path, plot: Path 
     if errors:
         lines += ["", "## Submissions that could not be graded", ""]
         lines += [f"- **{r.student_id}**: {r.message}" for r in errors]
+    late = [r for r in results if r.late]
+    if late:
+        lines += ["", "## Late submissions", ""]
+        lines += [f"- **{r.student_id}**: {r.late}" for r in late]
+    if run_notes:
+        lines += ["", "## Files that map to no student", ""]
+        lines += [f"- {note}" for note in run_notes]
     flagged = [r for r in results if r.banned or (r.status == "graded" and r.message)]
     if flagged:
         lines += ["", "## Notes on graded submissions", ""]
