@@ -80,6 +80,8 @@ def prepare(args: argparse.Namespace) -> HubSettings:
                            instructor=instructor.pw_name, learners=learners, learner_group=args.learner_group,
                            ip=args.ip, port=args.port, hub_port=args.hub_port, proxy_api_port=args.proxy_api_port,
                            authenticator=args.authenticator, bin=str(bin_dir))
+    for name in learners + _group_members(args.learner_group):
+        _private_home(_account(name))
     settings.exchange.mkdir(exist_ok=True)
     settings.exchange.chmod(0o777 | stat.S_ISVTX)  # everyone submits; nobody removes another's files
     course = Path(settings.course)
@@ -173,6 +175,22 @@ def _account(name: str) -> pwd.struct_passwd:
         return pwd.getpwnam(name)
     except KeyError:
         raise HubSetupError(f"no local account {name!r}: create it with `useradd -m {name}` and `passwd {name}`") from None
+
+
+def _group_members(group: str | None) -> list[str]:
+    if not group:
+        return []
+    entry = grp.getgrnam(group)
+    return sorted({*entry.gr_mem, *(p.pw_name for p in pwd.getpwall() if p.pw_gid == entry.gr_gid)})
+
+
+def _private_home(account: pwd.struct_passwd) -> None:
+    """Learners fetch their feedback into their home folder: it must not be readable by the other
+    learners (Debian's useradd makes homes 0755 unless HOME_MODE says otherwise)."""
+    home = Path(account.pw_dir)
+    if home.is_dir() and home.stat().st_uid == account.pw_uid and home.stat().st_mode & 0o077:
+        home.chmod(0o700)
+        print(f"made {home} private (0700): other learners could read the feedback fetched into it", flush=True)
 
 
 def _check_readable_by_everyone(*paths: Path) -> None:
