@@ -20,8 +20,8 @@ HUB_DIR = Path(__file__).resolve().parent
 REPO = HUB_DIR.parent
 VENV = REPO / ".venv"
 # The interpreter the accounts' servers run (see start.py: ensure_runtime): the course's venv
-# itself when every account can run it, else a thin venv on the system's Python that reads
-# the course venv's packages.
+# itself when every account can run it, else a readable copy of its interpreter with a thin
+# venv that reads the course venv's packages.
 RUNTIME = HUB_DIR / ".runtime"
 PROXY = HUB_DIR / "node_modules" / ".bin" / "configurable-http-proxy"
 COURSE_ID = "qkv"
@@ -43,6 +43,7 @@ class HubSettings:
     proxy_api_port: int = 8001
     authenticator: str = "pam"  # "pam"; "test-dummy" exists for loopback tests only
     bin: str = str(VENV / "bin")  # where the accounts' python, jupyterhub-singleuser and nbgrader are
+    library_path: str = ""  # LD_LIBRARY_PATH for that python (the runtime's copied libpython), if any
 
     @property
     def exchange(self) -> Path:
@@ -75,6 +76,8 @@ def user_environment(settings: HubSettings, user: str) -> dict[str, str]:
         "JUPYTER_CONFIG_PATH": str(HUB_DIR),
         "QKV_HUB_EXCHANGE": str(settings.exchange),
     }
+    if settings.library_path:
+        env["LD_LIBRARY_PATH"] = settings.library_path
     if role(settings, user) == "instructor":
         env["QKV_HUB_COURSE"] = settings.course
     else:

@@ -79,14 +79,16 @@ def prepare(args: argparse.Namespace) -> HubSettings:
     settings = HubSettings(state=str(state), course=str(Path(args.course or Path(instructor.pw_dir) / "qkv-course")),
                            instructor=instructor.pw_name, learners=learners, learner_group=args.learner_group,
                            ip=args.ip, port=args.port, hub_port=args.hub_port, proxy_api_port=args.proxy_api_port,
-                           authenticator=args.authenticator, bin=str(bin_dir))
-    for name in learners + _group_members(args.learner_group):
+                           authenticator=args.authenticator, bin=str(bin_dir),
+                           library_path=_runtime_env()["LD_LIBRARY_PATH"] if RUNTIME in bin_dir.parents else "")
+    for name in [instructor.pw_name, *learners, *_group_members(args.learner_group)]:
         _private_home(_account(name))
     settings.exchange.mkdir(exist_ok=True)
     settings.exchange.chmod(0o777 | stat.S_ISVTX)  # everyone submits; nobody removes another's files
     course = Path(settings.course)
     course.mkdir(parents=True, exist_ok=True)
     os.chown(course, instructor.pw_uid, instructor.pw_gid)
+    course.chmod(0o700)  # the gradebook and every submission: the instructor's eyes only
     # The promise learners rely on: their kernels can import the course library.
     run_as(settings, instructor, [str(bin_dir / "python"), "-c", "import qkv, nbgrader, torch"], cwd=course)
     for assignment in args.assignments or _all_assignments():
@@ -97,45 +99,62 @@ def prepare(args: argparse.Namespace) -> HubSettings:
 def ensure_runtime() -> Path:
     """The bin folder whose python every account can run, with the course's packages.
 
-    A venv made from an interpreter under a private folder (pyenv under /root, say) cannot be
-    run by learners. Then build ``hub/.runtime``: a venv (no packages of its own) on the
-    system's Python of the same minor version, whose site-packages adds the course venv's
-    (same minor version, so the same compiled wheels load), with the course venv's console
-    scripts re-pointed at it.
+    JupyterHub's servers must run from an environment its users can read and execute. A venv
+    made from an interpreter under a private folder (pyenv under /root, say) cannot be run by
+    learners; then build ``hub/.runtime``: a copy of that same interpreter (without its
+    site-packages) in the checkout, and a venv on it whose site-packages adds the course
+    venv's, with the course venv's console scripts re-pointed at it. The same interpreter, not
+    the system's Python of the same minor version: pure-Python packages can depend on a
+    patch release (soupsieve 4.1 fails to parse CSS selectors on Debian's 3.11.2, which breaks
+    formgrader's pages).
     """
     venv_python = (VENV / "bin" / "python").resolve()
     if _runnable_by_everyone(venv_python):
         return VENV / "bin"
-    version = subprocess.run([str(VENV / "bin" / "python"), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    base = next((p for p in (Path(f"/usr/bin/python{version}"), Path(f"/usr/local/bin/python{version}"))
-                 if p.exists() and _runnable_by_everyone(p.resolve())), None)
-    if base is None:
-        raise HubSetupError(f"the course venv's Python ({venv_python}) cannot be run by other accounts, and there is "
-                            f"no system python{version} to run learners' servers: install python{version} "
-                            f"(apt-get install python{version}) or build .venv from a Python every account can run")
-    site = RUNTIME / "lib" / f"python{version}" / "site-packages"
-    if not (RUNTIME / "bin" / "python").exists():
-        subprocess.run([str(base), "-m", "venv", "--without-pip", str(RUNTIME)], check=True)
+    base_prefix, version = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", "import sys; print(sys.base_prefix); print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, check=True).stdout.split()
+    interpreter = RUNTIME / "python"
+    stamp = RUNTIME / ".copied-from"
+    if not (stamp.exists() and stamp.read_text() == str(venv_python)):
+        shutil.rmtree(RUNTIME, ignore_errors=True)
+        stdlib = Path(base_prefix) / "lib" / f"python{version}"
+        shutil.copytree(base_prefix, interpreter, symlinks=True, ignore=lambda folder, names: [
+            n for n in names if Path(folder) == stdlib and n in ("site-packages", "test")])
+        (interpreter / "lib" / f"python{version}" / "site-packages").mkdir(exist_ok=True)
+        subprocess.run([str(interpreter / "bin" / f"python{version}"), "-m", "venv", "--without-pip", str(RUNTIME / "venv")],
+                       check=True, env=_runtime_env())
+        stamp.write_text(str(venv_python))
+    venv = RUNTIME / "venv"
+    site = venv / "lib" / f"python{version}" / "site-packages"
     venv_site = VENV / "lib" / f"python{version}" / "site-packages"
     # addsitedir, not a bare path: it also runs the course venv's .pth files (the editable install of qkv).
     (site / "qkv-course-venv.pth").write_text(f"import site; site.addsitedir({str(venv_site)!r})\n")
     # Jupyter finds extensions, JupyterLab's assets and kernels under sys.prefix: share the venv's.
     for sub in ("etc/jupyter", "share/jupyter"):
-        link = RUNTIME / sub
+        link = venv / sub
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
             shutil.rmtree(link, ignore_errors=True)
             link.symlink_to(VENV / sub, target_is_directory=True)
-    runtime_python = RUNTIME / "bin" / "python"
+    runtime_python = venv / "bin" / "python"
     for script in (VENV / "bin").iterdir():
         if script.is_file() and not script.name.startswith(("python", "activate", "pip")):
             head, _, body = script.read_bytes().partition(b"\n")
             if head.startswith(b"#!") and head[2:].strip() == str(VENV / "bin" / "python").encode():
-                target = RUNTIME / "bin" / script.name
+                target = venv / "bin" / script.name
                 target.write_bytes(b"#!" + str(runtime_python).encode() + b"\n" + body)
                 target.chmod(0o755)
-    return RUNTIME / "bin"
+    for path in [RUNTIME, *RUNTIME.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if path.stat().st_mode & stat.S_IXUSR else 0))
+    return venv / "bin"
+
+
+def _runtime_env() -> dict[str, str]:
+    # The copied interpreter links libpython through a RUNPATH into the private folder it came
+    # from; LD_LIBRARY_PATH takes precedence over RUNPATH, so the copy's own libpython loads.
+    return {**os.environ, "LD_LIBRARY_PATH": str(RUNTIME / "python" / "lib")}
 
 
 def _runnable_by_everyone(path: Path) -> bool:
@@ -185,8 +204,9 @@ def _group_members(group: str | None) -> list[str]:
 
 
 def _private_home(account: pwd.struct_passwd) -> None:
-    """Learners fetch their feedback into their home folder: it must not be readable by the other
-    learners (Debian's useradd makes homes 0755 unless HOME_MODE says otherwise)."""
+    """Learners fetch their feedback into their home folder, and the instructor's holds the course
+    (every learner's grades): no home may be readable by the others (Debian's useradd makes
+    homes 0755 unless HOME_MODE says otherwise)."""
     home = Path(account.pw_dir)
     if home.is_dir() and home.stat().st_uid == account.pw_uid and home.stat().st_mode & 0o077:
         home.chmod(0o700)

@@ -296,6 +296,7 @@ def _learner_submits_in_browser(browser, hub: Hub) -> None:
         page.locator("#submitted_assignments_list .list_item", has_text="attention").first.wait_for()
         _shot(page, hub, "3-ada-submitted")
     finally:
+        _shot(page, hub, "ada-last")
         context.close()
     saved = nbformat.read(hub.home("ada") / "attention" / "attention.ipynb", as_version=4)
     assert _cell(saved, "softmax").strip() == CORRECT_SOFTMAX.strip(), "the browser edit did not reach the file"
@@ -342,9 +343,10 @@ def _gradebook_scores(hub: Hub) -> dict[str, float]:
 def test_a_class_round_trip_on_the_hub(hub: Hub, browser):
     ada, ben, teacher = hub.name("ada"), hub.name("ben"), hub.name("teacher")
 
-    # The hub made the learners' homes private: feedback lands there.
-    for role in ("ada", "ben"):
-        assert hub.home(role).stat().st_mode & 0o077 == 0
+    # The hub made every home private (feedback lands in learners' homes; the course, with every
+    # grade, is in the instructor's), and the course folder itself.
+    for folder in (hub.home("ada"), hub.home("ben"), hub.home("teacher"), hub.course):
+        assert folder.stat().st_mode & 0o077 == 0, folder
     # qkv is importable by a learner, from the hub's Python.
     hub.as_user("ben", str(Path(hub.settings().bin) / "python"), "-c", "import qkv")
 
@@ -394,6 +396,7 @@ def test_a_class_round_trip_on_the_hub(hub: Hub, browser):
         viewer.locator("text=attention (Score: 3.0 / 11.0)").wait_for()
         _shot(page, hub, "5-ada-feedback")
     finally:
+        _shot(page, hub, "ada-feedback-last")
         context.close()
 
     # A learner can never see another learner's feedback.
@@ -424,6 +427,7 @@ def test_a_class_round_trip_on_the_hub(hub: Hub, browser):
             time.sleep(0.5)
         _shot(page, hub, "7-formgrader-manual-grade")
     finally:
+        _shot(page, hub, "formgrader-last")
         context.close()
     assert _gradebook_scores(hub) == {ada: 3.0, ben: 2.0}
 
@@ -431,3 +435,81 @@ def test_a_class_round_trip_on_the_hub(hub: Hub, browser):
     rows = _grades(hub)
     assert {s: float(r["score"]) for s, r in rows.items()} == {ada: 3.0, ben: 2.0}
     assert _gradebook_scores(hub) == {ada: 3.0, ben: 2.0}
+
+
+# --------------------------------------------------------------------------- the course layout (fast, no hub)
+
+LATE_CASES = {  # student: (timestamp.txt, the expected note)
+    "ada": ("2026-12-01 14:05:00.000000 UTC",
+            "late: submitted 2 h 5 min after the due date (2026-12-01 14:05:00 UTC, due 2026-12-01 12:00:00 UTC)"),
+    "ben": ("2026-12-03 13:00:00.000000 UTC",
+            "late: submitted 2 d 1 h after the due date (2026-12-03 13:00:00 UTC, due 2026-12-01 12:00:00 UTC)"),
+    "cy": ("2026-12-01 12:00:07.000000 UTC",
+           "late: submitted 7 s after the due date (2026-12-01 12:00:07 UTC, due 2026-12-01 12:00:00 UTC)"),
+    "dee": ("2026-12-01 11:59:59.000000 UTC", None),  # on time
+    "eve": (None, None),  # no timestamp: nothing to say
+}
+
+
+@pytest.fixture(scope="module")
+def small_course(tmp_path_factory) -> Path:
+    """An nbgrader course after `collect`: submitted/<student>/attention/ with timestamps, and a due date."""
+    import autograder.course  # noqa: F401  (puts the venv's alembic on PATH for nbgrader's gradebook)
+    from nbgrader.api import Gradebook
+    from nbgrader.utils import parse_utc
+
+    course = tmp_path_factory.mktemp("layout") / "course"
+    with Gradebook(f"sqlite:///{course.parent / 'gradebook.db'}") as gb:
+        gb.update_or_create_assignment("attention", duedate=dt.datetime(2026, 12, 1, 12, 0, 0))
+        for student, (timestamp, _) in LATE_CASES.items():
+            folder = course / "submitted" / student / "attention"
+            folder.mkdir(parents=True)
+            nbformat.write(learner_notebook("attention", {}), folder / "attention.ipynb")
+            gb.update_or_create_student(student)
+            if timestamp:
+                (folder / "timestamp.txt").write_text(timestamp)
+                gb.update_or_create_submission("attention", student, timestamp=parse_utc(timestamp))
+    shutil.move(course.parent / "gradebook.db", course / "gradebook.db")
+    (course / "submitted" / "fay" / "other").mkdir(parents=True)  # fay submitted another assignment only
+    (course / "submitted" / "gus" / "attention").mkdir(parents=True)  # an empty submission
+    return course
+
+
+@pytest.mark.parametrize("student", sorted(LATE_CASES))
+def test_late_note_from_nbgrader_timestamps_and_due_date(small_course, student):
+    from autograder.nbgrader_course import late_note
+
+    assert late_note(small_course / "gradebook.db", "attention", student) == LATE_CASES[student][1]
+
+
+def test_submitted_layout_is_discovered_in_place(small_course):
+    from autograder.nbgrader_course import discover_submitted
+
+    subs = {s.student_id: s for s in discover_submitted(small_course, "attention")}
+    assert sorted(subs) == ["ada", "ben", "cy", "dee", "eve", "gus"]
+    assert subs["ada"].notebook == small_course / "submitted" / "ada" / "attention" / "attention.ipynb"
+    assert "no notebook" in subs["gus"].problem
+
+
+def test_a_course_whose_source_differs_from_the_reference_is_refused(tmp_path):
+    from autograder.course import solution_notebook
+    from autograder.nbgrader_course import CourseLayoutError, check_course
+
+    reference = solution_notebook("attention")
+    with pytest.raises(CourseLayoutError, match="no submitted/ folder"):
+        check_course(tmp_path, "attention", reference)
+    (tmp_path / "submitted").mkdir()
+    source = tmp_path / "source" / "attention"
+    source.mkdir(parents=True)
+    (source / "attention.ipynb").write_text("{}")  # the instructor's own version
+    with pytest.raises(CourseLayoutError, match="differs from qkv's reference"):
+        check_course(tmp_path, "attention", reference)
+    shutil.copyfile(reference, source / "attention.ipynb")
+    check_course(tmp_path, "attention", reference)  # the same reference: accepted
+
+
+def test_grade_needs_exactly_one_of_submissions_or_course(tmp_path):
+    for args in ([], [str(tmp_path), "--course", str(tmp_path)]):
+        proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", *args, "--out", str(tmp_path)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "give either a SUBMISSIONS folder" in proc.stderr
