@@ -31,6 +31,7 @@ exercises: $(STAMP)
 # The course hub on this machine (run as root): JupyterHub, the proxy, nbgrader's exchange.
 #   make hub INSTRUCTOR=teacher LEARNERS=ada,ben    (or LEARNER_GROUP=students; HUB_ARGS="--port 8000 ...")
 hub: $(STAMP) $(HUBDEPS)
+	$(if $(INSTRUCTOR),,$(error set INSTRUCTOR to the instructor's local account: make hub INSTRUCTOR=teacher LEARNERS=ada,ben))
 	$(PY) hub/start.py --instructor "$(INSTRUCTOR)" $(if $(LEARNERS),--learners "$(LEARNERS)") \
 	    $(if $(LEARNER_GROUP),--learner-group "$(LEARNER_GROUP)") $(HUB_ARGS)
 

@@ -410,8 +410,11 @@ def test_a_class_round_trip_on_the_hub(hub: Hub, browser):
     # 5. Formgrader opens the grader's gradebook; a manual grade survives a regrade.
     context, page = _login(browser, hub, "teacher", "formgrader/manage_assignments")
     try:
-        page.wait_for_selector("text=attention")
+        row = page.locator("tr", has=page.locator("a", has_text="attention")).first
+        row.wait_for()
         _shot(page, hub, "6-formgrader-assignments")
+        cells = row.locator("td").all_inner_texts()
+        assert "released" in cells and "2" in cells, cells  # the grader's gradebook: both submissions
         with sqlite3.connect(hub.course / "gradebook.db") as db:
             (submission_id,) = db.execute("""
                 SELECT submitted_notebook.id FROM submitted_notebook
@@ -513,3 +516,18 @@ def test_grade_needs_exactly_one_of_submissions_or_course(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", *args, "--out", str(tmp_path)],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "give either a SUBMISSIONS folder" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--instructor", "no-such-account-qkv"], "no local account 'no-such-account-qkv': create it with `useradd -m"),
+    (["--instructor", "root", "--authenticator", "test-dummy", "--ip", "0.0.0.0"], "loopback (127.0.0.1) only"),
+])
+def test_the_hub_refuses_to_start_with_a_clear_message(tmp_path, args, message):
+    if os.geteuid() != 0:
+        pytest.fail("run as root: the hub's checks start with root")
+    if not PROXY.exists():
+        pytest.fail(f"configurable-http-proxy is not installed ({PROXY}): run `make hub-deps`")
+    proc = subprocess.run([sys.executable, str(REPO / "hub" / "start.py"), *args, "--state", str(tmp_path / "state"),
+                           "--prepare-only"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("cannot start the hub: ") and message in proc.stderr
+    assert not (tmp_path / "state").exists()  # refused before touching anything
