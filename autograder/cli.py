@@ -65,6 +65,11 @@ def _grade(args) -> int:
     except (GradingSetupError, FileNotFoundError, lms.DownloadError) as exc:
         print(f"cannot grade: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if args.course and Path(args.course).is_dir():  # even after a failure: never leave root's files
+            from autograder.nbgrader_course import give_back_to_owner
+
+            give_back_to_owner(Path(args.course).resolve())
     if download is not None:
         imported = lms.write_import_csv(download, results, out / f"{args.lms}-import.csv", points=args.lms_points,
                                         column=args.lms_column, assignment=args.assignment)

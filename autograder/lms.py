@@ -183,16 +183,16 @@ def write_import_csv(download: Download, results: list[Result], path: Path, *, p
             writer.writerow(["Student", "ID", "SIS User ID", "SIS Login ID", "Section", column or assignment])
             writer.writerow(["Points Possible", "", "", "", "", _number(points)])
             for student, result in rows:
-                writer.writerow([student.name, student.student_id, "", "", "", _grade(result, points)])
+                writer.writerow([_text(student.name), student.student_id, "", "", "", _grade(result, points)])
         else:
             when = _moodle_date(graded_at or datetime.now())
             writer.writerow(["Identifier", "Full name", "Email address", "Status", "Grade", "Maximum Grade",
                              "Grade can be changed", "Last modified (submission)", "Last modified (grade)",
                              "Feedback comments"])
             for student, result in rows:
-                writer.writerow([f"Participant {student.student_id}", student.name, student.email,
-                                 student.status or "Submitted for grading", _grade(result, points), _number(points),
-                                 "Yes", "-", when, summary_line(result) if result else ""])
+                writer.writerow([f"Participant {student.student_id}", _text(student.name), _text(student.email),
+                                 _text(student.status or "Submitted for grading"), _grade(result, points),
+                                 _number(points), "Yes", "-", when, _text(summary_line(result)) if result else ""])
     tmp.replace(path)
     return path
 
@@ -328,6 +328,13 @@ def _moodle_date(when: datetime) -> str:
     # Moodle's own export writes userdate() with strftimedatetime, "%A, %d %B %Y, %I:%M %p",
     # and its importer reads the column back with PHP's strtotime.
     return when.strftime("%A, %d %B %Y, %I:%M %p")
+
+
+def _text(text: str) -> str:
+    """A text cell: one line, and never read as a formula by a spreadsheet the instructor opens
+    the CSV in (a name the learner chose can start with "=")."""
+    text = _flat(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def _flat(text: str) -> str:

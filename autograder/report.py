@@ -97,15 +97,27 @@ def write_report(results: list[Result], assignment: str, path: Path, plot: Path 
     late = [r for r in results if r.late]
     if late:
         lines += ["", "## Late submissions", ""]
-        lines += [f"- **{r.student_id}**: {r.late}" for r in late]
-    if run_notes:
+        lines += [f"- **{_md_line(r.student_id)}**: {_md_line(r.late)}" for r in late]
+    if run_notes:  # file names from an LMS download: learner text, shown as plain text
         lines += ["", "## Files that map to no student", ""]
-        lines += [f"- {note}" for note in run_notes]
+        lines += [f"- {_md_line(note)}" for note in run_notes]
     flagged = [r for r in results if r.banned or (r.status == "graded" and r.message)]
     if flagged:
         lines += ["", "## Notes on graded submissions", ""]
         lines += [f"- **{r.student_id}**: {r.message}" for r in flagged]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _md_line(text: str, limit: int = 300) -> str:
+    """Learner-controlled text as one line of plain markdown: control characters and line breaks
+    flattened, every ASCII punctuation character escaped (no heading, link, image, HTML or
+    emphasis can be forged), length capped."""
+    flat = "".join(" " if not ch.isprintable() else ch for ch in text)
+    flat = " ".join(flat.split())[:limit]
+    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in flat)
+
+
+_MD_SPECIAL = set("\\`*_{}[]()<>#+-.!|~&")
 
 
 def _short(message: str) -> str:

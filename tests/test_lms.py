@@ -202,6 +202,28 @@ def test_canvas_gradebook_csv_is_exact(tmp_path):
         "turingalan,1004,,,,\r\n")
 
 
+def test_learner_text_in_the_csv_cannot_become_a_formula(tmp_path):
+    download = lms.Download("moodle", tmp_path, {
+        "1009": lms.LmsStudent("1009", '=HYPERLINK("http://x","y")', email="@evil\nline")}, [])
+    result = Result("1009", "attention", 3.0, 11.0, "graded", questions={"test_softmax": (0.0, 3.0, "-1 is\nwrong")})
+    path = lms.write_import_csv(download, [result], tmp_path / "m.csv", graded_at=datetime(2025, 12, 1, 15, 30))
+    row = list(csv.DictReader(open(path, encoding="utf-8")))[0]
+    assert row["Full name"] == "'=HYPERLINK(\"http://x\",\"y\")"
+    assert row["Email address"] == "'@evil line"
+    assert row["Feedback comments"] == "Score 3/11. test_softmax: 0/3 (-1 is wrong)."
+
+
+def test_report_shows_unmapped_file_names_as_plain_text(tmp_path):
+    from autograder.report import write_report
+
+    write_report([], "attention", tmp_path / "report.md", None,
+                 run_notes=["# Fake heading](http://x)<script>alert(1)</script>\n## Grades: all 100: not named ..."])
+    report = (tmp_path / "report.md").read_text()
+    section = report.split("## Files that map to no student\n\n", 1)[1]
+    assert section.count("\n") == 1 and section.startswith("- \\# Fake heading\\]\\(http://x\\)\\<script\\>")
+    assert "\n## Grades" not in report
+
+
 # --------------------------------------------------------------------------- the grading command (slow)
 
 def _grade(tmp_path: Path, lms_kind: str, archive: Path, *extra: str):
