@@ -71,6 +71,7 @@ class LmsStudent:
     files: list[str] = field(default_factory=list)  # file names as the student uploaded them
     late: bool = False
     notes: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # file names that came twice (a hand-made zip)
     email: str = ""  # from a Moodle worksheet, when given
     status: str = ""  # idem
 
@@ -90,6 +91,9 @@ class Download:
         for sid, student in sorted(self.students.items()):
             folder = self.folder / sid
             sub = Submission(sid)
+            if student.duplicates:
+                sub.problem = (f"the download holds {', '.join(sorted(set(student.duplicates)))} more than once for "
+                               "this student; keep one copy of each file and grade again")
             for archive in sorted(folder.glob("*.zip")):  # a notebook uploaded inside a zip
                 problem = _safe_unzip(archive, folder / f"{archive.stem}.unzipped")
                 if problem:
@@ -145,6 +149,9 @@ def read_download(lms: str, archive: Path, assignment: str, scratch: Path,
                 student.late = student.late or late
                 student.files.append(filename)
                 dest = folder / sid / PurePosixPath(filename)
+                if dest.exists():
+                    student.duplicates.append(filename)
+                    continue
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 if not _copy_member(zf, member, dest):
                     unmapped.append(f"{name}: unpacks to more than its declared size; it was not unpacked")

@@ -155,6 +155,16 @@ def test_unsafe_members_are_not_unpacked(tmp_path, kind, member, why):
     assert not any(p.is_file() for p in (tmp_path / "scratch").rglob("*"))
 
 
+def test_the_same_file_twice_for_one_student_is_an_error_not_a_silent_choice(tmp_path):
+    path = tmp_path / "m.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("Ada Lovelace_1001_assignsubmission_file/attention.ipynb", _nb(ALL))
+        zf.writestr("Ada Lovelace_1001_assignsubmission_file_attention.ipynb", _nb({}))
+    sub = lms.read_download("moodle", path, "attention", tmp_path / "s").submissions("attention")[0]
+    assert sub.problem == ("the download holds attention.ipynb more than once for this student; keep one copy of "
+                           "each file and grade again")
+
+
 def test_not_a_zip_is_a_clear_error(tmp_path):
     (tmp_path / "x.zip").write_text("not a zip")
     with pytest.raises(lms.DownloadError, match="could not be read as a zip"):
