@@ -263,7 +263,7 @@ def test_grade_canvas_download_end_to_end(tmp_path):
         "curiemarie,48218,,,,\r\n")
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Late submissions\n\n- **48214**: late: Canvas marked the submission late" in report
-    assert "## Files that map to no student\n\n- README.txt:" in report
+    assert "## Files that map to no student\n\n- README\\.txt: not named" in report  # escaped: learner text
     assert "resubmission: graded attention-1.ipynb" in rows["48215"]["message"]
 
 
