@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
+from autograder.learner_text import csv_cell
 from autograder.report import Result
 from autograder.submissions import MAX_UNPACKED_BYTES, Submission, _find_notebook, _safe_unzip
 
@@ -338,10 +339,9 @@ def _moodle_date(when: datetime) -> str:
 
 
 def _text(text: str) -> str:
-    """A text cell: one line, and never read as a formula by a spreadsheet the instructor opens
-    the CSV in (a name the learner chose can start with "=")."""
-    text = _flat(text)
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    """A text cell: one clean line, never read as a formula by a spreadsheet the instructor
+    opens the CSV in (a name the learner chose can start with "=")."""
+    return csv_cell(text, 1000)
 
 
 def _flat(text: str) -> str:

@@ -52,8 +52,6 @@ sys.path.insert(0, str(REPO / "hub"))
 from qkv_hub import PROXY, HubSettings  # noqa: E402
 from start import run_as  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
-
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # Generous: a loaded 2-core machine takes tens of seconds to import JupyterLab for a new account.
@@ -340,6 +338,8 @@ def _gradebook_scores(hub: Hub) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- the class
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_a_class_round_trip_on_the_hub(hub: Hub, browser):
     ada, ben, teacher = hub.name("ada"), hub.name("ben"), hub.name("teacher")
 

@@ -230,8 +230,8 @@ def test_report_shows_unmapped_file_names_as_plain_text(tmp_path):
                  run_notes=["# Fake heading](http://x)<script>alert(1)</script>\n## Grades: all 100: not named ..."])
     report = (tmp_path / "report.md").read_text()
     section = report.split("## Files that map to no student\n\n", 1)[1]
-    assert section.count("\n") == 1 and section.startswith("- \\# Fake heading\\]\\(http://x\\)\\<script\\>")
-    assert "\n## Grades" not in report
+    assert section.count("\n") == 1 and section.startswith("- \\# Fake heading\\]\\(http:\\//x\\)&lt;script&gt;")
+    assert "\n## Grades" not in report and "<script>" not in report
 
 
 # --------------------------------------------------------------------------- the grading command (slow)
@@ -263,7 +263,7 @@ def test_grade_canvas_download_end_to_end(tmp_path):
         "curiemarie,48218,,,,\r\n")
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Late submissions\n\n- **48214**: late: Canvas marked the submission late" in report
-    assert "## Files that map to no student\n\n- README\\.txt: not named" in report  # escaped: learner text
+    assert "## Files that map to no student\n\n- README.txt: not named &lt;name&gt;" in report  # escaped: learner text
     assert "resubmission: graded attention-1.ipynb" in rows["48215"]["message"]
 
 
