@@ -132,7 +132,7 @@ def _duration(seconds: float) -> str:
         parts.append(f"{hours} h")
     if minutes and not days:
         parts.append(f"{minutes} min")
-    if not days and not hours:
+    if not days and not hours and (secs or not minutes):
         parts.append(f"{secs} s")
     return " ".join(parts)
 
