@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
+from autograder import nbgrader_course
 from autograder.course import SOLUTIONS, assignments, nbgrader_config, solution_notebook
 from autograder.feedback import FeedbackPageError, SanitizeLearnerCells, finish_page
 from autograder.learner_text import clean, one_line
@@ -69,8 +71,10 @@ class CanaryFailed(GradingSetupError):
 CANARY_ID = "reference-canary"
 
 
-def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Path = SOLUTIONS,
-                workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True) -> list[Result]:
+def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutions: Path = SOLUTIONS,
+                workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True,
+                course: Path | None = None, intake: Callable[[Path], list[Submission]] | None = None,
+                run_notes: Sequence[str] = ()) -> list[Result]:
     """Grade every submission of ``assignment``; write ``out/grades.csv``, ``out/feedback/``,
     ``out/report.md`` and ``out/score-distribution.png``.
 
@@ -78,9 +82,24 @@ def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Pat
     missing sandbox, or a canary failure (the reference solution, sent through exactly the
     path a submission takes, must score full marks). After that, one student's failure at
     any step becomes an ``error`` row with a message; the others are graded normally and
-    the output files are always written."""
-    submissions, out = Path(submissions), Path(out).resolve()
-    check_arguments(assignment, submissions, out, solutions)
+    the output files are always written.
+
+    ``course``: an nbgrader course folder to grade in place (``COURSE/submitted/<student>/<assignment>/``,
+    its gradebook and feedback folder; see ``nbgrader_course``) instead of ``out/course``.
+    ``intake``: finds the submissions in another layout (an LMS download), given a scratch folder;
+    ``submissions`` is then not read.
+    ``run_notes``: lines for the report about the run as a whole (files that mapped to no student)."""
+    out = Path(out).resolve()
+    in_place = course is not None
+    course = Path(course).resolve() if in_place else out / "course"
+    if in_place:
+        try:
+            nbgrader_course.check_course(course, assignment, solution_notebook(assignment, solutions))
+        except (nbgrader_course.CourseLayoutError, FileNotFoundError) as exc:
+            raise GradingSetupError(str(exc)) from None
+        submissions = course / "submitted"
+    submissions = Path(submissions) if submissions is not None else None
+    check_arguments(assignment, None if intake else submissions, out, solutions)
     if not bwrap_available():
         raise GradingSetupError("bubblewrap (bwrap) and setpriv are needed to run learner code safely: "
                                 "apt-get install bubblewrap util-linux")
@@ -89,25 +108,33 @@ def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Pat
     with ProcessPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1), mp_context=ctx,
                              initializer=_warm_worker) as pool:
         with tempfile.TemporaryDirectory(prefix="qkv-grade-") as tmp:  # gone before anyone is graded
-            template = _course_template(assignment, solutions, out / "course", Path(tmp))
+            template = _course_template(assignment, solutions, course, Path(tmp))
             _canary(assignment, solutions, template, pool, limits, out)
-            if not (out / "course").exists():  # first run: the prepared course is the one the canary passed in
-                shutil.copytree(template, out / "course")
-        return _grade_students(assignment, submissions, out, solutions, pool, limits, show_progress)
+            if not course.exists():  # first run: the prepared course is the one the canary passed in
+                shutil.copytree(template, course)
+        try:
+            return _grade_students(assignment, submissions, out, solutions, pool, limits, show_progress,
+                                   course=course, in_place=in_place, intake=intake, run_notes=run_notes)
+        finally:
+            if in_place:  # run as root on the instructor's course: hand back what was written
+                nbgrader_course.give_back_to_owner(course)
 
 
-def check_arguments(assignment: str, submissions: Path, out: Path, solutions: Path = SOLUTIONS) -> None:
-    """Raise GradingSetupError with one line naming the problem and the fix; touch nothing."""
+def check_arguments(assignment: str, submissions: Path | None, out: Path, solutions: Path = SOLUTIONS) -> None:
+    """Raise GradingSetupError with one line naming the problem and the fix; touch nothing.
+    ``submissions`` None: they come from elsewhere (an LMS download, already read)."""
     known = assignments(solutions)
     if assignment not in known:
         raise GradingSetupError(f"no assignment {assignment!r}: {solutions / assignment / (assignment + '.ipynb')} "
                                 f"does not exist (known: {', '.join(known) or 'none'})")
-    if not submissions.is_dir():
+    if submissions is None:
+        pass
+    elif not submissions.is_dir():
         raise GradingSetupError(f"submissions folder {submissions} does not exist or is not a folder; "
                                 "give the folder holding one subfolder or .zip per student")
-    if not os.access(submissions, os.R_OK | os.X_OK):
+    elif not os.access(submissions, os.R_OK | os.X_OK):
         raise GradingSetupError(f"submissions folder {submissions} cannot be read; check its permissions")
-    if out == submissions.resolve() or submissions.resolve() in out.parents:
+    elif out == submissions.resolve() or submissions.resolve() in out.parents:
         raise GradingSetupError(f"--out {out} is inside the submissions folder {submissions}; "
                                 "choose an output folder outside it")
     if out.exists():
@@ -130,8 +157,10 @@ class _Course:
     """The per-student path shared by the canary and the class: admit a notebook into an
     nbgrader course, verify it in a worker, record the verdicts with nbgrader."""
 
-    def __init__(self, assignment: str, course: Path, solutions: Path, feedback_root: Path, limits: Limits):
+    def __init__(self, assignment: str, course: Path, solutions: Path, feedback_root: Path, limits: Limits,
+                 in_place: bool = False):
         self.assignment, self.course, self.feedback_root, self.limits = assignment, course, feedback_root, limits
+        self.in_place = in_place
         self.source_nb = _prepare_course(assignment, course, solutions)
         self.verdict_dir = course / "verdicts"
         self.verdict_dir.mkdir(exist_ok=True)
@@ -142,11 +171,16 @@ class _Course:
         return _error(sub, self.assignment, self.max_score, message)
 
     def admit(self, sub: Submission) -> Path:
-        """Copy the notebook to where nbgrader expects it; returns that path."""
+        """Copy the notebook to where nbgrader expects it (in place: leave it there); returns that path."""
+        if self.in_place:
+            return nbgrader_course.place_in_course(sub, self.course, self.assignment)
         submitted = self.course / "submitted" / sub.student_id / self.assignment
         remove_tree(submitted)
         submitted.mkdir(parents=True)
         shutil.copyfile(sub.notebook, submitted / f"{self.assignment}.ipynb")
+        timestamp = sub.notebook.parent / nbgrader_course.TIMESTAMP  # nbgrader's layout: keep when it was submitted
+        if timestamp.is_file() and not timestamp.is_symlink():
+            shutil.copyfile(timestamp, submitted / nbgrader_course.TIMESTAMP)
         return submitted / f"{self.assignment}.ipynb"
 
     def _verdict_path(self, sub: Submission) -> Path:
@@ -259,12 +293,19 @@ def _perfect_submission(course: Path, source_nb: Path, assignment: str) -> nbfor
     return released
 
 
-def _grade_students(assignment: str, submissions: Path, out: Path, solutions: Path, pool: ProcessPoolExecutor,
-                    limits: Limits, show_progress: bool) -> list[Result]:
-    course = _Course(assignment, out / "course", solutions, out / "feedback", limits)
+def _grade_students(assignment: str, submissions: Path | None, out: Path, solutions: Path,
+                    pool: ProcessPoolExecutor, limits: Limits, show_progress: bool, *, course: Path,
+                    in_place: bool, intake: Callable[[Path], list[Submission]] | None,
+                    run_notes: Sequence[str]) -> list[Result]:
+    course = _Course(assignment, course, solutions, out / "feedback", limits, in_place=in_place)
     unpacked = out / ".unpacked"
     remove_tree(unpacked)
-    entries = discover(submissions, assignment, unpacked)
+    if in_place:
+        entries = nbgrader_course.discover_submitted(course.course, assignment)
+    elif intake is not None:
+        entries = intake(unpacked)
+    else:
+        entries = discover(submissions, assignment, unpacked)
     results: list[Result] = []
     bar = tqdm(total=len(entries), desc=f"grading {assignment}", unit="nb", disable=not show_progress)
 
@@ -312,7 +353,7 @@ def _grade_students(assignment: str, submissions: Path, out: Path, solutions: Pa
     except Exception as exc:  # noqa: BLE001 (a missing plot must not cost the report)
         plot = None
         print(f"warning: the score plot could not be drawn ({type(exc).__name__}: {exc})", file=sys.stderr)
-    write_report(results, assignment, out / "report.md", plot)
+    write_report(results, assignment, out / "report.md", plot, run_notes=run_notes)
     return sorted(results, key=lambda r: r.student_id)
 
 
@@ -427,7 +468,11 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
     feedback = api.generate_feedback(assignment, sub.student_id, force=True)
     target = feedback_root / sub.student_id
     remove_tree(target)
-    notes = [sub.note] if sub.note else []
+    notes = sub.note.split("; ") if sub.note else []
+    late = nbgrader_course.late_note(course / "gradebook.db", assignment, sub.student_id)
+    if late:
+        notes.insert(0, late)
+    late = "; ".join(n for n in notes if n.startswith("late:"))
     if feedback["success"]:
         shutil.copytree(course / "feedback" / sub.student_id / assignment, target)
         try:
@@ -444,7 +489,7 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
     questions = {gid: (v.points if v.passed else 0.0, v.points, "" if v.passed else v.message)
                  for gid, v in verdicts.tests.items()}
     return Result(sub.student_id, assignment, score, max_score, "graded", "; ".join(notes),
-                  questions=questions, banned=bool(banned))
+                  questions=questions, banned=bool(banned), late=late)
 
 
 def _score(course: Path, assignment: str, student_id: str) -> float:

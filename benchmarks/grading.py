@@ -4,7 +4,12 @@ Both grade the same submissions of the attention assignment (correct, wrong and 
 mixed) in this one invocation, and both write nbgrader gradebook entries and feedback.
 Prints notebooks per second for each and their ratio.
 
-    .venv/bin/python benchmarks/grading.py [--students 40] [--workers N]
+With ``--scaling``: qkv's grader alone on the same submissions with 1, 2, ... up to the
+machine's cores worker processes, each run from scratch (no verdict cache); prints
+notebooks/s, the speed-up over one worker, notebooks/s per core, and what the best rate means
+for a class of 1,000 learners x 9 chapters.
+
+    .venv/bin/python benchmarks/grading.py [--students 40] [--workers N] [--scaling]
 """
 
 from __future__ import annotations
@@ -71,11 +76,40 @@ def ours(subs: Path, work: Path, workers: int | None) -> float:
     return elapsed
 
 
+def scaling(subs: Path, work: Path, max_workers: int) -> list[tuple[int, float]]:
+    """(workers, notebooks/s) for 1 .. max_workers workers, each grading every submission afresh."""
+    n = sum(1 for _ in subs.iterdir())
+    rates = []
+    for workers in range(1, max_workers + 1):
+        rates.append((workers, n / ours(subs, work / f"scaling-{workers}", workers)))
+    return rates
+
+
+def print_scaling(rates: list[tuple[int, float]], n: int, learners: int = 1000, chapters: int = 9) -> None:
+    base = rates[0][1]
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (other work on the "
+          f"machine slows every row alike); {n} attention submissions per run")
+    print("workers  notebooks/s  speed-up  notebooks/s per core")
+    for workers, rate in rates:
+        print(f"{workers:>7}  {rate:>11.2f}  {rate / base:>7.2f}x  {rate / workers:>20.2f}")
+    workers, best = max(rates, key=lambda r: r[1])
+    total = learners * chapters
+    print(f"{learners} learners x {chapters} chapters = {total} notebooks: {total / best / 3600:.1f} h on this machine "
+          f"at {best:.2f} notebooks/s ({workers} workers), assuming every chapter grades like attention")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--students", type=int, default=40)
     parser.add_argument("--workers", type=int, default=None, help="qkv grader workers (default: cores)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="throughput against the number of workers, 1 .. --workers (default: cores)")
     args = parser.parse_args()
+    if args.scaling:
+        with tempfile.TemporaryDirectory(prefix="qkv-bench-") as tmp:
+            subs = make_class(Path(tmp) / "subs", args.students)
+            print_scaling(scaling(subs, Path(tmp), args.workers or os.cpu_count() or 1), args.students)
+        return
     with tempfile.TemporaryDirectory(prefix="qkv-bench-") as tmp:
         work = Path(tmp)
         subs = make_class(work / "subs", args.students)
