@@ -15,6 +15,7 @@ learner's answer matches it.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from typing import Callable, Sequence
@@ -432,7 +433,16 @@ def check_wordpiece(wordpiece_tokenize, word: str, vocab: Sequence[str]) -> None
 
 
 def toy_merges(n_merges: int = 300) -> list[tuple[int, int]]:
-    """Merges learned by the oracle trainer on a fixed text, as id pairs (input data for encode tests)."""
+    """Merges learned by the oracle trainer on a fixed text, as id pairs (input data for encode tests).
+
+    Several test cells need the same merges and each must build its own inputs (no test cell
+    reads another's variables), so the training (~2 s) is cached; every caller gets a fresh list.
+    """
+    return list(_toy_merges(n_merges))
+
+
+@functools.lru_cache(maxsize=4)
+def _toy_merges(n_merges: int) -> tuple[tuple[int, int], ...]:
     from qkv.corpora import english_corpus
 
     text = english_corpus(40_000)
@@ -442,7 +452,7 @@ def toy_merges(n_merges: int = 300) -> list[tuple[int, int]]:
     for a, b in byte_merges:
         merges.append((ids[a], ids[b]))
         ids[a + b] = 255 + len(merges)
-    return merges
+    return tuple(merges)
 
 
 # ----------------------------------------------------------------------------- learner guidance
