@@ -90,6 +90,36 @@ def report_all(what: str, problems: Sequence[str], *, level: int = NAMED) -> Non
                       level=level, what=what, detail=detail)
 
 
+def explain_points(points: Sequence[tuple[str, float, float, str]],
+                   variants: Sequence[tuple[Sequence[float], str]], *, tol: float = 1e-9) -> list[str]:
+    """Explain a known-values check that failed at several points, most specific first.
+
+    ``points`` are (label, got, expected, why-if-wrong); ``variants`` are (the value a known wrong
+    version gives at each point, its message). Variants are chosen greedily by how many failing
+    points they explain (so one mistake that explains everything wins over the points' own
+    reasons, and two independent mistakes are both named); failing points no variant explains
+    keep their own reason.
+    """
+    def close(a, b) -> bool:
+        return abs(a - b) <= tol + tol * abs(b)
+
+    failing = {i for i, (_, got, want, _) in enumerate(points) if not close(got, want)}
+    out: list[str] = []
+    left = set(failing)
+    while left:
+        best, covered = None, set()
+        for values, message in variants:
+            hits = {i for i in left if close(points[i][1], values[i])}
+            if len(hits) > len(covered):
+                best, covered = message, hits
+        if best is None:
+            break
+        out.append(best)
+        left -= covered
+    out += [f"{points[i][0]} = {points[i][1]!r}, expected {points[i][2]!r}: {points[i][3]}" for i in sorted(left)]
+    return out
+
+
 # ----------------------------------------------------------------------------- calling the learner
 
 # The arguments of the most recent learner call, so that a comparison can name them
@@ -334,5 +364,6 @@ def expect_pair(result, *, what: str, names: Sequence[str] = ("output", "weights
 
 
 __all__ = ["BARE", "PATTERN", "NAMED", "TOLERANCES", "CheckFailed", "NotAttempted", "Diag", "Diagnosis", "Reread",
-           "call_learner", "crash_failure", "expect_close", "expect_equal", "expect_pair", "fail", "last_call",
+           "call_learner", "crash_failure", "expect_close", "expect_equal", "expect_pair", "explain_points", "fail",
+           "last_call",
            "redact", "report_all", "short"]
