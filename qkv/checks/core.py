@@ -332,8 +332,8 @@ def expect_equal(got, want, what: str, diagnoses: Callable[[], Iterable[tuple[ob
         pattern = patterns.text_mismatch(got, want)
     shown = f"expected {short(want)}, got {short(got)}."
     if pattern:
-        raise CheckFailed(f"{what}: {pattern} ({shown})", reason=redact(pattern), level=PATTERN, what=what,
-                          detail=f"{pattern} ({shown})")
+        detail = pattern if isinstance(want, str) else f"{pattern} ({shown})"
+        raise CheckFailed(f"{what}: {detail}", reason=redact(pattern), level=PATTERN, what=what, detail=detail)
     raise CheckFailed(f"{what}: {shown}", reason="the result differs from the expected answer.", level=BARE,
                       what=what, detail=shown)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from qkv.checks import sections
-from qkv.checks.core import NAMED, CheckFailed, Diagnosis, call_learner, expect_close, fail
+from qkv.checks.core import NAMED, CheckFailed, Diagnosis, call_learner, expect_close, fail, last_call
+from qkv.checks.patterns import shape_mismatch
 from qkv.checks.graded import check_of
 from qkv.checks.properties import masked_keys_get_zero
 from qkv.checks.registry import Diag, Property, declare
@@ -82,7 +83,8 @@ def _expect_bool(actual, shape: tuple, what: str) -> None:
         raise CheckFailed(f"{what}: expected a bool mask (True = may attend), got dtype {actual.dtype}. "
                           "A comparison such as a < b already gives a bool tensor.")
     if tuple(actual.shape) != shape:
-        raise CheckFailed(f"{what}: expected shape {shape}, got {tuple(actual.shape)}.")
+        why = shape_mismatch(tuple(actual.shape), shape, last_call().args if last_call() else {})
+        raise fail(what, f"expected shape {shape}, got {tuple(actual.shape)}" + (f": {why}" if why else "."), level=1)
 
 
 # ----------------------------------------------------------------------------- padding_mask

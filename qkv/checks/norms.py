@@ -321,6 +321,16 @@ def check_masked_batch_norm(masked_batch_norm, x, mask, running_mean, running_va
 # ----------------------------------------------------------------------------- properties
 
 
+def _wrong_axes(found: list[str], want: str, candidates: dict[str, tuple[int, ...]]) -> list[str] | None:
+    """The axis sets the output is (wrongly) normalised over, or None when only the right one is.
+    Normalising over a subset of the right axes also makes the output normalised over the right
+    ones, so a subset found normalised is a mistake even when ``want`` is found too."""
+    subsets = [f for f in found if f != want and set(candidates[f]) < set(candidates[want])]
+    if want in found and not subsets:
+        return None
+    return subsets or [f for f in found if f != want]
+
+
 def _axes_message(found: list[str], want: str, what: str) -> str:
     if found:
         return (f"your {what} output is normalised over {found[0]}, but it must be normalised over {want}: the "
@@ -348,8 +358,9 @@ def _layer_norm_properties(p) -> str | None:
         candidates["all the other dims (BatchNorm's axes)"] = tuple(range(x.dim() - k))
     found = normalised_axes(got, candidates)
     want = f"the last {k} dim(s) {dims}"
-    if want not in found:
-        return Diag(_axes_message([f for f in found if f != want], want, "LayerNorm"), sections.NORM_AXES)
+    wrong = _wrong_axes(found, want, candidates)
+    if wrong is not None:
+        return Diag(_axes_message(wrong, want, "LayerNorm"), sections.NORM_AXES)
     a = p.call(x64, shape, None, None, 1e-5)
     b = p.call(x64, shape, None, None, 10.0)
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.allclose(a, b, atol=1e-6):
@@ -398,9 +409,12 @@ def _batch_norm_properties(p) -> str | None:
     batch_dims = (0,) if x.dim() == 2 else (0, 2)
     want = f"the batch axes {batch_dims} of each channel"
     candidates = {want: batch_dims, "the channels of each sample (LayerNorm's axis)": (1,), "dim 0 only": (0,)}
+    if x.dim() == 3:
+        candidates["dim 2 only"] = (2,)
     found = normalised_axes(tr[0], candidates)
-    if want not in found:
-        return Diag(_axes_message([f for f in found if f != want], want, "training-mode BatchNorm"), sections.NORM_AXES)
+    wrong = _wrong_axes(found, want, candidates)
+    if wrong is not None:
+        return Diag(_axes_message(wrong, want, "training-mode BatchNorm"), sections.NORM_AXES)
     keep = p.call(x64, rm64, rv64, None, None, True, 0.0, 1e-5)
     if isinstance(keep, tuple) and len(keep) == 3 and isinstance(keep[1], torch.Tensor) and \
             not torch.allclose(keep[1], rm64, atol=1e-9):
@@ -424,6 +438,12 @@ def _masked_bn_properties(p) -> str | None:
             return Diag("changing only the values at the padding positions changed the outputs of the real tokens: "
                         "padding leaks into the statistics. Compute the mean and variance from x[mask] only.",
                         sections.PADDING_IN_BN)
+        if args[2] and p.get("weight") is None and p.get("bias") is None and int(real.sum()) > 1:
+            y = a[0][real].double()
+            if not normalised_axes(y, {"the real tokens": (0,)}, tol=1e-2):
+                return Diag("the real tokens' outputs are not normalised (mean 0 and variance 1 per channel over the "
+                            "real tokens): the mean or variance is divided by the wrong count (the number of real "
+                            "tokens, not B·T).", sections.PADDING_IN_BN)
     return None
 
 

@@ -39,7 +39,7 @@ def named_sizes(inputs: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def describe_factor(c: float, inputs: dict[str, Any]) -> str:
-    """Say what ``c`` probably is: '1/√16 (16 = q.shape[-1])', '2', 'n_groups / n_heads' ... or ''."""
+    """Say what ``c`` probably is, e.g. '1/√16 (16 = q.shape[-1])', '2', 'n_groups / n_heads', or ''."""
     if not math.isfinite(c) or c == 0:
         return ""
 
@@ -57,11 +57,15 @@ def describe_factor(c: float, inputs: dict[str, Any]) -> str:
         for value, text in ((v, f"{n}"), (1 / v, f"1/{n}"), (math.sqrt(v), f"√{n}"), (1 / math.sqrt(v), f"1/√{n}"),
                             (v * v, f"{n}²"), ((v - 1) / v, f"({n}−1)/{n}"), (v / (v - 1), f"{n}/({n}−1)")):
             if close(c, value):
-                return f"{text}, with {n} = {d}"
+                return f"{text} ({n} = {d})" if text != f"{n}" else f"{d}"
     for (d1, v1) in sizes:
         for (d2, v2) in sizes:
-            if d1 != d2 and close(c, v1 / v2):
+            if d1 == d2:
+                continue
+            if close(c, v1 / v2):
                 return f"{d1} / {d2}"
+            if close(c, math.sqrt(v1 / v2)):
+                return f"√({d1} / {d2})"
     return ""
 
 
@@ -124,7 +128,7 @@ def _constant_factor(a, e, atol, rtol, inputs):
     named = describe_factor(c, inputs)
     if c < 0 and math.isclose(c, -1.0, rel_tol=1e-6):
         return "your result is the answer with the sign flipped (× −1): a subtraction the wrong way round?"
-    what = f" = {named}" if named else ""
+    what = f" (= {named})" if named else ""
     return (f"your result is the answer × {c:.6g}{what}, the same factor everywhere: a scale or normalisation "
             "factor is wrong (missing, inverted, or applied twice).")
 
@@ -330,9 +334,10 @@ def shape_mismatch(actual: tuple[int, ...], expected: tuple[int, ...], inputs: d
             if actual[i] == 1:
                 return (f"dim {i} has size 1 where the answer has {expected[i]}: the result was not broadcast/expanded "
                         "to the full size along that axis.")
-            sources = [d for d, v in named_sizes(inputs) if v == actual[i]]
-            hint = f" ({actual[i]} is {sources[0]})" if sources else ""
-            return f"dim {i} has size {actual[i]}{hint} where the answer has {expected[i]}."
+            got_from = [d for d, v in named_sizes(inputs) if v == actual[i]]
+            want_from = [d for d, v in named_sizes(inputs) if v == expected[i]]
+            return (f"dim {i} has size {actual[i]}" + (f" (= {got_from[0]})" if got_from else "")
+                    + f" where the answer has {expected[i]}" + (f" (= {want_from[0]})" if want_from else "") + ".")
     for name, x in inputs.items():
         if isinstance(x, torch.Tensor) and tuple(x.shape) == actual and actual != expected:
             return f"your result has the shape of the argument `{name}`: was a reduction or a product left out?"
@@ -369,7 +374,7 @@ def number_mismatch(got: float, want: float, inputs: dict[str, Any] | None = Non
     c = got / want
     named = describe_factor(c, inputs or {})
     if named:
-        return f"your result is the answer × {c:.6g} = {named}: a factor is missing, inverted or doubled."
+        return f"your result is the answer × {c:.6g} (= {named}): a factor is missing, inverted or doubled."
     return f"your result is {c:.4g} × the answer."
 
 
@@ -410,6 +415,13 @@ def text_mismatch(got: str, want: str) -> str | None:
     """Where two strings first differ, with a little context."""
     if not isinstance(got, str) or not isinstance(want, str) or got == want:
         return None
+    for codec in ("latin-1", "cp1252"):
+        try:
+            if got == want.encode("utf-8").decode(codec, errors="replace"):
+                return (f"your text is the UTF-8 bytes read as {codec} (mojibake: 'Ã©' for 'é'): decode the joined "
+                        "bytes as UTF-8.")
+        except (UnicodeError, LookupError):
+            pass
     i = next((j for j, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))
     lo = max(0, i - 10)
     return (f"the text first differs at character {i}: got {got[lo:i + 10]!r}, expected {want[lo:i + 10]!r}"

@@ -111,7 +111,7 @@ def scale_diagnosis(s: float | None, d_k: int, names: dict[str, float]) -> str |
         return Diag(f"your weights are softmax(−{abs(s):.4g} · q kᵀ): the sign of the scores is flipped, so the "
                     "least similar keys get the most weight.", sections.ATTENTION_STEPS)
     named = describe_factor(s, names)
-    what = f" = {named}" if named else ""
+    what = f" (= {named})" if named else ""
     return Diag(f"your weights are softmax(q kᵀ × {s:.4g}{what}); the scale must be 1/√d_k = {1 / math.sqrt(d_k):.4g} "
                 "(divide the scores by the square root of the query/key width).", sections.WHY_SQRT_DK)
 

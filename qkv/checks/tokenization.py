@@ -448,9 +448,11 @@ def check_wordpiece(wordpiece_tokenize, word: str, vocab: Sequence[str]) -> None
          Diag("you took the *shortest* matching piece; WordPiece is greedy longest-match-first: try the longest "
               "candidate first and shrink it.", sections.WORDPIECE)),
         (_wordpiece_variant(word, vocab, "no_hashes"),
-         "pieces after the first must be looked up (and returned) with the '##' prefix, e.g. 'play', '##ing'."),
+         Diag("pieces after the first must be looked up (and returned) with the '##' prefix, e.g. 'play', '##ing'.",
+              sections.WORDPIECE)),
         (_wordpiece_variant(word, vocab, "partial_unk"),
-         "when some position matches nothing, the *whole word* becomes ['[UNK]'] (BERT's rule), not just one piece."),
+         Diag("when some position matches nothing, the *whole word* becomes ['[UNK]'] (BERT's rule), not just one "
+              "piece.", sections.WORDPIECE)),
     ])
 
 
@@ -520,6 +522,8 @@ def _train_replay(p) -> str | None:
     words = [list(w) for w in counts_by_word]
     freqs = list(counts_by_word.values())
     names = {i: bytes([i]) for i in range(256)}
+    shown = lambda q: f"({names[q[0]]!r}, {names[q[1]]!r})"  # noqa: E731
+    tie = None
     for step, m in enumerate(merges):
         if not (isinstance(m, tuple) and len(m) == 2 and all(x in names for x in m)):
             return None
@@ -529,21 +533,24 @@ def _train_replay(p) -> str | None:
         c = counts.get(m, 0)
         top = max(counts.values())
         best = max(counts, key=lambda q: (counts[q], names[q[0]], names[q[1]]))
-        shown = lambda q: f"({names[q[0]]!r}, {names[q[1]]!r})"  # noqa: E731
         if c == 0:
             return Diag(f"merge {step} {shown(m)} joins two tokens that are never adjacent at that point: merges must "
                         "come from the pair counts of the pre-tokenized words.", sections.BPE)
         if c < top:
+            once = _pair_counts_explicit(words, [1] * len(words))
+            why = (" Your choice is the most frequent pair if every distinct pre-token counts once: weight each "
+                   "pre-token's pairs by how often it occurs in the text." if once.get(m, 0) == max(once.values())
+                   and once.get(best, 0) < once.get(m, 0) else
+                   " Count every adjacent pair of every pre-token, weighted by how often the pre-token occurs.")
             return Diag(f"merge {step} is {shown(m)}, which occurs {c} times at that point, but {shown(best)} occurs "
-                        f"{top} times: count every adjacent pair of every pre-token, weighted by how often the pre-token "
-                        "occurs, and take the most frequent.", sections.BPE)
-        if m != best:
-            return Diag(f"merge {step} is {shown(m)}; it ties with {shown(best)} ({c} occurrences each), and ties go to "
-                        "the greatest (vocab[a], vocab[b]) compared as byte strings.", sections.BPE)
+                        f"{top} times.{why}", sections.BPE)
+        if m != best and tie is None:
+            tie = Diag(f"merge {step} is {shown(m)}; it ties with {shown(best)} ({c} occurrences each), and ties go to "
+                       "the greatest (vocab[a], vocab[b]) compared as byte strings.", sections.BPE)
         new_id = 256 + step
         names[new_id] = names[m[0]] + names[m[1]]
         words = [_merge_explicit(w, m, new_id) for w in words]
-    return None
+    return tie
 
 
 def _encode_properties(p) -> str | None:
