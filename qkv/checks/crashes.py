@@ -170,8 +170,12 @@ def _signature(m: re.Match, call: Call) -> str | None:
 
 def _zero_division(m: re.Match, call: Call) -> str | None:
     zeros = [n for n, v in call.args.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0]
-    if zeros:
+    if len(zeros) == 1:
         return (f"`{zeros[0]}` is 0 in this call and your code divides by it: handle that case separately "
+                "(e.g. no warm-up when warmup_steps is 0).")
+    if zeros:
+        names = ", ".join(f"`{n}`" for n in zeros)
+        return (f"{names} are 0 in this call and your code divides by one of them: handle that case separately "
                 "(e.g. no warm-up when warmup_steps is 0).")
     return "a division by zero: guard the case where the divisor (a count, a length, a sum) is 0."
 
