@@ -110,7 +110,7 @@ def _matmul(m: re.Match, call: Call) -> str | None:
 
 
 def _dim_out_of_range(m: re.Match, call: Call) -> str | None:
-    lo, hi, got = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    hi, got = int(m.group(2)), int(m.group(3))
     ndim = hi + 1
     named = [f"`{n}` {tuple(t.shape)}" for n, t in call.tensors().items() if t.dim() == ndim]
     who = f" ({', '.join(named)})" if named else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from qkv.checks import sections
-from qkv.checks.core import NAMED, CheckFailed, Diagnosis, call_learner, expect_close, fail, last_call
+from qkv.checks.core import NAMED, PATTERN, CheckFailed, Diagnosis, call_learner, expect_close, fail, last_call
 from qkv.checks.patterns import shape_mismatch
 from qkv.checks.graded import check_of
 from qkv.checks.properties import masked_keys_get_zero
@@ -84,7 +84,7 @@ def _expect_bool(actual, shape: tuple, what: str) -> None:
                           "A comparison such as a < b already gives a bool tensor.")
     if tuple(actual.shape) != shape:
         why = shape_mismatch(tuple(actual.shape), shape, last_call().args if last_call() else {})
-        raise fail(what, f"expected shape {shape}, got {tuple(actual.shape)}" + (f": {why}" if why else "."), level=1)
+        raise fail(what, f"expected shape {shape}, got {tuple(actual.shape)}" + (f": {why}" if why else "."), level=PATTERN)
 
 
 # ----------------------------------------------------------------------------- padding_mask
@@ -282,6 +282,9 @@ def _padding_counts(p) -> str | None:
     want = lengths.clamp(0, max_len)
     if torch.equal(counts, want):
         return None
+    if torch.equal(counts, max_len - want):
+        return Diag("each row has max_len − lengths[b] True values: you marked the padding, not the real tokens. "
+                    "Row b must be True at positions 0 … lengths[b] − 1.", sections.MASK_POLARITY)
     diff = (counts - want).unique().tolist()
     if len(diff) == 1:
         k = diff[0]

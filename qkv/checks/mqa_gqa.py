@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from qkv.checks import sections
-from qkv.checks.core import CheckFailed, Diagnosis, call_learner, expect_close, expect_pair, fail
+from qkv.checks.core import PATTERN, CheckFailed, Diagnosis, call_learner, expect_close, expect_pair, fail
 from qkv.checks.graded import check_of
 from qkv.checks.patterns import number_mismatch
 from qkv.checks.properties import logit_scale, masked_keys_get_zero, recover_weights, rows_sum_to_one, scale_diagnosis
@@ -215,7 +215,7 @@ def check_kv_cache_bytes(kv_cache_bytes, n_layers, n_kv_heads, d_head, seq_len, 
     why = number_mismatch(got, want, {"n_layers": n_layers, "n_kv_heads": n_kv_heads, "d_head": d_head,
                                       "seq_len": seq_len, "batch": batch, "bytes_per_element": bytes_per_element})
     raise CheckFailed(f"{what}: expected {want:,} bytes, got {got:,}: {why}", reason=f"the number of bytes is wrong: {why}",
-                      what=what, detail=f"expected {want:,} bytes, got {got:,}: {why}", level=1)
+                      what=what, detail=f"expected {want:,} bytes, got {got:,}: {why}", level=PATTERN)
 
 
 @check_of("mean_pool_kv_heads")
@@ -334,7 +334,7 @@ def _weights_findings(weights, q, k_all, mask) -> str | None:
 
 def _gqa_properties(p) -> str | None:
     """The attention weights, recovered by attending over one-hot values, are a proper softmax."""
-    q, k, v, mask = p.get("q"), p.get("k"), p.get("v"), p.get("mask")
+    q, k, mask = p.get("q"), p.get("k"), p.get("mask")
     weights = recover_weights(lambda eye: p.call(q, k, eye) if mask is None else p.call(q, k, eye, mask),
                               k.shape[-2], k)
     if weights is None or tuple(weights.shape) != (*q.shape[:-1], k.shape[-2]):

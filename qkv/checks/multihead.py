@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from qkv.checks import sections
-from qkv.checks.core import CheckFailed, Diagnosis, call_learner, expect_close, expect_pair, fail
+from qkv.checks.core import PATTERN, CheckFailed, call_learner, expect_close, expect_pair, fail
 from qkv.checks.graded import check_of
 from qkv.checks.patterns import number_mismatch
 from qkv.checks.properties import masked_keys_get_zero, rows_sum_to_one
@@ -294,7 +294,7 @@ def check_attention_flops(attention_flops, T: int, d_model: int, n_heads: int, d
             raise CheckFailed(f"{what} = {got}: {message}")
     why = number_mismatch(got, want, {"T": T, "d_model": d_model, "n_heads": n_heads, "d_head": d_head or d_model // n_heads})
     raise CheckFailed(f"{what} = {got}, expected {want} (torch.utils.flop_counter counts {want}): {why}",
-                      reason=f"the count differs from the expected one: {why}", what=what, detail=why)
+                      reason=f"the count differs from the expected one: {why}", what=what, detail=why, level=PATTERN)
 
 
 @check_of("attention_flops")
@@ -345,7 +345,7 @@ def _mha_properties(p) -> str | None:
 
 def _flops_properties(p) -> str | None:
     """With d_head = d_model / n_heads, the count does not depend on the number of heads."""
-    T, d_model, n_heads, d_head = p.get("T"), p.get("d_model"), p.get("n_heads"), p.get("d_head")
+    T, d_model, d_head = p.get("T"), p.get("d_model"), p.get("d_head")
     if d_head is not None or d_model % 2 or T is None:
         return None
     one = p.call(T, d_model, 1)

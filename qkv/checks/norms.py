@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from qkv.checks import sections
-from qkv.checks.core import CheckFailed, Diagnosis, NotAttempted, call_learner, expect_close, expect_pair, fail
+from qkv.checks.core import CheckFailed, Diagnosis, NotAttempted, call_learner, expect_close, expect_pair
 from qkv.checks.graded import check_of
 from qkv.checks.properties import normalised_axes
 from qkv.checks.registry import Diag, Property, declare

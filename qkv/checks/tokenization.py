@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import regex
 
 from qkv.checks import sections
-from qkv.checks.core import CheckFailed, call_learner, expect_equal, fail
+from qkv.checks.core import BARE, PATTERN, CheckFailed, call_learner, expect_equal, fail
 from qkv.checks.core import short as _short
 from qkv.checks.graded import check_of
 from qkv.checks.patterns import text_mismatch
@@ -337,7 +337,7 @@ def _compare_training(train_bpe, text, vocab_size, special_tokens, *, expected, 
     first = next((k for k, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
     detail = (f"merge {first} should be {want[first] if first < len(want) else 'absent'}, got "
               f"{got[first] if first < len(got) else 'nothing'} ({len(want)} merges expected, {len(got)} returned).")
-    raise CheckFailed(f"{what}: {detail}", reason="the merges differ from the expected ones.", level=0, what=what,
+    raise CheckFailed(f"{what}: {detail}", reason="the merges differ from the expected ones.", level=BARE, what=what,
                       detail=detail)
 
 
@@ -361,7 +361,7 @@ def check_train_bpe_speed(train_bpe_fast, text: str, vocab_size: int, special_to
     vocab, merges = _check_vocab_and_merges(result, vocab_size, special_tokens, what)
     if merges_as_bytes(vocab, merges) != want:
         raise CheckFailed(f"{what}: the merges differ from the naive trainer's; an efficient trainer must give "
-                          "exactly the same merges (same counts, same tie-breaking).", level=0)
+                          "exactly the same merges (same counts, same tie-breaking).", level=BARE)
     speedup = t_naive / t_fast
     if speedup < min_speedup:
         raise CheckFailed(f"{what}: correct but slow: {t_fast:.2f} s, only {speedup:.1f}x faster than a naive trainer "
@@ -433,7 +433,7 @@ def check_roundtrip(encode, decode, text: str, merges, special_tokens: Sequence[
     if back != text:
         where = text_mismatch(back, text) if isinstance(back, str) else None
         raise CheckFailed(f"decode(encode({_short(text, 60)})) gave {_short(back, 60)}: the round trip must be exact"
-                          + (f"; {where}" if where else "."), level=1)
+                          + (f"; {where}" if where else "."), level=PATTERN)
 
 
 @check_of("wordpiece_tokenize")

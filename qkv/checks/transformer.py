@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from qkv.checks import sections
-from qkv.checks.core import CheckFailed, Diagnosis, call_learner, expect_close, fail
+from qkv.checks.core import CheckFailed, Diagnosis, call_learner, expect_close
 from qkv.checks.graded import check_of
 from qkv.checks.registry import Diag, Property, declare
 
