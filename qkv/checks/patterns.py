@@ -84,6 +84,8 @@ def tensor_mismatch(actual: torch.Tensor, expected: torch.Tensor, *, atol: float
                     inputs: dict[str, Any] | None = None) -> str | None:
     """A sentence describing how ``actual`` differs from ``expected`` (same shape, float64), or None."""
     inputs = inputs or {}
+    if _close(actual, expected, atol, rtol):
+        return None
     if not (torch.isfinite(actual).all() and torch.isfinite(expected).all()):
         return None  # NaN/inf have their own messages
     for finder in (_equals_an_input, _transposed, _constant_factor, _per_slice_factor, _constant_offset,
