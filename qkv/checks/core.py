@@ -144,7 +144,12 @@ def last_call() -> Call | None:
     return _LAST_CALL.get()
 
 
+_IMMUTABLE = (int, float, bool, str, bytes, tuple, type(None), torch.Generator)
+
+
 def _snapshot(value):
+    if type(value) in _IMMUTABLE:  # the common case, kept fast: some checks call the learner thousands of times
+        return None
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     if isinstance(value, (list, dict, bytearray, set)):
@@ -201,9 +206,8 @@ def call_learner(fn: Callable, *args, name: str | None = None, **kwargs):
         raise failure from None
     except Exception as exc:  # the learner's code failed: explain, keep the original as the cause
         raise crash_failure(call, exc) from exc
-    after = crashes.bind(name, fn, args, kwargs).args
-    for arg, old in before.items():
-        if old is not None and not _same(old, after.get(arg)):
+    for arg, old in before.items():  # call.args holds the very objects the learner received
+        if old is not None and not _same(old, call.args[arg]):
             detail = (f"{name} modified an argument in place: `{arg}` changed during the call. A graded function must "
                       "leave its inputs untouched (the caller still needs them): build new tensors or lists "
                       "(x = x - m, torch.cat, .clone(), list(ids)) instead of in-place operations "

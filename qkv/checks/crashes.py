@@ -302,7 +302,7 @@ def bind(name: str, fn: Callable, args: tuple, kwargs: dict) -> Call:
     """Name the arguments of a call: the exercise's parameter names (declared with the graded
     function), else the function's own signature, else argument positions."""
     spec = spec_of(name)
-    names: list[str] = list(spec.args) if spec and spec.args else []
+    names = spec.args if spec is not None and spec.args else ()
     if not names:
         try:
             import inspect
