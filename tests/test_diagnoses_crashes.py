@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from diagnosis_tools import as_grader_proxy, assert_named, failure_of
 from qkv.checks import attention as A
 from qkv.checks import bert as BE
+from qkv.checks import masking as MK
 from qkv.checks import mqa_gqa as G
 from qkv.checks import multihead as MH
 from qkv.checks import norms as N
@@ -89,6 +90,10 @@ def _pre_ln_with_wrong_key(x, params, n_heads):
     return x + h
 
 
+def _padding_mask_without_a_batch_axis(lengths, max_len):
+    return torch.arange(max_len) < lengths     # (max_len,) against (B,): no [:, None]
+
+
 MHA_ARGS = MH.random_mha_inputs(2, 5, 5, 16, seed=0)
 MHA_MASK = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(1)) > 0.5
 MHA_MASK[..., 0] = True
@@ -117,6 +122,8 @@ CASES = [
     pytest.param(MH.check_split_heads, _split_with_true_division, "split_heads",
                  (torch.arange(48, dtype=torch.float32).reshape(2, 3, 8), 2), ["integer division", "//"],
                  id="split-heads-true-division"),
+    pytest.param(MK.check_padding_mask, _padding_mask_without_a_batch_axis, "padding_mask", (torch.tensor([3, 1]), 4),
+                 ["lengths=(2,) int64", "broadcast", "None/unsqueeze"], id="padding-mask-without-batch-axis"),
     pytest.param(TR.check_block, _pre_ln_with_wrong_key, "pre_ln_block",
                  (torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(5)),
                   TR.random_block_params(d_model=16, d_ff=32, seed=0), 4),
@@ -167,3 +174,37 @@ def test_the_unfinished_function_itself_is_still_not_attempted():
 
     with pytest.raises(NotAttempted, match=r"^scaled_dot_product_attention: not attempted yet"):
         A.check_sdpa(sdpa, *A.random_attention_inputs((2,), 4, 6, 8, 5, seed=0))
+
+
+def test_a_hang_is_not_probed_again():
+    """A function that did not return (the grader's timeout) is reported as such; diagnosing calls
+    neither it nor its helpers again (each extra call would hang again and cost a restart)."""
+    calls = []
+
+    def hangs(q, k, v, mask=None):
+        calls.append(1)
+        raise TimeoutError("scaled_dot_product_attention did not return within 4 s (an infinite loop?)")
+
+    def softmax(x, dim=-1):
+        calls.append("softmax")
+        return torch.softmax(x, dim)
+
+    failure = failure_of(A.check_sdpa, hangs, *A.random_attention_inputs((2,), 4, 6, 8, 5, seed=0),
+                         namespace={"softmax": softmax})
+    assert "did not return within 4 s" in str(failure)
+    assert calls == [1]
+
+
+def test_a_crash_is_not_probed_by_properties_but_its_helpers_are_checked():
+    calls = []
+
+    def crashes(q, k, v, mask=None):
+        calls.append("sdpa")
+        raise RuntimeError("something odd")
+
+    def softmax(x, dim=-1):
+        calls.append("softmax")
+        return torch.softmax(x, dim)
+
+    failure_of(A.check_sdpa, crashes, *A.random_attention_inputs((2,), 4, 6, 8, 5, seed=0), namespace={"softmax": softmax})
+    assert calls.count("sdpa") == 1 and "softmax" in calls

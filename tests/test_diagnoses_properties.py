@@ -99,6 +99,15 @@ def test_a_jacobian_that_is_not_symmetric_is_named():
     assert_named(failure, "symmetric")
 
 
+def test_a_jacobian_with_a_wrong_diagonal_is_named():
+    def squared_diagonal(p):   # diag(p²) instead of diag(p): the diagonal becomes 0
+        return torch.diag_embed(p * p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+
+    failure = failure_of(SC.check_softmax_jacobian, squared_diagonal, SC.random_probs((2, 5), seed=3, dtype=torch.float64))
+    assert_named(failure, "diagonal must be", "p_i(1 − p_i)")
+    assert failure.reread == sections.SOFTMAX_JACOBIAN
+
+
 # ----------------------------------------------------------------------------- masking
 
 def test_padding_mask_that_counts_the_padding_is_named():

@@ -230,8 +230,13 @@ def crash_failure(call: Call, exc: BaseException) -> CheckFailed:
     if hint:
         message += f" — likely cause: {hint}"
         reason += f" — likely cause: {redact(hint)}"
-    return CheckFailed(message, reason=reason, level=PATTERN if hint else BARE, what=call.name,
-                       detail=f"raised {kind}: {text}" + (f" — likely cause: {hint}" if hint else ""))
+    failure = CheckFailed(message, reason=reason, level=PATTERN if hint else BARE, what=call.name,
+                          detail=f"raised {kind}: {text}" + (f" — likely cause: {hint}" if hint else ""))
+    # A function that raised would raise again under a property's probes; one that hung would hang
+    # again (and cost the grader a restart each time): say so, so that diagnosing does not call it again.
+    failure.crashed = True
+    failure.hung = kind in ("TimeoutError", "StepTimeout") or "did not return within" in text
+    return failure
 
 
 # ----------------------------------------------------------------------------- comparing

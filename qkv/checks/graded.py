@@ -83,6 +83,10 @@ def property_findings(function: str, fn: Callable, inputs: dict[str, Any]) -> li
     for prop in (spec.properties if spec else ()):
         try:
             broken = prop.broken(probe)
+        except CheckFailed as failure:
+            if getattr(failure, "hung", False):
+                break  # the function hangs on a probe: do not probe it again
+            continue
         except Exception:  # noqa: BLE001 - a property that cannot be evaluated says nothing
             continue
         if broken:
@@ -93,8 +97,8 @@ def property_findings(function: str, fn: Callable, inputs: dict[str, Any]) -> li
 def diagnose(function: str, failure: CheckFailed, fn: Callable | None, inputs: dict[str, Any],
              namespace: dict) -> CheckFailed:
     """The improved failure (or ``failure`` itself when there is nothing to add)."""
-    if getattr(failure, "diagnosed", False):
-        return failure
+    if getattr(failure, "diagnosed", False) or getattr(failure, "hung", False):
+        return failure  # a hang is explained by its own message; probing would hang again
     helpers = helper_findings(function, namespace)
     not_attempted = [(h, f) for h, f in helpers if isinstance(f, NotAttempted)]
     if isinstance(failure, NotAttempted):
@@ -119,7 +123,7 @@ def diagnose(function: str, failure: CheckFailed, fn: Callable | None, inputs: d
     props = []
     # A broken helper explains the failure: its consequences (properties, the generic description)
     # would only repeat it. A known mistake of the function itself is independent of it: keep it.
-    if failure.level < NAMED and fn is not None and not helpers:
+    if failure.level < NAMED and fn is not None and not helpers and not getattr(failure, "crashed", False):
         props = property_findings(function, fn, inputs)
     if failure.level == NAMED or not (helpers or props):
         findings.append(own)
