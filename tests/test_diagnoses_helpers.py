@@ -241,3 +241,36 @@ def test_every_declared_helper_is_a_graded_function_with_a_self_check():
     for name, spec in GRADED.items():
         for helper in spec.helpers:
             assert helper in GRADED and GRADED[helper].self_check is not None, (name, helper)
+
+
+def _reference_functions(slug: str) -> dict:
+    import nbformat
+
+    from notebook_tools import REPO
+
+    nb = nbformat.read(REPO / "solutions" / slug / f"{slug}.ipynb", as_version=4)
+    ns: dict = {"__name__": "__reference__"}
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and (meta.get("solution") or (meta.get("locked") and not meta.get("grade"))):
+            import contextlib
+            import io
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(cell.source, ns)  # noqa: S102 - the course's own reference solution
+    return ns
+
+
+def test_every_self_check_passes_the_reference_solution():
+    """A correct helper must never be blamed: each self-check passes on the reference answer
+    (run here outside any failing check, so nothing else could hide a false blame)."""
+    from qkv.checks.registry import GRADED
+
+    checked = 0
+    for name, spec in GRADED.items():
+        if spec.self_check is None:
+            continue
+        reference = _reference_functions(spec.chapter)[name]
+        spec.self_check(reference)
+        checked += 1
+    assert checked >= 10
