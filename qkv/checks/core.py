@@ -221,6 +221,7 @@ def crash_failure(call: Call, exc: BaseException) -> CheckFailed:
     exception, and the likely mistake behind it."""
     kind = type(exc).__name__
     text = str(exc).strip().split("\n")[0]
+    text = text.removeprefix(f"{kind}: ")  # the grader's re-raised exceptions may carry their type name
     if len(text) > 400:
         text = text[:400] + " …"
     shown = ", ".join(f"{k}={crashes.describe(v)}" for k, v in call.args.items())

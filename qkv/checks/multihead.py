@@ -373,8 +373,9 @@ def _merge_self_check(fn) -> None:
 
 _MASK_HEAD_AXIS = CrashHint(
     r"The size of tensor a \(\d+\) must match the size of tensor b \(\d+\) at non-singleton dimension",
-    lambda m, call: ("the mask has no head axis: the scores are (B, H, T_q, T_k) and a (B, T_q, T_k) mask lines up "
-                     "its batch axis with the heads. Give the mask a head axis: mask[:, None] (or mask.unsqueeze(1)).")
+    lambda m, call: ("the mask has no head axis: the scores are (B, H, T_q, T_k), and broadcasting lines a 3-dim "
+                     "mask (B, ·, T_k) up from the right, so its batch axis meets the heads. Give the mask a head "
+                     "axis: mask[:, None] (or mask.unsqueeze(1)).")
     if isinstance(call.args.get("mask"), torch.Tensor) and call.args["mask"].dim() == 3 else None)
 
 declare("split_heads", chapter="multihead", args=("x", "n_heads"), self_check=_split_self_check)
