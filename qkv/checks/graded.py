@@ -125,7 +125,12 @@ def diagnose(function: str, failure: CheckFailed, fn: Callable | None, inputs: d
     # would only repeat it. A known mistake of the function itself is independent of it: keep it.
     if failure.level < NAMED and fn is not None and not helpers and not getattr(failure, "crashed", False):
         props = property_findings(function, fn, inputs)
-    if failure.level == NAMED or not (helpers or props):
+    if helpers and failure.level == NAMED:
+        # Possibly a consequence of the broken helper, possibly a mistake of its own: say it second.
+        names = " and ".join(h for h, _ in helpers)
+        findings.append((f"once {names} is fixed, check this too: {own[0]}",
+                         f"once {names} is fixed, check this too: {own[1]}", own[2]))
+    elif failure.level == NAMED or not (helpers or props):
         findings.append(own)
     else:
         findings += [(m, redact(m), r) for m, r in props]
