@@ -274,3 +274,17 @@ def test_every_self_check_passes_the_reference_solution():
         spec.self_check(reference)
         checked += 1
     assert checked >= 10
+
+
+def test_an_unfinished_helper_the_function_does_not_call_is_not_blamed():
+    def softmax(x, dim=-1):
+        raise NotImplementedError()
+
+    def unscaled(q, k, v, mask=None):   # does not call softmax, and is wrong on its own
+        w = torch.softmax(q @ k.transpose(-2, -1), -1)
+        return w @ v, w
+
+    failure = failure_of(A.check_sdpa, unscaled, *A.random_attention_inputs((2,), 4, 6, 8, 5, seed=0),
+                         namespace={"softmax": softmax})
+    text = assert_named(failure, "without the 1/√d_k scale")
+    assert "softmax`" not in text

@@ -111,14 +111,16 @@ def diagnose(function: str, failure: CheckFailed, fn: Callable | None, inputs: d
             return out
         failure.diagnosed = True
         return failure
+    # A function that calls an unfinished helper would have stopped with "not attempted" itself:
+    # this one failed otherwise, so it does not call that helper, which is then not to blame.
+    helpers = [(h, f) for h, f in helpers if not isinstance(f, NotAttempted)]
     findings: list[tuple[str, str, Any]] = []  # (message, input-free reason, reread)
     for helper, f in helpers:
-        what = "is not attempted yet" if isinstance(f, NotAttempted) else "fails its own check"
-        text = (f"your `{helper}` {what} ({f.detail.rstrip('.')}); {function} uses it, so fix {helper} first "
-                "and rerun.")
+        text = (f"your `{helper}` fails its own check ({f.detail.rstrip('.')}); {function} uses it, so fix {helper} "
+                "first and rerun.")
         findings.append((text, redact(text) if not f.explicit_reason else
-                         f"your `{helper}` {what} ({f.reason.rstrip('.')}); {function} uses it, so fix {helper} first.",
-                         f.reread))
+                         f"your `{helper}` fails its own check ({f.reason.rstrip('.')}); {function} uses it, so fix "
+                         f"{helper} first.", f.reread))
     own = (failure.detail, failure.reason if failure.explicit_reason else redact(failure.detail), failure.reread)
     props = []
     # A broken helper explains the failure: its consequences (properties, the generic description)

@@ -25,7 +25,7 @@ This module imports nothing from the rest of ``qkv.checks``, so every other modu
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 # ----------------------------------------------------------------------------- book sections
@@ -123,7 +123,6 @@ class Graded:
     properties: tuple[Property, ...] = ()
     crash_hints: tuple[CrashHint, ...] = ()
     chapter: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 GRADED: dict[str, Graded] = {}
