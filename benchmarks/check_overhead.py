@@ -21,21 +21,12 @@ import nbformat
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 from qkv.chapters import CHAPTERS  # noqa: E402
 from qkv.checks.core import call_learner  # noqa: E402
 from qkv.selfcheck import Visible, run_tests  # noqa: E402
-
-
-def reference_namespace(slug: str) -> dict:
-    nb = nbformat.read(REPO / "solutions" / slug / f"{slug}.ipynb", as_version=4)
-    ns: dict = {"__name__": "__main__"}
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if cell.cell_type == "code" and (meta.get("solution") or (meta.get("locked") and not meta.get("grade"))):
-            with contextlib.redirect_stdout(io.StringIO()):
-                exec(cell.source, ns)  # noqa: S102 - the course's own reference solution
-    return ns
+from notebook_tools import reference_namespace  # noqa: E402 - the test helper that loads a solution
 
 
 def visible_seconds(slug: str, repeats: int = 3) -> tuple[float, bool]:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from diagnosis_tools import as_grader_proxy, assert_named, failure_of
+from notebook_tools import reference_namespace
 from qkv import masks as RM
 from qkv import norms as RN
 from qkv.checks import attention as A
@@ -243,24 +244,6 @@ def test_every_declared_helper_is_a_graded_function_with_a_self_check():
             assert helper in GRADED and GRADED[helper].self_check is not None, (name, helper)
 
 
-def _reference_functions(slug: str) -> dict:
-    import nbformat
-
-    from notebook_tools import REPO
-
-    nb = nbformat.read(REPO / "solutions" / slug / f"{slug}.ipynb", as_version=4)
-    ns: dict = {"__name__": "__reference__"}
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if cell.cell_type == "code" and (meta.get("solution") or (meta.get("locked") and not meta.get("grade"))):
-            import contextlib
-            import io
-
-            with contextlib.redirect_stdout(io.StringIO()):
-                exec(cell.source, ns)  # noqa: S102 - the course's own reference solution
-    return ns
-
-
 def test_every_self_check_passes_the_reference_solution():
     """A correct helper must never be blamed: each self-check passes on the reference answer
     (run here outside any failing check, so nothing else could hide a false blame)."""
@@ -270,7 +253,7 @@ def test_every_self_check_passes_the_reference_solution():
     for name, spec in GRADED.items():
         if spec.self_check is None:
             continue
-        reference = _reference_functions(spec.chapter)[name]
+        reference = reference_namespace(spec.chapter)[name]
         spec.self_check(reference)
         checked += 1
     assert checked >= 10
