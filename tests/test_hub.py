@@ -33,6 +33,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import sqlite3
 import subprocess
 import sys
@@ -200,12 +201,30 @@ class Hub:
             subprocess.run(["userdel", "--remove", account.pw_name], capture_output=True)
 
 
+def _let_accounts_reach(*paths: Path) -> dict[Path, int]:
+    """Make ``paths`` readable and every folder above them searchable by other accounts, as
+    hub/start.py requires, for the test's duration; return the modes to restore.
+
+    A CI clone may live under /root (mode 0700); search permission on the way is all that is
+    added, so nothing becomes listable that was not."""
+    changed: dict[Path, int] = {}
+    for path in paths:
+        for folder in [*reversed(path.parents), path]:
+            mode = folder.stat().st_mode
+            need = stat.S_IXOTH | (stat.S_IROTH if folder in paths else 0)
+            if mode & need != need and folder not in changed:
+                changed[folder] = stat.S_IMODE(mode)
+                folder.chmod(stat.S_IMODE(mode) | need)
+    return changed
+
+
 @pytest.fixture(scope="module")
 def hub(artifacts):
     if os.geteuid() != 0:
         pytest.fail("the hub test creates local accounts and runs JupyterHub: run it as root (CI does)")
     if not PROXY.exists():
         pytest.fail(f"configurable-http-proxy is not installed ({PROXY}): run `make hub-deps`")
+    opened = _let_accounts_reach(REPO, Path(sys.prefix))
     # Not pytest's tmp_path: that is private to root, and the accounts must reach the exchange.
     root = Path(tempfile.mkdtemp(prefix="qkv-hub-test-"))
     root.chmod(0o755)
@@ -220,6 +239,8 @@ def hub(artifacts):
         hub.stop()
         shutil.copyfile(hub.log, shots / "hub.log") if hub.log.exists() else None
         shutil.rmtree(root, ignore_errors=True)
+        for folder, mode in opened.items():
+            folder.chmod(mode)
 
 
 @pytest.fixture(scope="module")
