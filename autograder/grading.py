@@ -35,10 +35,10 @@ from tqdm import tqdm
 
 from autograder.course import REPO_ROOT, SOLUTIONS, nbgrader_config, solution_notebook
 from autograder.preprocessors import ApplyTrustedVerdicts
-from autograder.report import CSV_FIELDS, Result, plot_distribution, write_csv, write_report  # noqa: F401
-from autograder.sandbox import Limits, bwrap_available
+from autograder.report import Result, plot_distribution, write_csv, write_report
+from autograder.sandbox import InfrastructureError, Limits, SandboxUnavailable, platform_mode
 from autograder.submissions import Submission, discover
-from autograder.verify import Verdicts, cache_key
+from autograder.verdicts import Verdicts, cache_key
 
 
 # nbgrader 0.9.6's gradebook triggers SQLAlchemy autoflush warnings on every autograde; they
@@ -55,9 +55,10 @@ def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Pat
     """Grade every submission of ``assignment``; write ``out/grades.csv``, ``out/feedback/``,
     ``out/report.md`` and ``out/score-distribution.png``. One student's failure becomes an
     ``error`` row with a message; the others are graded normally."""
-    if not bwrap_available():
-        raise GradingSetupError("bubblewrap (bwrap) and setpriv are needed to run learner code safely: "
-                                "apt-get install bubblewrap util-linux")
+    try:
+        platform_mode()  # root, or an ordinary user with user namespaces; else one line naming the fix
+    except SandboxUnavailable as exc:
+        raise GradingSetupError(str(exc)) from None
     out = Path(out).resolve()
     course = out / "course"
     source_nb = _prepare_course(assignment, course, solutions)
@@ -113,6 +114,9 @@ def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Pat
                 sub = futures[future]
                 try:
                     verdicts, failure = future.result(), None
+                except InfrastructureError as exc:  # ours: no score, no cached verdict; a rerun grades them
+                    verdicts, failure = None, (f"not graded: the grader's sandbox failed ({exc}); this is not the "
+                                               "student's doing: rerun the same command to grade them")
                 except Exception as exc:  # a grader bug or a broken pool must not stop the others
                     verdicts, failure = None, f"the grader failed on this submission ({type(exc).__name__}: {exc})"
                 record(sub, verdicts, failure)

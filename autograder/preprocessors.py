@@ -15,7 +15,7 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Unicode
 
-from autograder.verify import Verdicts
+from autograder.verdicts import Verdicts
 
 
 class ApplyTrustedVerdicts(NbGraderPreprocessor):

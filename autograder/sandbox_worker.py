@@ -1,16 +1,36 @@
-"""The program that runs inside the sandbox: loads a learner's cells and calls their functions.
+"""The program inside the sandbox: a zygote that forks one isolated learner process per submission.
 
-It speaks a length-prefixed JSON protocol on its original stdin/stdout and gives
-the learner's code a log file as stdout/stderr instead, so that printing cannot
-corrupt the protocol. Nothing it returns is trusted: the grader validates every
-message (see wire.py) and compares the values itself.
+Process tree inside bubblewrap's pid namespace::
+
+    bwrap (pid 1) ── zygote ── keeper ══ learner: pid 1 of its own pid namespace ── its children
+
+- The **zygote** imports torch once and speaks to the grader on the control socket only.
+  It never runs learner code and never reads a byte a learner process wrote.
+- For each submission it makes a fresh socket pair, forks a **keeper** with one end and hands the
+  other end to the grader (SCM_RIGHTS). The keeper closes every other descriptor (the control
+  socket first), unshares the mount, IPC and pid namespaces and forks the **learner process**,
+  then only waits for it and reports its pid and wait status to the zygote on a private pipe.
+- The learner process is pid 1 of a new pid namespace: it mounts its own empty ``/tmp``,
+  ``/dev/shm`` and ``/proc``, drops every privilege, sets no_new_privs, loads the seccomp filter,
+  says ``ready`` and only then runs learner code. It cannot see, signal or ptrace the zygote,
+  the keeper or a later submission (another pid namespace), and holds no descriptor but its own.
+- When the grader is done (or the learner died), the zygote kills the learner process. As pid 1
+  it takes its whole namespace with it; the keeper reports its status and exits; the private
+  mount and IPC namespaces (the tmpfs, System V objects, message queues) go with the last
+  process. The zygote then checks that nothing but itself is left and says so to the grader,
+  which reuses the sandbox only on that word from the zygote, never on anything the learner sent.
+
+Nothing the learner process returns is trusted: the grader validates every message (wire.py)
+and compares the values itself.
 """
 
 from __future__ import annotations
 
+import base64
+import ctypes
 import os
 import signal
-import stat
+import socket
 import struct
 import sys
 import time
@@ -21,7 +41,68 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402  (imported before any learner code runs, so it cannot be swapped out first)
 import wire  # noqa: E402
 
-HEADER = struct.Struct(">Q")
+LOG = "/tmp/learner-output.log"
+STAGE = "/opt/qkv-sandbox/newtmp"  # an empty directory where the next /tmp is prepared
+SETUP_FAILED = 70  # exit status of a learner process whose set-up failed (before any learner code)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x08000000, 0x20000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x2000, 0x4000, 0x40000
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
+PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 22, 38, 47
+PR_CAP_AMBIENT_CLEAR_ALL, SECCOMP_MODE_FILTER = 4, 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
+
+
+class SetupError(Exception):
+    """A step of the learner process's set-up failed: ours, not the learner's."""
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None, what: str) -> None:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), what)
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+class _Eof(Exception):
+    pass
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise _Eof()
+        got += k
+    return bytes(buf)
+
+
+def _read(sock: socket.socket) -> dict | None:
+    """The next message, or None at end of input."""
+    try:
+        length = wire.body_length(_recv_exact(sock, wire.HEADER.size))
+        return wire.loads(_recv_exact(sock, length))
+    except _Eof:
+        return None
+
+
+def _send(sock: socket.socket, message: dict) -> None:
+    sock.sendall(wire.frame(message))
+
+
+# ----------------------------------------------------------------------------- the learner process
 
 
 class _Timeout(Exception):
@@ -32,71 +113,13 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-LOG = "/tmp/learner-output.log"
-
-
-def _setup_io():
-    """Keep private copies of stdin/stdout for the protocol; learner output goes to a capped log file."""
-    proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
-    proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    if "--zygote" in sys.argv:  # the zygote prints nothing; each child opens its own log
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-    else:
-        _fresh_log()
-    # Past the file-size limit a write fails with EFBIG instead of killing the process.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    return proto_in, proto_out
-
-
-def _fresh_log() -> None:
-    log_fd = os.open(LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
-    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-
-
-def _set_dumpable(flag: int) -> None:
-    """PR_SET_DUMPABLE: 0 forbids same-uid processes to ptrace us or read /proc/<pid>/mem."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(4, flag, 0, 0, 0)
-    except Exception:
-        pass
-
-
-def _read(stream) -> dict | None:
-    header = stream.read(HEADER.size)
-    if len(header) < HEADER.size:
-        return None
-    (length,) = HEADER.unpack(header)
-    body = b""
-    while len(body) < length:
-        chunk = stream.read(length - len(body))
-        if not chunk:
-            return None
-        body += chunk
-    return wire.loads(body)
-
-
-def _send(stream, message: dict) -> None:
-    data = memoryview(HEADER.pack(len(wire.dumps(message))) + wire.dumps(message))
-    while data:  # a raw pipe write may be partial
-        data = data[stream.write(data):]
-
-
 def _describe_error(exc: BaseException) -> dict:
     if isinstance(exc, _Timeout):
         return {"type": "Timeout", "message": "did not finish in time"}
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     # The class hierarchy lets the grader re-raise the nearest built-in (UnicodeEncodeError -> ValueError).
     bases = [c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"]
-    return {"type": type(exc).__name__, "bases": bases, "message": text[-2000:]}
+    return {"type": type(exc).__name__, "bases": bases[:8], "message": text[-2000:]}
 
 
 def _run_timed(fn, seconds: float):
@@ -107,25 +130,25 @@ def _run_timed(fn, seconds: float):
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def serve(proto_in, proto_out, to_python) -> None:
+def serve(sock: socket.socket, to_python) -> None:
     """Answer load/call requests for one submission until "exit" or end of input."""
     namespace: dict = {"__name__": "__main__"}
     while True:
-        request = _read(proto_in)
+        request = _read(sock)
         if request is None or request.get("op") == "exit":
             return
         if request.get("op") == "load":
             for index, cell in enumerate(request["cells"]):
-                _send(proto_out, {"event": "cell_start", "index": index})
+                _send(sock, {"event": "cell_start", "index": index})
                 error = None
                 try:
                     code = compile(to_python(cell["source"]), f"<cell {cell.get('id', index)}>", "exec")
                     _run_timed(lambda: exec(code, namespace), request["cell_timeout"])
                 except BaseException as exc:  # the learner's cell failed; the rest still load
                     error = _describe_error(exc)
-                _send(proto_out, {"event": "cell_done", "index": index, "error": error})
+                _send(sock, {"event": "cell_done", "index": index, "error": error})
             functions = sorted(k for k, v in namespace.items() if callable(v) and not k.startswith("__"))
-            _send(proto_out, {"event": "loaded", "functions": functions})
+            _send(sock, {"event": "loaded", "functions": functions})
         elif request.get("op") == "call":
             fn = namespace.get(request["name"])
             try:
@@ -144,9 +167,136 @@ def serve(proto_in, proto_out, to_python) -> None:
             except BaseException as exc:
                 reply = {"event": "error", **_describe_error(exc)}
             try:
-                _send(proto_out, reply)
+                _send(sock, reply)
             except (OverflowError, ValueError) as exc:
-                _send(proto_out, {"event": "error", "type": "NotPlainData", "message": str(exc)})
+                _send(sock, {"event": "error", "type": "NotPlainData", "message": str(exc)})
+
+
+def _fresh_tmp(config: dict) -> None:
+    """Mount an empty, size-capped tmpfs on /tmp, with the read-only mounts that live under /tmp
+    (a checkout or venv in /tmp) bound again inside it, then on /dev/shm; a new /proc shows only
+    this pid namespace."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE, None, "make the mounts private")
+    _mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, f"size={config['tmp_bytes']},mode=1777", "mount /tmp")
+    for path in config["tmp_binds"]:
+        inside = os.path.join(STAGE, os.path.relpath(path, "/tmp"))
+        os.makedirs(inside, exist_ok=True)
+        _mount(path, inside, None, MS_BIND | MS_REC, None, f"bind {path}")
+        _mount(None, inside, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None,
+               f"make {path} read-only")
+    _mount(STAGE, "/tmp", None, MS_MOVE, None, "move the new /tmp in place")
+    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={config['shm_bytes']},mode=1777",
+           "mount /dev/shm")
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "mount /proc")
+    for sub in ("sys", "sysrq-trigger", "irq", "bus"):  # as bubblewrap does: read-only
+        path = f"/proc/{sub}"
+        if os.path.exists(path):
+            _mount(path, path, None, MS_BIND | MS_REC, None, f"bind {path}")
+            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None,
+                   f"make {path} read-only")
+
+
+def _capabilities() -> tuple[int, int]:
+    with open("/proc/self/status") as fh:
+        fields = dict(line.split(":", 1) for line in fh if ":" in line)
+    return int(fields["CapPrm"], 16), int(fields["CapEff"], 16)
+
+
+def _drop_privileges(uid: int | None) -> None:
+    """No capabilities, no way back: the unprivileged uid (root mode), an empty bounding set
+    where we may drop it, no ambient capabilities, an empty capability set, no_new_privs."""
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    for cap in range(64):
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EPERM without CAP_SETPCAP (user mode): harmless
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # from root to another uid: the capability sets are cleared
+        if (os.getresuid(), os.getresgid()) != ((uid,) * 3, (uid,) * 3):
+            raise SetupError(f"could not become uid {uid}")
+    number = _SYS_CAPSET.get(os.uname().machine)
+    if number is not None:
+        header = struct.pack("Ii", _LINUX_CAPABILITY_VERSION_3, 0)
+        data = (ctypes.c_uint32 * 6)()
+        _check(_libc.syscall(number, ctypes.c_char_p(header), data), "clear the capabilities")
+    if _capabilities() != (0, 0):
+        raise SetupError("capabilities are left after dropping them")
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _load_seccomp(program: bytes) -> None:
+    if not program:
+        return
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "load the seccomp filter")
+
+
+def _fresh_log() -> None:
+    log_fd = os.open(LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+
+
+def _learner(sock: socket.socket, config: dict, to_python) -> None:
+    """pid 1 of a fresh pid namespace: set up, then serve the grader. Never returns."""
+    try:
+        _fresh_tmp(config)
+        _drop_privileges(config.get("uid"))
+        os.chdir("/tmp")
+        _fresh_log()
+        _load_seccomp(config["seccomp"])
+    except BaseException as exc:  # nothing of the learner's has run yet: our failure
+        try:
+            _send(sock, {"event": "fatal", "message": f"{type(exc).__name__}: {exc}"[:500]})
+        finally:
+            os._exit(SETUP_FAILED)
+    status = 0
+    try:
+        _send(sock, {"event": "ready"})
+        serve(sock, to_python)
+    except BaseException:
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def _close_fds(keep: set[int]) -> None:
+    for fd in os.listdir("/proc/self/fd"):
+        if int(fd) > 2 and int(fd) not in keep:
+            try:
+                os.close(int(fd))
+            except OSError:
+                pass
+
+
+def _keeper(sock: socket.socket, report_fd: int, config: dict, to_python) -> None:
+    """Between the zygote and the learner process: unshare, fork the learner, report. Never returns."""
+    try:
+        _close_fds({sock.fileno(), report_fd})  # the control socket first of all
+        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID), "unshare the namespaces")
+        pid = os.fork()
+    except BaseException as exc:
+        os.write(report_fd, f"error {type(exc).__name__}: {exc}\n".encode()[:500])
+        os._exit(SETUP_FAILED)
+    if pid == 0:
+        os.close(report_fd)
+        _learner(sock, config, to_python)
+    sock.close()
+    os.write(report_fd, f"pid {pid}\n".encode())
+    _, status = os.waitpid(pid, 0)
+    os.write(report_fd, f"status {status}\n".encode())
+    os._exit(0)
+
+
+# ----------------------------------------------------------------------------- the zygote
 
 
 def _others() -> list[int]:
@@ -163,96 +313,134 @@ def _others() -> list[int]:
     return pids
 
 
-def _sweep() -> bool:
-    """Kill everything the last submission left behind; True when nothing is left."""
-    for _ in range(200):
-        try:
-            os.kill(-1, signal.SIGKILL)  # every process we may signal, except ourselves and init
-        except ProcessLookupError:
-            pass
+class _Child:
+    """The zygote's record of one submission's keeper and learner process."""
+
+    def __init__(self, keeper: int, report_fd: int):
+        self.keeper, self.report_fd = keeper, report_fd
+        self.report = b""
+
+    def _lines(self) -> dict[str, str]:
+        os.set_blocking(self.report_fd, False)
         while True:
             try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                chunk = os.read(self.report_fd, 4096)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self.report += chunk
+        out = {}
+        for line in self.report.decode(errors="replace").splitlines():
+            key, _, value = line.partition(" ")
+            out[key] = value
+        return out
+
+    def learner_pid(self) -> int | None:
+        """Blocks until the keeper has forked the learner (or failed): it is our own code, quick."""
+        while True:
+            lines = self._lines()
+            if "pid" in lines:
+                return int(lines["pid"])
+            if "error" in lines:
+                return None
+            try:
+                if os.waitpid(self.keeper, os.WNOHANG)[0] != 0:
+                    return None
+            except ChildProcessError:
+                return None
+            time.sleep(0.0005)
+
+    def reap(self, wait_seconds: float) -> dict:
+        """Kill the learner process if it is still running, wait for the keeper, report."""
+        killed = False
+        lines = self._lines()
+        if "status" not in lines and "pid" in lines:
+            try:
+                os.kill(int(lines["pid"]), signal.SIGKILL)  # pid 1 of its namespace: everything in it dies
+                killed = True
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_seconds
+        reaped = False
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(self.keeper, os.WNOHANG)[0] != 0:
+                    reaped = True
                     break
             except ChildProcessError:
+                reaped = True
                 break
-        if not _others():
-            return True
-        time.sleep(0.005)
-    return False
+            time.sleep(0.001)
+        lines = self._lines()
+        os.close(self.report_fd)
+        status = int(lines["status"]) if lines.get("status", "").lstrip("-").isdigit() else None
+        return {"event": "reaped", "status": status, "killed": killed, "error": lines.get("error"),
+                "clean": reaped and not _others()}
 
 
-def _wipe_tmp() -> None:
-    """Delete everything the child left in /tmp, but not the read-only mounts that may live
-    under it (a checkout under /tmp has its venv mounted there)."""
-    tmp_dev = os.lstat("/tmp").st_dev
-
-    def wipe(path: str) -> bool:  # True when path is gone
-        try:
-            st = os.lstat(path)
-            if st.st_dev != tmp_dev:
-                return False  # a mount point
-            if stat.S_ISDIR(st.st_mode):
-                kept = [name for name in os.listdir(path) if not wipe(os.path.join(path, name))]
-                if kept:
-                    return False
-                os.rmdir(path)
-            else:
-                os.unlink(path)
-            return True
-        except OSError:
-            return False
-
-    for name in os.listdir("/tmp"):
-        wipe(os.path.join("/tmp", name))
-
-
-def _drop_privileges(uid: int) -> None:
-    """Become the unprivileged uid (which clears every capability); exit if that fails."""
-    try:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-    except OSError:
-        os._exit(3)
-    if os.getuid() != uid or os.geteuid() != uid or os.getegid() != uid:
-        os._exit(3)
-
-
-def zygote(proto_in, proto_out, to_python, uid: int) -> None:
-    """Fork one fresh child per submission from this process, which has imported torch once.
-
-    Between submissions every process the child left behind is killed and /tmp is wiped,
-    so a submission finds the sandbox as the previous one found it.
-    """
-    _set_dumpable(0)
+def zygote(control: socket.socket, to_python) -> None:
+    """Serve the grader's fork/reap requests until "exit" or end of input."""
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no same-uid ptrace, no /proc/<pid>/mem
+    init = _read(control)
+    if not init or init.get("op") != "init":
+        return
+    config = {"uid": init.get("uid"), "tmp_bytes": int(init["tmp_bytes"]), "shm_bytes": int(init["shm_bytes"]),
+              "tmp_binds": [str(p) for p in init.get("tmp_binds", [])],
+              "seccomp": base64.b64decode(init.get("seccomp", ""))}
+    if len(config["seccomp"]) % 8:
+        _send(control, {"event": "error", "message": "the seccomp program is not a whole number of instructions"})
+        return
+    _send(control, {"event": "ready"})
+    child: _Child | None = None
     while True:
-        request = _read(proto_in)
+        request = _read(control)
         if request is None or request.get("op") == "exit":
+            if child is not None:
+                child.reap(5)
             return
-        if request.get("op") != "fork":
-            continue
-        pid = os.fork()
-        if pid == 0:
-            status = 0
-            try:
-                _drop_privileges(uid)
-                _fresh_log()
-                serve(proto_in, proto_out, to_python)
-            except BaseException:
-                status = 1
-            finally:
-                os._exit(status)
-        _, status = os.waitpid(pid, 0)
-        clean = _sweep()
-        _wipe_tmp()
-        _send(proto_out, {"event": "child_exited", "status": status, "clean": clean})
-        if not clean:
-            return  # something survived the sweep: end the sandbox rather than reuse it
+        if request.get("op") == "fork":
+            if child is not None:  # the grader forgot to reap: the old child goes first
+                child.reap(5)
+            ours, theirs = socket.socketpair()
+            report_r, report_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.close(report_r)
+                    ours.close()
+                    _keeper(theirs, report_w, config, to_python)
+                finally:
+                    os._exit(SETUP_FAILED)
+            os.close(report_w)
+            theirs.close()
+            child = _Child(pid, report_r)
+            learner = child.learner_pid()
+            if learner is None:
+                reply = child.reap(5)
+                child = None
+                _send(control, {"event": "error", "message": f"could not start a learner process ({reply['error']})"})
+            else:
+                socket.send_fds(control, [wire.frame({"event": "forked", "keeper": pid})], [ours.fileno()])
+            ours.close()
+        elif request.get("op") == "reap":
+            if child is None:
+                _send(control, {"event": "reaped", "status": None, "killed": False, "error": None,
+                                "clean": not _others()})
+            else:
+                _send(control, child.reap(float(request.get("wait", 10))))
+                child = None
 
 
 def main() -> None:
-    proto_in, proto_out = _setup_io()
+    fd = next(int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--control-fd="))
+    control = socket.socket(fileno=fd)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # the zygote prints nothing; each learner process opens its own log
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    # Past the file-size limit a write fails with EFBIG instead of killing the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _alarm)
     torch.set_num_threads(1)  # parallel graders share the cores
     try:
@@ -260,11 +448,7 @@ def main() -> None:
         to_python = TransformerManager().transform_cell
     except Exception:  # IPython missing: magics then fail as syntax errors in that cell only
         to_python = lambda source: source  # noqa: E731
-    if "--zygote" in sys.argv:
-        uid = int(next(a for a in sys.argv if a.startswith("--uid=")).split("=", 1)[1])
-        zygote(proto_in, proto_out, to_python, uid)
-    else:
-        serve(proto_in, proto_out, to_python)
+    zygote(control, to_python)
 
 
 if __name__ == "__main__":
