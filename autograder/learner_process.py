@@ -149,7 +149,9 @@ class LearnerProcess:
                 continue
             for i, err in zip(index_map, errors):
                 if err and self.cells[i]["id"] not in self.cell_errors:
-                    if err.get("type") == "Timeout":
+                    if err.get("type") == "Note":
+                        text = f"note: {str(err.get('message'))[:1500]}"
+                    elif err.get("type") == "Timeout":
                         text = f"this cell did not finish within {self.limits.cell_seconds:g} s and was stopped"
                     else:
                         text = f"this cell raised {str(err.get('message') or err.get('type'))[:2000]}"

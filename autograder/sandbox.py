@@ -54,6 +54,7 @@ from autograder.course import REPO_ROOT
 
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 WIRE = Path(__file__).with_name("wire.py")
+CONTRACT = REPO_ROOT / "qkv" / "notebook_contract.py"
 INSIDE = "/opt/qkv-sandbox"
 # In root mode learner processes run as an unprivileged uid with no passwd entry. Each grading
 # worker gets its own uid, because the process limit (RLIMIT_NPROC) counts per uid: a submission
@@ -219,6 +220,7 @@ def command(limits: Limits, mode: str, control_fd: int) -> list[str]:
              "--perms", "0755", "--dir", f"{INSIDE}/newtmp",
              "--ro-bind", str(WORKER), f"{INSIDE}/sandbox_worker.py",
              "--ro-bind", str(WIRE), f"{INSIDE}/wire.py",
+             "--ro-bind", str(CONTRACT), f"{INSIDE}/notebook_contract.py",
              "--proc", "/proc", "--dev", "/dev",
              "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
              "--die-with-parent", "--new-session", "--chdir", "/tmp",
@@ -513,8 +515,10 @@ class Child:
             done = self._read(deadline, budget_deadline, wait, index)
             if done.get("event") != "cell_done" or done.get("index") != index:
                 raise self._failure(wire.NotPlainData("an out-of-order message"), index, wait, False)
-            error = done.get("error")
+            error, notes = done.get("error"), done.get("notes")
             errors[index] = error if isinstance(error, dict) or error is None else {"type": "Error"}
+            if errors[index] is None and isinstance(notes, list) and notes:
+                errors[index] = {"type": "Note", "message": "; ".join(str(n)[:300] for n in notes[:5])}
             deadline = time.monotonic() + GRACE_SECONDS
         loaded = self._read(deadline, budget_deadline, wait, len(cells) - 1)
         if loaded.get("event") != "loaded" or not isinstance(loaded.get("functions"), list):

@@ -38,6 +38,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import notebook_contract  # noqa: E402  (qkv/notebook_contract.py, bound here alone)
 import torch  # noqa: E402  (imported before any learner code runs, so it cannot be swapped out first)
 import wire  # noqa: E402
 
@@ -130,9 +131,10 @@ def _run_timed(fn, seconds: float):
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def serve(sock: socket.socket, to_python) -> None:
+def serve(sock: socket.socket) -> None:
     """Answer load/call requests for one submission until "exit" or end of input."""
     namespace: dict = {"__name__": "__main__"}
+    runner = notebook_contract.CellRunner(namespace)  # magics behave as in JupyterLab and qkv check
     while True:
         request = _read(sock)
         if request is None or request.get("op") == "exit":
@@ -140,13 +142,13 @@ def serve(sock: socket.socket, to_python) -> None:
         if request.get("op") == "load":
             for index, cell in enumerate(request["cells"]):
                 _send(sock, {"event": "cell_start", "index": index})
-                error = None
+                error, notes = None, []
                 try:
-                    code = compile(to_python(cell["source"]), f"<cell {cell.get('id', index)}>", "exec")
-                    _run_timed(lambda: exec(code, namespace), request["cell_timeout"])
+                    name = f"<cell {cell.get('id', index)}>"
+                    notes = _run_timed(lambda: runner.run(cell["source"], name), request["cell_timeout"])
                 except BaseException as exc:  # the learner's cell failed; the rest still load
                     error = _describe_error(exc)
-                _send(sock, {"event": "cell_done", "index": index, "error": error})
+                _send(sock, {"event": "cell_done", "index": index, "error": error, "notes": notes[:20]})
             functions = sorted(k for k, v in namespace.items() if callable(v) and not k.startswith("__"))
             _send(sock, {"event": "loaded", "functions": functions})
         elif request.get("op") == "call":
@@ -245,7 +247,7 @@ def _fresh_log() -> None:
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
 
 
-def _learner(sock: socket.socket, config: dict, to_python) -> None:
+def _learner(sock: socket.socket, config: dict) -> None:
     """pid 1 of a fresh pid namespace: set up, then serve the grader. Never returns."""
     try:
         _fresh_tmp(config)
@@ -261,7 +263,7 @@ def _learner(sock: socket.socket, config: dict, to_python) -> None:
     status = 0
     try:
         _send(sock, {"event": "ready"})
-        serve(sock, to_python)
+        serve(sock)
     except BaseException:
         status = 1
     finally:
@@ -277,7 +279,7 @@ def _close_fds(keep: set[int]) -> None:
                 pass
 
 
-def _keeper(sock: socket.socket, report_fd: int, config: dict, to_python) -> None:
+def _keeper(sock: socket.socket, report_fd: int, config: dict) -> None:
     """Between the zygote and the learner process: unshare, fork the learner, report. Never returns."""
     try:
         _close_fds({sock.fileno(), report_fd})  # the control socket first of all
@@ -288,7 +290,7 @@ def _keeper(sock: socket.socket, report_fd: int, config: dict, to_python) -> Non
         os._exit(SETUP_FAILED)
     if pid == 0:
         os.close(report_fd)
-        _learner(sock, config, to_python)
+        _learner(sock, config)
     sock.close()
     os.write(report_fd, f"pid {pid}\n".encode())
     _, status = os.waitpid(pid, 0)
@@ -379,7 +381,7 @@ class _Child:
                 "clean": reaped and not _others()}
 
 
-def zygote(control: socket.socket, to_python) -> None:
+def zygote(control: socket.socket) -> None:
     """Serve the grader's fork/reap requests until "exit" or end of input."""
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no same-uid ptrace, no /proc/<pid>/mem
     init = _read(control)
@@ -409,7 +411,7 @@ def zygote(control: socket.socket, to_python) -> None:
                 try:
                     os.close(report_r)
                     ours.close()
-                    _keeper(theirs, report_w, config, to_python)
+                    _keeper(theirs, report_w, config)
                 finally:
                     os._exit(SETUP_FAILED)
             os.close(report_w)
@@ -443,12 +445,11 @@ def main() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _alarm)
     torch.set_num_threads(1)  # parallel graders share the cores
-    try:
-        from IPython.core.inputtransformer2 import TransformerManager
-        to_python = TransformerManager().transform_cell
-    except Exception:  # IPython missing: magics then fail as syntax errors in that cell only
-        to_python = lambda source: source  # noqa: E731
-    zygote(control, to_python)
+    try:  # imported once here, not in every learner process that meets a magic
+        import IPython.core.inputtransformer2  # noqa: F401
+    except ImportError:  # magics then fail as syntax errors, in that cell only
+        pass
+    zygote(control)
 
 
 if __name__ == "__main__":

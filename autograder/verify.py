@@ -10,7 +10,6 @@ learner's code therefore never runs in the process that decides the verdict.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import io
 import re
@@ -19,26 +18,13 @@ from pathlib import Path
 
 import nbformat
 
+import qkv.notebook_contract as contract
 from autograder import banned as banned_calls
 from autograder.learner_process import LearnerProcess, proxy
 from autograder.sandbox import Limits
 from autograder.verdicts import CellVerdict, Verdicts, cache_key
 
-HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[ \t]*\n(.*?)^[ \t]*### END HIDDEN TESTS[ \t]*\n?", re.S | re.M)
-
-
 # ------------------------------------------------------------------------- notebook parts
-
-def _nbgrader(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
-
-
-def _defined_functions(source: str) -> list[str]:
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
 
 
 @dataclass
@@ -55,16 +41,14 @@ class Reference:
         nb = nbformat.read(path, as_version=4)
         setup, answers, tests, order = [], {}, [], []
         for cell in nb.cells:
-            meta = _nbgrader(cell)
+            meta = contract.nbgrader(cell)
             if meta.get("grade_id"):
                 order.append(meta["grade_id"])
-            if cell.cell_type != "code":
-                continue
-            if meta.get("solution"):
-                answers[meta["grade_id"]] = _defined_functions(cell.source)
-            elif meta.get("grade"):
+            if contract.is_answer_cell(cell):
+                answers[meta["grade_id"]] = contract.defined_names(cell.source)
+            elif contract.is_test_cell(cell):
                 tests.append((meta["grade_id"], float(meta.get("points", 0)), cell.source))
-            elif meta.get("locked"):
+            elif contract.is_locked_setup_cell(cell):
                 setup.append(cell.source)
         return cls(setup, answers, tests, order)
 
@@ -74,21 +58,7 @@ class Reference:
 
     def function_of(self, test_id: str) -> str | None:
         """The graded function a test cell tests, from its name ``test_<function>[_aspect]``."""
-        names = sorted(self.graded_names, key=len, reverse=True)
-        for name in names:
-            if test_id == f"test_{name}" or test_id.startswith(f"test_{name}_"):
-                return name
-        return None
-
-
-def _is_self_check(cell) -> bool:
-    """A learner-side helper cell (``qkv.check(...)``/``qkv.hint(...)``): see
-    :func:`qkv.selfcheck.is_self_check_cell`. Skipping is safe whatever the cell says: a skipped
-    cell's code never runs. Loading it would run the learner-side checker in the sandbox and
-    flag ``import qkv`` as a banned call."""
-    from qkv.selfcheck import is_self_check_cell
-
-    return is_self_check_cell(cell)
+        return contract.function_of(test_id, self.graded_names)
 
 
 def learner_cells(reference: Reference, submission) -> list[dict]:
@@ -97,9 +67,11 @@ def learner_cells(reference: Reference, submission) -> list[dict]:
     never taken from the submission (they may have been edited)."""
     cells, seen_setup = [], False
     for i, cell in enumerate(submission.cells):
-        if cell.cell_type != "code" or _is_self_check(cell):
+        # A self-check cell is skipped whatever it says (its code never runs): loading it would run
+        # the learner-side checker in the sandbox and flag ``import qkv`` as a banned call.
+        if cell.cell_type != "code" or contract.is_self_check_cell(cell):
             continue
-        meta = _nbgrader(cell)
+        meta = contract.nbgrader(cell)
         gid = meta.get("grade_id")
         if gid in reference.answers:
             cells.append({"id": gid, "source": cell.source})
@@ -123,11 +95,6 @@ def _banned_stub(name: str):
 
 
 # ------------------------------------------------------------------------- verification
-
-def _split_hidden(source: str) -> tuple[str, str]:
-    hidden = "\n".join(m.group(1) for m in HIDDEN.finditer(source))
-    return HIDDEN.sub("", source), hidden
-
 
 _GROUP_WITH_DIGITS = re.compile(r"\([^()]*\d[^()]*\)|\[[^\[\]]*\d[^\[\]]*\]")
 
@@ -184,7 +151,7 @@ def verify(source_nb: Path, submission_nb: Path, assignment: str, limits: Limits
         for name in reference.graded_names:
             namespace[name] = _banned_stub(name) if name in banned_by_function else proxy(process, name)
         for test_id, points, source in reference.tests:
-            visible, hidden = _split_hidden(source)
+            visible, hidden = contract.split_hidden(source)
             # A banned function's tests still run (they may set up names later cells use),
             # against a stub; the verdict is a 0 that says why.
             verdict = _run_test(test_id, points, visible, hidden, namespace)
