@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from autograder.sandbox import (BudgetExceeded, Child, ChildDied, ChildTimeout, InfrastructureError,
+from autograder.banned import runtime_denials
+from autograder.sandbox import (BannedAtRunTime, BudgetExceeded, Child, ChildDied, ChildTimeout, InfrastructureError,
                                 LearnerException, Limits, Sandbox, SandboxError)
 
 MAX_RESTARTS = 6
@@ -75,8 +76,14 @@ _ZYGOTES = _Zygotes()
 class LearnerProcess:
     """The learner's loaded notebook in a sandbox, restarted (skipping the culprit) after a crash."""
 
-    def __init__(self, cells: list[dict], limits: Limits, notes: list[str], cell_errors: dict[str, str]):
+    def __init__(self, cells: list[dict], limits: Limits, notes: list[str], cell_errors: dict[str, str],
+                 banned: dict[str, list[str]] | None = None):
+        """``banned``: graded function -> the dotted names its exercise bans (blocked at run time)."""
         self.cells, self.limits, self.notes, self.cell_errors = cells, limits, notes, cell_errors
+        self.denials = {name: runtime_denials(names) for name, names in (banned or {}).items()}
+        self.deny_modules = sorted({m for _, modules in self.denials.values() for m in modules} | {"qkv"})
+        self.banned_names = banned or {}
+        self.reached: dict[str, list[str]] = {}  # function -> banned things it reached at run time
         self.skipped: set[int] = set()
         self.child: Child | None = None
         self.restarts = 0
@@ -127,7 +134,7 @@ class LearnerProcess:
             index_map = [i for i in range(len(self.cells)) if i not in self.skipped]
             try:
                 errors, names = self._timed(lambda: self.child.load(active, self.limits.cell_seconds,
-                                                                    self._budget_deadline()))
+                                                                    self._budget_deadline(), self.deny_modules))
             except InfrastructureError as exc:
                 raise self._infrastructure(exc) from None
             except BudgetExceeded:
@@ -170,8 +177,10 @@ class LearnerProcess:
         if name not in self.functions:
             raise NameError(f"name {name!r} is not defined: its cell did not run (see the message on that cell)")
         try:
+            ops = self.denials.get(name, ({}, []))[0]
+            deny = (ops, self.banned_names.get(name, []))
             value, new_args, new_kwargs = self._timed(
-                lambda: self.child.call(name, args, kwargs, self.limits.call_seconds, self._budget_deadline()))
+                lambda: self.child.call(name, args, kwargs, self.limits.call_seconds, self._budget_deadline(), deny))
         except InfrastructureError as exc:
             raise self._infrastructure(exc) from None
         except BudgetExceeded:
@@ -188,6 +197,10 @@ class LearnerProcess:
             self.restarts += 1
             self.close()
             raise RuntimeError(f"{name} ended the grader's process: {exc}") from None
+        except BannedAtRunTime as exc:
+            seen = self.reached.setdefault(name, [])
+            seen += [r for r in exc.reached if r not in seen]
+            raise RuntimeError(f"{name} reached a banned operation: {exc}") from None
         except LearnerException as exc:
             if exc.type_name == "NotImplementedError":
                 raise NotImplementedError() from None

@@ -51,10 +51,6 @@ def _normalize(nb_path: Path) -> None:
     nb_path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def release_all(out_dir: Path = EXERCISES, solutions: Path = SOLUTIONS) -> list[Path]:
-    """Regenerate every assignment into ``out_dir``; return the written folders."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [generate(a, out_dir, solutions) for a in assignments(solutions)]
 
 
 def stale_exercises(exercises: Path = EXERCISES, solutions: Path = SOLUTIONS) -> list[str]:

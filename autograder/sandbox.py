@@ -120,6 +120,14 @@ class BudgetExceeded(ChildTimeout):
     """The submission's whole time budget ran out."""
 
 
+class BannedAtRunTime(Exception):
+    """The learner's function reached a banned operator or module while the grader called it."""
+
+    def __init__(self, reached: list[str]):
+        super().__init__("; ".join(reached))
+        self.reached = reached
+
+
 class LearnerException(Exception):
     """The learner's function raised ``type_name``: ``message`` (inside the sandbox)."""
 
@@ -494,14 +502,14 @@ class Child:
 
     # -- requests
 
-    def load(self, cells: list[dict], cell_seconds: float, budget_deadline: float = float("inf")
-             ) -> tuple[list[dict | None], list[str]]:
+    def load(self, cells: list[dict], cell_seconds: float, budget_deadline: float = float("inf"),
+             deny_modules: list[str] = ()) -> tuple[list[dict | None], list[str]]:
         """Execute ``cells`` in order. Returns (per-cell error or None, names of callables defined).
 
         Each cell's deadline is fixed when it starts; events out of order count as the learner
         tampering with its channel. A cell that hangs or kills the process raises ChildTimeout /
         ChildDied carrying its index."""
-        self._send({"op": "load", "cells": cells, "cell_timeout": cell_seconds})
+        self._send({"op": "load", "cells": cells, "cell_timeout": cell_seconds, "deny_modules": list(deny_modules)})
         errors: list[dict | None] = [None] * len(cells)
         wait = cell_seconds + GRACE_SECONDS
         deadline = time.monotonic() + GRACE_SECONDS  # until the first cell starts: our own code
@@ -526,16 +534,21 @@ class Child:
         return errors, [n for n in loaded["functions"] if isinstance(n, str)]
 
     def call(self, name: str, args: tuple, kwargs: dict, call_seconds: float,
-             budget_deadline: float = float("inf")):
+             budget_deadline: float = float("inf"), deny: tuple[dict, list] = ({}, [])):
         """Call the learner's ``name``; returns (value, mutated args, mutated kwargs) or raises.
 
-        Raises ChildDied / ChildTimeout when the process dies, hangs or garbles the reply,
-        LearnerException when the learner's function raised, and wire.NotPlainData for a
-        non-plain argument."""
+        ``deny`` is (aten op packet -> banned name, banned dotted names): the sandbox refuses them
+        during the call. Raises ChildDied / ChildTimeout when the process dies, hangs or garbles
+        the reply, BannedAtRunTime when a banned operator was reached, LearnerException when the
+        learner's function raised, and wire.NotPlainData for a non-plain argument."""
         self._send({"op": "call", "name": name, "args": wire.encode(list(args)),
-                    "kwargs": wire.encode(dict(kwargs)), "timeout": call_seconds})
+                    "kwargs": wire.encode(dict(kwargs)), "timeout": call_seconds,
+                    "deny_ops": [[k, v] for k, v in deny[0].items()], "deny_functions": list(deny[1])})
         wait = call_seconds + GRACE_SECONDS
         reply = self._read(time.monotonic() + wait, budget_deadline, wait)
+        reached = reply.get("banned")
+        if isinstance(reached, list) and reached:
+            raise BannedAtRunTime([str(r)[:200] for r in reached[:20]])
         if reply.get("event") == "result":
             try:
                 return (wire.decode(reply.get("value")), wire.decode(reply.get("args", {"__dict__": []})),

@@ -123,6 +123,136 @@ def _describe_error(exc: BaseException) -> dict:
     return {"type": type(exc).__name__, "bases": bases[:8], "message": text[-2000:]}
 
 
+class BannedOperation(RuntimeError):
+    """A banned operator or module was reached while the grader called a learner's function."""
+
+
+class _Denials:
+    """For one call: every banned torch operator refused in every thread (a kernel registered
+    over the CPU implementation for the duration of the call, then removed), banned torch
+    functions refused before they decompose, and what was reached recorded for the grader.
+    Refusing rather than only recording matters: whatever the learner's code does to the record,
+    the banned operator never produced a result for it."""
+
+    def __init__(self, ops: list, functions: list):
+        """``ops``: [aten op packet, the banned name it stands for] pairs; ``functions``: banned dotted names."""
+        self.ops = {str(p[0]): str(p[1]) for p in ops if isinstance(p, list) and len(p) == 2} \
+            if isinstance(ops, list) else {}
+        self.functions = _resolve(functions)
+        self.hits: list[str] = []
+        self.library = None
+        self.mode = None
+
+    def _refuse(self, label: str):
+        self.hits.append(label)
+        raise BannedOperation(f"your code {label}")
+
+    def _kernel(self, packet: str):
+        label = (f"calls {self.ops[packet]} (reached at run time as aten::{packet}), which this exercise "
+                 "asks you to implement yourself")
+
+        def refuse(*args, **kwargs):
+            self._refuse(label)
+        return refuse
+
+    def __enter__(self):
+        if self.ops:
+            import warnings
+
+            self.library = torch.library.Library("aten", "IMPL")
+            with warnings.catch_warnings():  # "overriding a previously registered kernel": that is the point
+                warnings.simplefilter("ignore")
+                for packet in self.ops:
+                    op = getattr(torch.ops.aten, packet, None)
+                    if op is None:  # not in this torch version
+                        continue
+                    for overload in op.overloads():
+                        try:
+                            self.library.impl(packet if overload == "default" else f"{packet}.{overload}",
+                                              self._kernel(packet), "CPU")
+                        except RuntimeError:
+                            pass
+        if self.functions:
+            denials = self
+
+            class _RefuseFunctions(torch.overrides.TorchFunctionMode):
+                def __torch_function__(self, func, types, args=(), kwargs=None):
+                    name = denials.functions.get(func)
+                    if name is not None:
+                        denials._refuse(f"calls {name} (reached at run time), which this exercise asks you "
+                                        "to implement yourself")
+                    return func(*args, **(kwargs or {}))
+
+            self.mode = _RefuseFunctions()
+            self.mode.__enter__()
+        return self
+
+    def intact(self) -> bool:
+        """Whether the refusals are still in place after the call (the learner's code did not lift them)."""
+        return self.library is None or getattr(self.library, "m", None) is not None
+
+    def __exit__(self, *exc):
+        if self.mode is not None:
+            try:
+                self.mode.__exit__(None, None, None)
+            except Exception:  # the learner popped it already: the kernels still refused
+                pass
+        if self.library is not None:
+            self.library._destroy()  # the original kernels are back for the next call
+        return False
+
+
+def _resolve(names) -> dict:
+    """Banned dotted names -> the torch callables they name (object identity), where they exist."""
+    out = {}
+    for name in names if isinstance(names, list) else []:
+        parts = str(name).split(".")
+        if parts[0] != "torch":
+            continue
+        obj = torch
+        for part in parts[1:]:
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None and callable(obj):
+            out[obj] = str(name)
+            forward = getattr(obj, "forward", None) if isinstance(obj, type) else None
+            if forward is not None:
+                out[forward] = str(name)
+    return out
+
+
+# While a learner's function runs, the ways to reach the grader's own objects in this process (to
+# lift the refusals above) are refused: frames, the garbage collector's object lists, ctypes.
+_INTROSPECTION = ("sys._getframe", "sys._current_frames", "gc.get_objects", "gc.get_referrers", "gc.get_referents")
+_FRAME_ATTRIBUTES = ("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back")
+
+
+def _install_guard(refused_modules: set[str], reached: list[str]):
+    """Add the audit hook (it cannot be removed once added): banned modules are never imported,
+    and during a call the learner's code may not introspect the process it shares with us.
+    Returns the switch for "a call is running"; its state lives in this closure, not in a global
+    the learner's code could reach through the module."""
+    in_call = [False]
+
+    def audit(event: str, args: tuple) -> None:
+        if event == "import" and args and isinstance(args[0], str):
+            top = args[0].split(".")[0]
+            if top in refused_modules:
+                reached.append(f"imports {top} at run time, which this exercise does not allow")
+                raise BannedOperation(f"importing {args[0]}: this exercise asks you not to use {top}")
+        elif in_call[0] and (event in _INTROSPECTION or event.startswith("ctypes.")
+                             or (event == "object.__getattr__" and len(args) > 1 and args[1] in _FRAME_ATTRIBUTES)):
+            reached.append(f"uses {event} while the grader calls it (the grader's process is off limits)")
+            raise BannedOperation(f"{event} is not allowed while the grader calls your function")
+
+    sys.addaudithook(audit)
+
+    def switch(on: bool) -> None:
+        in_call[0] = on
+    return switch
+
+
 def _run_timed(fn, seconds: float):
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -133,6 +263,9 @@ def _run_timed(fn, seconds: float):
 
 def serve(sock: socket.socket) -> None:
     """Answer load/call requests for one submission until "exit" or end of input."""
+    refused_modules: set[str] = set()
+    reached: list[str] = []
+    in_call = _install_guard(refused_modules, reached)  # before any learner code runs
     namespace: dict = {"__name__": "__main__"}
     runner = notebook_contract.CellRunner(namespace)  # magics behave as in JupyterLab and qkv check
     while True:
@@ -140,6 +273,9 @@ def serve(sock: socket.socket) -> None:
         if request is None or request.get("op") == "exit":
             return
         if request.get("op") == "load":
+            modules = request.get("deny_modules")
+            if isinstance(modules, list) and modules:
+                refused_modules.update(str(m) for m in modules)
             for index, cell in enumerate(request["cells"]):
                 _send(sock, {"event": "cell_start", "index": index})
                 error, notes = None, []
@@ -153,12 +289,25 @@ def serve(sock: socket.socket) -> None:
             _send(sock, {"event": "loaded", "functions": functions})
         elif request.get("op") == "call":
             fn = namespace.get(request["name"])
+            banned: list[str] = []
             try:
                 if not callable(fn):
                     raise NameError(f"{request['name']} is not defined")
                 args = wire.decode(request["args"])
                 kwargs = wire.decode(request["kwargs"])
-                result = _run_timed(lambda: fn(*args, **kwargs), request["timeout"])
+                denials = _Denials(request.get("deny_ops", []), request.get("deny_functions", []))
+                reached_before = len(reached)
+                try:
+                    with denials:
+                        in_call(True)
+                        try:
+                            result = _run_timed(lambda: fn(*args, **kwargs), request["timeout"])
+                        finally:
+                            in_call(False)
+                        if not denials.intact():
+                            denials.hits.append("lifted the grader's run-time checks")
+                finally:
+                    banned = sorted(set(denials.hits + reached[reached_before:]))
                 # Arguments the function changed in place (running statistics, generators) go back too.
                 mutated = {i: a for i, a in enumerate(args) if type(a) in (torch.Tensor, torch.Generator)}
                 mutated_kw = {k: a for k, a in kwargs.items() if type(a) in (torch.Tensor, torch.Generator)}
@@ -168,6 +317,8 @@ def serve(sock: socket.socket) -> None:
                 reply = {"event": "error", "type": "NotPlainData", "message": str(exc)}
             except BaseException as exc:
                 reply = {"event": "error", **_describe_error(exc)}
+            if banned:
+                reply["banned"] = banned[:20]
             try:
                 _send(sock, reply)
             except (OverflowError, ValueError) as exc:

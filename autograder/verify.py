@@ -143,7 +143,8 @@ def verify(source_nb: Path, submission_nb: Path, assignment: str, limits: Limits
             for hit in banned_calls.find(cell["source"], table.get("*", []) + table.get(name, [])):
                 banned_by_function.setdefault(name, []).append(hit.describe())
 
-    process = LearnerProcess(cells, limits, verdicts.notes, verdicts.cell_errors)
+    banned_names = {name: table.get("*", []) + table.get(name, []) for name in reference.graded_names}
+    process = LearnerProcess(cells, limits, verdicts.notes, verdicts.cell_errors, banned_names)
     namespace: dict = {"__name__": "__qkv_grader__"}
     try:
         for setup in reference.setup:
@@ -162,6 +163,14 @@ def verify(source_nb: Path, submission_nb: Path, assignment: str, limits: Limits
                 reasons = "; ".join(dict.fromkeys(banned_by_function[function]))
                 verdict = CellVerdict(test_id, points, False, f"Scored 0: your code {reasons}.", banned=True)
             verdicts.tests[test_id] = verdict
+        # The second layer: what a function reached at run time costs all of its tests, as a
+        # banned name found in its code does (a hidden test may be the first to reach it).
+        for test_id, points, _ in reference.tests:
+            function = reference.function_of(test_id)
+            if process.reached.get(function) and not verdicts.tests[test_id].banned:
+                reasons = "; ".join(process.reached[function])
+                verdicts.tests[test_id] = CellVerdict(test_id, points, False, f"Scored 0: your code {reasons}.",
+                                                      banned=True)
     finally:
         process.close()
     if process.skipped:

@@ -116,10 +116,6 @@ class Report:
                 "<table><thead><tr><th>function</th><th>status</th><th>diagnosis</th><th>reread</th></tr></thead>"
                 f"<tbody>{''.join(cells)}</tbody></table><p>{html.escape(self.summary())}</p>{notes}</div>")
 
-    def to_json(self) -> dict[str, Any]:
-        return {"chapter": self.chapter, "notes": self.notes,
-                "results": [r.__dict__ for r in self.results]}
-
 
 # ----------------------------------------------------------------------------- the book's sections
 
@@ -326,6 +322,7 @@ def _worker() -> None:
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
     def send(**msg):
+        msg["t"] = time.monotonic()  # for benchmarks/selfcheck.py: the time after start-up
         proto.write(json.dumps(msg) + "\n")
         proto.flush()
 

@@ -163,34 +163,36 @@ def attempt(fn):
     ctypes.set_errno(0)
     result = fn()
     return errno.errorcode.get(ctypes.get_errno(), "ok") if result == -1 else "ok"
+# Run while the cell loads: during a call the grader also refuses ctypes itself (an audit hook),
+# and what is tested here is the seccomp filter, which holds at all times.
+out = {
+    "unshare_user": attempt(lambda: libc.unshare(0x10000000)),
+    "unshare_mount": attempt(lambda: libc.unshare(0x00020000)),
+    "clone_newuser": attempt(lambda: libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)),
+    "clone3": attempt(lambda: libc.syscall(435, 0, 0)),
+    "mount": attempt(lambda: libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, None)),
+    "bpf": attempt(lambda: libc.syscall(321, 0, 0, 0)),
+    "perf_event_open": attempt(lambda: libc.syscall(298, 0, 0, -1, -1, 0)),
+    "keyctl": attempt(lambda: libc.syscall(250, 0, 0, 0, 0, 0)),
+    "io_uring_setup": attempt(lambda: libc.syscall(425, 1, 0)),
+    "ptrace": attempt(lambda: libc.ptrace(16, 1, 0, 0)),
+    "shmget": attempt(lambda: libc.shmget(0, 1 << 30, 0o1600)),
+    "memfd_create": attempt(lambda: libc.memfd_create(b"x", 0)),
+}
+try:
+    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    out["netlink"] = "ok"
+except OSError as exc:
+    out["netlink"] = errno.errorcode[exc.errno]
+box = []
+t = threading.Thread(target=lambda: box.append(os.getpid()))  # clone3 falls back to clone
+t.start(); t.join()
+out["threads"] = "ok" if box else "failed"
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+out["fork"] = "ok" if os.waitpid(pid, 0)[1] == 7 << 8 else "failed"
 def probes():
-    out = {
-        "unshare_user": attempt(lambda: libc.unshare(0x10000000)),
-        "unshare_mount": attempt(lambda: libc.unshare(0x00020000)),
-        "clone_newuser": attempt(lambda: libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)),
-        "clone3": attempt(lambda: libc.syscall(435, 0, 0)),
-        "mount": attempt(lambda: libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, None)),
-        "bpf": attempt(lambda: libc.syscall(321, 0, 0, 0)),
-        "perf_event_open": attempt(lambda: libc.syscall(298, 0, 0, -1, -1, 0)),
-        "keyctl": attempt(lambda: libc.syscall(250, 0, 0, 0, 0, 0)),
-        "io_uring_setup": attempt(lambda: libc.syscall(425, 1, 0)),
-        "ptrace": attempt(lambda: libc.ptrace(16, 1, 0, 0)),
-        "shmget": attempt(lambda: libc.shmget(0, 1 << 30, 0o1600)),
-        "memfd_create": attempt(lambda: libc.memfd_create(b"x", 0)),
-    }
-    try:
-        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
-        out["netlink"] = "ok"
-    except OSError as exc:
-        out["netlink"] = errno.errorcode[exc.errno]
-    box = []
-    t = threading.Thread(target=lambda: box.append(os.getpid()))  # clone3 falls back to clone
-    t.start(); t.join()
-    out["threads"] = "ok" if box else "failed"
-    pid = os.fork()
-    if pid == 0:
-        os._exit(7)
-    out["fork"] = "ok" if os.waitpid(pid, 0)[1] == 7 << 8 else "failed"
     return out
 '''
 
@@ -288,3 +290,24 @@ def test_a_sandbox_killed_mid_run_is_an_infrastructure_error_not_a_verdict(tmp_p
     finally:
         lp.Child.call = original
         lp._ZYGOTES.close()
+
+
+def test_a_call_may_not_introspect_the_process_it_shares_with_the_grader(sandbox):
+    """The run-time refusals of banned operators live in the learner process; while the grader
+    calls a function, the ways to reach them (the garbage collector's lists, frames, ctypes) are refused."""
+    from autograder.sandbox import BannedAtRunTime
+
+    source = ("import ctypes, gc, sys\n"
+              "def objects():\n    return len(gc.get_objects())\n"
+              "def frames():\n    return sys._getframe(1).f_code.co_name\n"
+              "def memory():\n    return ctypes.string_at(id(1), 8)\n"
+              "def allowed():\n    return sum(range(4))\n")
+    child = sandbox.fork()
+    try:
+        child.load([{"id": "cell", "source": source}], FAST.cell_seconds)
+        for name, event in (("objects", "gc.get_objects"), ("frames", "sys._getframe"), ("memory", "ctypes.")):
+            with pytest.raises(BannedAtRunTime, match=event):
+                child.call(name, (), {}, FAST.call_seconds)
+        assert child.call("allowed", (), {}, FAST.call_seconds)[0] == 6
+    finally:
+        child.end()

@@ -30,7 +30,8 @@ def oracle_logits(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) 
 def sdpa_weights(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Attention weights from torch's fused attention (values = identity), float64."""
     q64, k64 = q.double(), k.double()
-    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    # Not torch.broadcast_shapes: its first call imports torch.fx and sympy (seconds).
+    batch = torch.broadcast_tensors(q[..., :1, :1], k[..., :1, :1])[0].shape[:-2]
     eye = torch.eye(k.shape[-2], dtype=torch.float64).expand(*batch, k.shape[-2], k.shape[-2])
     return F.scaled_dot_product_attention(q64.expand(*batch, *q.shape[-2:]), k64.expand(*batch, *k.shape[-2:]),
                                           eye, scale=scale)
