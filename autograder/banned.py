@@ -30,6 +30,7 @@ _LAYER_NORM = ["layer_norm", "native_layer_norm"]
 _BATCH_NORM = ["batch_norm", "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
                "_native_batch_norm_legit_functional", "_batch_norm_impl_index", "_batch_norm_with_update",
                "_batch_norm_no_update"]
+_RMS_NORM = ["rms_norm", "_fused_rms_norm"]
 _DROPOUT = ["dropout", "dropout_", "native_dropout", "feature_dropout", "feature_dropout_", "alpha_dropout",
             "alpha_dropout_", "feature_alpha_dropout", "feature_alpha_dropout_"]
 # The torch operators (aten op packets, every overload) each banned name reaches at run time. A
@@ -48,8 +49,7 @@ RUNTIME_OPS: dict[str, list[str]] = {
     "torch.nn.functional.batch_norm": _BATCH_NORM, "torch.nn.BatchNorm1d": _BATCH_NORM,
     "torch.nn.BatchNorm2d": _BATCH_NORM, "torch.nn.BatchNorm3d": _BATCH_NORM, "torch.batch_norm": _BATCH_NORM,
     "torch.native_batch_norm": _BATCH_NORM,
-    "torch.nn.functional.rms_norm": ["rms_norm", "_fused_rms_norm"], "torch.nn.RMSNorm": ["rms_norm", "_fused_rms_norm"],
-    "torch.rms_norm": ["rms_norm", "_fused_rms_norm"],
+    "torch.nn.functional.rms_norm": _RMS_NORM, "torch.nn.RMSNorm": _RMS_NORM, "torch.rms_norm": _RMS_NORM,
     "torch.nn.functional.group_norm": ["group_norm", "native_group_norm"],
     "torch.nn.GroupNorm": ["group_norm", "native_group_norm"], "torch.group_norm": ["group_norm", "native_group_norm"],
     "torch.nn.functional.instance_norm": ["instance_norm"], "torch.nn.InstanceNorm1d": ["instance_norm"],
@@ -159,7 +159,8 @@ def find(source: str, banned: list[str]) -> list[Hit]:
             literal = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             if fn in ("getattr", "builtins.getattr") and len(literal) >= 1 and literal[0] in short:
                 hits.append(Hit(short[literal[0]], node.lineno))
-            if fn in ("__import__", "importlib.import_module") and literal and literal[0].split(".")[0] in ALWAYS_BANNED_MODULES:
+            imports = fn in ("__import__", "importlib.import_module")
+            if imports and literal and literal[0].split(".")[0] in ALWAYS_BANNED_MODULES:
                 hits.append(Hit(literal[0], node.lineno))
     unique = {(h.name, h.line): h for h in hits}
     return sorted(unique.values(), key=lambda h: (h.line, h.name))

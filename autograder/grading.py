@@ -20,16 +20,17 @@ import multiprocessing
 import os
 import re
 import shutil
+import time
 import warnings
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import nbformat
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.apps import NbGraderAPI
-from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades,
-                                    SaveAutoGrades)
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades, SaveAutoGrades
 from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
@@ -40,10 +41,14 @@ from autograder.sandbox import InfrastructureError, Limits, SandboxUnavailable, 
 from autograder.submissions import Submission, discover
 from autograder.verdicts import Verdicts, cache_key
 
-
 # nbgrader 0.9.6's gradebook triggers SQLAlchemy autoflush warnings on every autograde; they
 # are upstream noise (the rows are written correctly) and would bury the progress bar.
 warnings.filterwarnings("ignore", category=SAWarning)
+
+
+# Seconds spent per phase in this process, for benchmarks/grading.py: "verification" (summed over
+# the workers), "recording" (nbgrader's autograde into the gradebook), "feedback" (nbgrader's feedback).
+PHASES: Counter = Counter()
 
 
 class GradingSetupError(RuntimeError):
@@ -113,7 +118,8 @@ def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Pat
             for future in as_completed(futures):
                 sub = futures[future]
                 try:
-                    verdicts, failure = future.result(), None
+                    (verdicts, seconds), failure = future.result(), None
+                    PHASES["verification"] += seconds
                 except InfrastructureError as exc:  # ours: no score, no cached verdict; a rerun grades them
                     verdicts, failure = None, (f"not graded: the grader's sandbox failed ({exc}); this is not the "
                                                "student's doing: rerun the same command to grade them")
@@ -139,14 +145,16 @@ def _warm_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _verify_job(source_nb: str, submission_nb: str, assignment: str, limits: Limits, verdict_path: str) -> Verdicts:
+def _verify_job(source_nb: str, submission_nb: str, assignment: str, limits: Limits,
+                verdict_path: str) -> tuple[Verdicts, float]:
     from autograder.verify import verify
 
+    start = time.perf_counter()
     verdicts = verify(Path(source_nb), Path(submission_nb), assignment, limits)
     tmp = Path(verdict_path).with_suffix(".tmp")
     tmp.write_text(verdicts.to_json())
     tmp.replace(verdict_path)  # atomic: a killed run leaves either no verdict or a whole one
-    return verdicts
+    return verdicts, time.perf_counter() - start
 
 
 def _cached_verdicts(path: Path, source_nb: Path, submission_nb: Path) -> Verdicts | None:
@@ -201,7 +209,9 @@ def _error(sub: Submission, assignment: str, max_score: float, message: str) -> 
 
 def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdicts, max_score: float,
             feedback_root: Path) -> Result:
+    start = time.perf_counter()
     graded = api.autograde(assignment, sub.student_id, force=True, create=True)
+    PHASES["recording"] += time.perf_counter() - start
     if not graded["success"]:
         reason = _nbgrader_error(graded.get("log") or graded.get("error"))
         if "metadata" in reason:
@@ -210,6 +220,7 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
                        "exercise with the answers pasted in.")
         return _error(sub, assignment, max_score, "nbgrader could not record the grades: " + reason)
     score = _score(course, assignment, sub.student_id)
+    start = time.perf_counter()
     feedback = api.generate_feedback(assignment, sub.student_id, force=True)
     target = feedback_root / sub.student_id
     shutil.rmtree(target, ignore_errors=True)
@@ -220,6 +231,7 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
             _offline_mathjax(page, feedback_root)
     else:
         notes.append("feedback could not be generated")
+    PHASES["feedback"] += time.perf_counter() - start
     banned = sorted({v.message for v in verdicts.tests.values() if v.banned})
     notes += [f"{gid}: {v.message}" for gid, v in verdicts.tests.items() if v.banned]
     notes += [f"{cell}: {err}" for cell, err in verdicts.cell_errors.items()

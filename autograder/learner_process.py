@@ -13,13 +13,24 @@ What is the learner's doing and what is ours is decided here:
 from __future__ import annotations
 
 import atexit
+import functools
 import time
 
 import torch
 
 from autograder.banned import runtime_denials
-from autograder.sandbox import (BannedAtRunTime, BudgetExceeded, Child, ChildDied, ChildTimeout, InfrastructureError,
-                                LearnerException, Limits, Sandbox, SandboxError)
+from autograder.sandbox import (
+    BannedAtRunTime,
+    BudgetExceeded,
+    Child,
+    ChildDied,
+    ChildTimeout,
+    InfrastructureError,
+    LearnerException,
+    Limits,
+    Sandbox,
+    SandboxError,
+)
 
 MAX_RESTARTS = 6
 
@@ -133,8 +144,8 @@ class LearnerProcess:
             active = [c for i, c in enumerate(self.cells) if i not in self.skipped]
             index_map = [i for i in range(len(self.cells)) if i not in self.skipped]
             try:
-                errors, names = self._timed(lambda: self.child.load(active, self.limits.cell_seconds,
-                                                                    self._budget_deadline(), self.deny_modules))
+                errors, names = self._timed(functools.partial(self.child.load, active, self.limits.cell_seconds,
+                                                              self._budget_deadline(), self.deny_modules))
             except InfrastructureError as exc:
                 raise self._infrastructure(exc) from None
             except BudgetExceeded:
@@ -226,7 +237,8 @@ def _write_back(originals, updated: dict) -> None:
             old = originals[key]
         except (KeyError, IndexError, TypeError):
             continue
-        if type(old) is torch.Tensor and type(new) is torch.Tensor and old.shape == new.shape and old.dtype == new.dtype:
+        same_kind = type(old) is torch.Tensor and type(new) is torch.Tensor
+        if same_kind and old.shape == new.shape and old.dtype == new.dtype:
             if not torch.equal(old.detach(), new) and not (old.isnan().any() and new.isnan().any()):
                 with torch.no_grad():
                     old.copy_(new)

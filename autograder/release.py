@@ -33,7 +33,8 @@ def generate(assignment: str, out_dir: Path, solutions: Path = SOLUTIONS) -> Pat
         api = NbGraderAPI(config=nbgrader_config(root))
         result = api.generate_assignment(assignment, force=True, create=True)
         if not result["success"]:
-            raise ReleaseError(f"nbgrader could not generate {assignment!r}:\n{result.get('log') or result.get('error')}")
+            log = result.get("log") or result.get("error")
+            raise ReleaseError(f"nbgrader could not generate {assignment!r}:\n{log}")
         target = Path(out_dir) / assignment
         staged = Path(out_dir) / f".{assignment}.new"
         shutil.rmtree(staged, ignore_errors=True)

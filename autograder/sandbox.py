@@ -320,17 +320,17 @@ class Sandbox:
         self.current: Child | None = None
         self._stderr = None
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def start(self) -> "Sandbox":
+    def start(self) -> Sandbox:
         mode = platform_mode()
         ours, theirs = socket.socketpair()
         self.control = ours
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sandbox; closed in close()
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
         try:
             self.proc = subprocess.Popen(command(self.limits, mode, theirs.fileno()), stdin=subprocess.DEVNULL,
@@ -388,7 +388,7 @@ class Sandbox:
         except wire.NotPlainData as exc:
             raise self._broken(f"the sandbox's control process sent nonsense during {what} ({exc})") from None
 
-    def fork(self) -> "Child":
+    def fork(self) -> Child:
         """A fresh learner process, ready for one submission."""
         if not self.alive:
             raise InfrastructureError(f"the sandbox cannot be used ({self.broken or 'not running'})")

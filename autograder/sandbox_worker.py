@@ -253,10 +253,10 @@ def _install_guard(refused_modules: set[str], reached: list[str]):
     return switch
 
 
-def _run_timed(fn, seconds: float):
+def _run_timed(seconds: float, fn, *args, **kwargs):
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        return fn()
+        return fn(*args, **kwargs)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
@@ -281,7 +281,7 @@ def serve(sock: socket.socket) -> None:
                 error, notes = None, []
                 try:
                     name = f"<cell {cell.get('id', index)}>"
-                    notes = _run_timed(lambda: runner.run(cell["source"], name), request["cell_timeout"])
+                    notes = _run_timed(request["cell_timeout"], runner.run, cell["source"], name)
                 except BaseException as exc:  # the learner's cell failed; the rest still load
                     error = _describe_error(exc)
                 _send(sock, {"event": "cell_done", "index": index, "error": error, "notes": notes[:20]})
@@ -301,7 +301,7 @@ def serve(sock: socket.socket) -> None:
                     with denials:
                         in_call(True)
                         try:
-                            result = _run_timed(lambda: fn(*args, **kwargs), request["timeout"])
+                            result = _run_timed(request["timeout"], fn, *args, **kwargs)
                         finally:
                             in_call(False)
                         if not denials.intact():

@@ -34,7 +34,7 @@ class Verdicts:
                            "notes": self.notes, "key": self.key}, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "Verdicts":
+    def from_json(cls, text: str) -> Verdicts:
         data = json.loads(text)
         return cls({k: CellVerdict(**v) for k, v in data["tests"].items()}, data["cell_errors"], data["notes"],
                    data.get("key", ""))

@@ -37,7 +37,7 @@ class Reference:
     order: list[str]  # grade_ids of every nbgrader cell, in order
 
     @classmethod
-    def load(cls, path: Path) -> "Reference":
+    def load(cls, path: Path) -> Reference:
         nb = nbformat.read(path, as_version=4)
         setup, answers, tests, order = [], {}, [], []
         for cell in nb.cells:

@@ -29,7 +29,8 @@ import subprocess
 import sys
 import time
 import timeit
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 SELF_CHECK_ROLE = "self-check"  # cell metadata {"qkv": {"role": "self-check"}}: the `qkv.check()` cell
 HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"

@@ -30,15 +30,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
 import nbformat
 
-from qkv.chapters import CHAPTERS, chapter as chapter_info
-from qkv.notebook_contract import (SELF_CHECK_ROLE, CellRunner, function_of, graded_function,  # noqa: F401
-                                   is_self_check_cell, is_test_cell, nbgrader)
+from qkv.chapters import CHAPTERS
+from qkv.chapters import chapter as chapter_info
+from qkv.notebook_contract import (  # noqa: F401
+    SELF_CHECK_ROLE,
+    CellRunner,
+    function_of,
+    graded_function,
+    is_self_check_cell,
+    is_test_cell,
+    nbgrader,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 STATUSES = ("passed", "failing", "not attempted")
@@ -174,7 +182,7 @@ class Visible:
     tests: list[tuple[str, str, str]]
 
     @classmethod
-    def from_notebook(cls, nb) -> "Visible":
+    def from_notebook(cls, nb) -> Visible:
         functions: list[str] = []
         tests: list[tuple[str, str, str]] = []
         for cell in nb.cells:
@@ -248,7 +256,7 @@ def run_tests(ns: dict, tests: list[tuple[str, str, str]], step_timeout: float |
               ) -> Iterator[tuple[str, str, str, str]]:
     """Run the test cells in ``ns``; yield (test id, function, status, diagnosis) for each."""
     for tid, function, source in tests:
-        with _alarm(step_timeout, f"{tid} did not finish within {step_timeout:g} s (an infinite loop?)"
+        with _Alarm(step_timeout, f"{tid} did not finish within {step_timeout:g} s (an infinite loop?)"
                     if step_timeout else ""):
             try:
                 _exec(source, tid, ns)
@@ -259,7 +267,7 @@ def run_tests(ns: dict, tests: list[tuple[str, str, str]], step_timeout: float |
         yield tid, function, status, diagnosis
 
 
-class _alarm:
+class _Alarm:
     """Raise StepTimeout in the main thread after ``seconds`` (no-op elsewhere or when None)."""
 
     def __init__(self, seconds: float | None, message: str):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import http.server
-import io
 import os
 import subprocess
 import sys
@@ -23,7 +22,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from notebook_tools import REPO, learner_notebook
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
@@ -54,7 +52,8 @@ def _forge(fd):
             s.recv(1 << 16)
         except OSError:
             return
-        body = json.dumps({"event": "result", "value": None, "args": {"__dict__": []}, "kwargs": {"__dict__": []}}).encode()
+        forged = {"event": "result", "value": None, "args": {"__dict__": []}, "kwargs": {"__dict__": []}}
+        body = json.dumps(forged).encode()
         s.sendall(struct.pack(">Q", len(body)) + body)
 def _is_socket(fd):
     try:
@@ -111,11 +110,11 @@ def with_cell(nb, source: str, position: int = 2):
     return nb
 
 
-def _zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] = {}):
+def _zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None):
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
-        for name, target in symlinks.items():
+        for name, target in (symlinks or {}).items():
             info = zipfile.ZipInfo(name)
             info.external_attr = (0o120777 << 16)
             zf.writestr(info, target)
@@ -310,9 +309,12 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
 ''', position=len(learner_notebook("attention", {}).cells)),
         "kill_everything": with_cell(learner_notebook("attention", RIGHT), "import os, signal\nos.kill(-1, signal.SIGKILL)"),
         # --- banned operations reached at run time (#10): spellings the static scan cannot see
-        "banned_assembled": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY("getattr(torch, 'soft' + 'max')(x, dim)")}),
-        "banned_vars": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY("vars(torch.nn.functional)['softmax'](x, dim)")}),
-        "banned_ops_aten": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY("torch.ops.aten._softmax(x, dim, False)")}),
+        "banned_assembled": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "getattr(torch, 'soft' + 'max')(x, dim)")}),
+        "banned_vars": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "vars(torch.nn.functional)['softmax'](x, dim)")}),
+        "banned_ops_aten": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "torch.ops.aten._softmax(x, dim, False)")}),
         "banned_method": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
             "__import__('operator').methodcaller('soft' + 'max', dim)(x)")}),
         "banned_in_thread": learner_notebook("attention", {**RIGHT, "softmax":
@@ -372,7 +374,10 @@ def attacked_run(tmp_path_factory, solution_server):
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", str(subs), "--out", str(out),
                            "--timeout", "4"], capture_output=True, text=True, timeout=1500)
     elapsed = time.monotonic() - started
-    rows = {r["student_id"]: r for r in csv.DictReader(open(out / "grades.csv"))} if (out / "grades.csv").exists() else {}
+    rows = {}
+    if (out / "grades.csv").exists():
+        with open(out / "grades.csv") as fh:
+            rows = {r["student_id"]: r for r in csv.DictReader(fh)}
     time.sleep(5)  # long enough for the detached process to have acted, had it survived
     return {"proc": proc, "rows": rows, "out": out, "before": before, "after": _tree_digest(*watched),
             "elapsed": elapsed, "leftovers": _sandbox_processes()}

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_tools import REPO, learner_notebook
 
 from autograder.course import SOLUTIONS, assignments
-from notebook_tools import REPO, learner_notebook
 from qkv import notebook_contract as contract
 
 
@@ -29,8 +29,10 @@ def test_every_answer_cell_defines_exactly_its_grade_id(assignment):
 
 def test_the_gpt2_split_patterns_are_equal():
     """GPT-2's pre-tokenization pattern is copied on purpose (the library, the checks, the exercise)."""
-    from qkv.bpe import GPT2_SPLIT_PATTERN as library
-    from qkv.checks.tokenization import GPT2_SPLIT_PATTERN as checks
+    from qkv import bpe
+    from qkv.checks import tokenization
+
+    library, checks = bpe.GPT2_SPLIT_PATTERN, tokenization.GPT2_SPLIT_PATTERN
 
     source = "".join(c.source for c in nbformat.read(SOLUTIONS / "tokenization" / "tokenization.ipynb",
                                                       as_version=4).cells)
@@ -132,5 +134,6 @@ def test_a_magic_laden_notebook_gets_full_marks_from_check_and_grade(tmp_path):
     grade = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", str(tmp_path / "subs"),
                             "--out", str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, timeout=900)
     assert grade.returncode == 0, grade.stderr[-3000:]
-    row = next(csv.DictReader(open(Path(tmp_path / "out" / "grades.csv"))))
+    with open(Path(tmp_path / "out" / "grades.csv")) as fh:
+        row = next(csv.DictReader(fh))
     assert (row["student_id"], row["score"], row["status"]) == ("ada", "11", "graded"), row

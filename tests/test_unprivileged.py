@@ -15,7 +15,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 import unprivileged
 from notebook_tools import REPO, learner_notebook
 

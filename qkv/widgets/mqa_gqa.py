@@ -6,8 +6,8 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 
-from qkv.widgets.live import live_view
 from qkv.kv_cache import DTYPE_BYTES, kv_cache_bytes
+from qkv.widgets.live import live_view
 
 GIB = 2**30
 
