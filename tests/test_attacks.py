@@ -250,7 +250,8 @@ if os.fork() == 0:
         "os_exit": learner_notebook("attention", {**RIGHT, "scaled_dot_product_attention":
                                                   "import os\ndef scaled_dot_product_attention(q, k, v, mask=None):\n    os._exit(0)"}),
         "segfault": learner_notebook("attention", {**RIGHT, "additive_attention":
-                                                   "import faulthandler\ndef additive_attention(*args):\n    faulthandler._sigsegv()"}),
+                                                   "import os\ndef additive_attention(*args):\n"
+                                                   "    os.abort()  # glibc ends in a fault: SIGSEGV"}),
         "memory_hog": learner_notebook("attention", {**RIGHT, "additive_attention":
                                                      "def additive_attention(*args):\n"
                                                      "    return torch.ones(30 * 2**30, dtype=torch.uint8)"}),
