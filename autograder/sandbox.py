@@ -159,6 +159,11 @@ def platform_mode() -> str:
     if missing:
         raise SandboxUnavailable(f"cannot sandbox learner code: {', '.join(missing)} not found; "
                                  "install them (as root: apt-get install bubblewrap util-linux)")
+    try:
+        seccomp_filter.program()
+    except Exception as exc:  # pyseccomp raises OSError/RuntimeError/ImportError depending on what is missing
+        raise SandboxUnavailable(f"cannot sandbox learner code: its seccomp filter cannot be built ({exc}); "
+                                 "install libseccomp (apt-get install libseccomp2) and pyseccomp") from None
     namespaces = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--ro-bind", "/", "/", "--proc", "/proc",
                   "--dev", "/dev", "--", "true"]
     if os.geteuid() == 0:
