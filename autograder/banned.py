@@ -25,7 +25,10 @@ _SDPA = ["scaled_dot_product_attention", "_scaled_dot_product_flash_attention_fo
          "_scaled_dot_product_attention_math", "_scaled_dot_product_efficient_attention",
          "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
          "_scaled_dot_product_attention_math_for_mps", "_scaled_dot_product_fused_attention_overrideable"]
-_MHA = ["_native_multi_head_attention", *_SDPA]
+# Only the fused operator: the module's slow path is made of allowed operators (linear, bmm, and
+# scaled_dot_product_attention, which the transformer chapter's own blocks may use); it is caught
+# as a torch function in the calling thread, and statically.
+_MHA = ["_native_multi_head_attention"]
 _LAYER_NORM = ["layer_norm", "native_layer_norm"]
 _BATCH_NORM = ["batch_norm", "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
                "_native_batch_norm_legit_functional", "_batch_norm_impl_index", "_batch_norm_with_update",

@@ -128,34 +128,22 @@ class BannedOperation(RuntimeError):
 
 
 class _Denials:
-    """For one call: every banned torch operator refused in every thread (a kernel registered
-    over the CPU implementation for the duration of the call, then removed), banned torch
-    functions refused before they decompose, and what was reached recorded for the grader.
-    Refusing rather than only recording matters: whatever the learner's code does to the record,
-    the banned operator never produced a result for it."""
+    """Every banned torch operator refused in every thread (kernels registered over the CPU
+    implementations from the first call on; registered again only when the next call's banned set
+    differs), banned torch functions refused before they decompose (a mode entered for each call),
+    and what was reached recorded for the grader. Refusing rather than only recording matters:
+    whatever the learner's code does to the record, the banned operator never produced a result.
+    The kernels are not there while the learner's cells load: a scratch cell may compare against
+    the built-in (the static layer judges that)."""
 
     def __init__(self, ops: list, functions: list):
         """``ops``: [aten op packet, the banned name it stands for] pairs; ``functions``: banned dotted names."""
+        self.key = repr((ops, functions))
         self.ops = {str(p[0]): str(p[1]) for p in ops if isinstance(p, list) and len(p) == 2} \
             if isinstance(ops, list) else {}
         self.functions = _resolve(functions)
         self.hits: list[str] = []
         self.library = None
-        self.mode = None
-
-    def _refuse(self, label: str):
-        self.hits.append(label)
-        raise BannedOperation(f"your code {label}")
-
-    def _kernel(self, packet: str):
-        label = (f"calls {self.ops[packet]} (reached at run time as aten::{packet}), which this exercise "
-                 "asks you to implement yourself")
-
-        def refuse(*args, **kwargs):
-            self._refuse(label)
-        return refuse
-
-    def __enter__(self):
         if self.ops:
             import warnings
 
@@ -172,6 +160,23 @@ class _Denials:
                                               self._kernel(packet), "CPU")
                         except RuntimeError:
                             pass
+
+    def _refuse(self, label: str):
+        self.hits.append(label)
+        raise BannedOperation(f"your code {label}")
+
+    def _kernel(self, packet: str):
+        label = (f"calls {self.ops[packet]} (reached at run time as aten::{packet}), which this exercise "
+                 "asks you to implement yourself")
+
+        def refuse(*args, **kwargs):
+            self._refuse(label)
+        return refuse
+
+    def __enter__(self):
+        """One call: a fresh record, and the function check in the calling thread."""
+        self.hits = []
+        self.mode = None
         if self.functions:
             denials = self
 
@@ -197,9 +202,11 @@ class _Denials:
                 self.mode.__exit__(None, None, None)
             except Exception:  # the learner popped it already: the kernels still refused
                 pass
-        if self.library is not None:
-            self.library._destroy()  # the original kernels are back for the next call
         return False
+
+    def close(self) -> None:
+        if self.intact() and self.library is not None:
+            self.library._destroy()  # the original kernels are back
 
 
 def _resolve(names) -> dict:
@@ -268,6 +275,7 @@ def serve(sock: socket.socket) -> None:
     in_call = _install_guard(refused_modules, reached)  # before any learner code runs
     namespace: dict = {"__name__": "__main__"}
     runner = notebook_contract.CellRunner(namespace)  # magics behave as in JupyterLab and qkv check
+    denials: _Denials | None = None
     while True:
         request = _read(sock)
         if request is None or request.get("op") == "exit":
@@ -295,7 +303,11 @@ def serve(sock: socket.socket) -> None:
                     raise NameError(f"{request['name']} is not defined")
                 args = wire.decode(request["args"])
                 kwargs = wire.decode(request["kwargs"])
-                denials = _Denials(request.get("deny_ops", []), request.get("deny_functions", []))
+                if denials is None or denials.key != repr((request.get("deny_ops", []),
+                                                           request.get("deny_functions", []))):
+                    if denials is not None:
+                        denials.close()
+                    denials = _Denials(request.get("deny_ops", []), request.get("deny_functions", []))
                 reached_before = len(reached)
                 try:
                     with denials:
