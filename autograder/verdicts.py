@@ -28,6 +28,7 @@ class Verdicts:
     cell_errors: dict[str, str] = field(default_factory=dict)  # answer/learner cell -> what went wrong loading it
     notes: list[str] = field(default_factory=list)
     key: str = ""
+    seconds: float = 0.0  # how long verification took (not stored: benchmarks/grading.py reads it)
 
     def to_json(self) -> str:
         return json.dumps({"tests": {k: asdict(v) for k, v in self.tests.items()}, "cell_errors": self.cell_errors,
