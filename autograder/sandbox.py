@@ -148,7 +148,8 @@ def _probe(argv: list[str]) -> str | None:
         return str(exc)
     if proc.returncode == 0:
         return None
-    return (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    return last if last.startswith("bwrap") else f"bwrap: {last}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -172,14 +173,15 @@ def platform_mode() -> str:
             return "root"
         raise SandboxUnavailable(f"cannot sandbox learner code: bubblewrap cannot create namespaces even as root "
                                  f"({problem}); in a container, give it CAP_SYS_ADMIN (e.g. --privileged), "
-                                 "or grade on the host")
+                                 "or grade on the host. Nothing was graded")
     problem = _probe(["bwrap", "--unshare-user", "--disable-userns", "--cap-add", "CAP_SYS_ADMIN", *namespaces])
     if problem is None:
         return "user"
     raise SandboxUnavailable(f"cannot sandbox learner code: as {getpass.getuser()} (not root) the sandbox needs "
                              f"unprivileged user namespaces, and this machine refuses them ({problem}); grade as "
                              "root, or allow them (sysctl user.max_user_namespaces=10000 "
-                             "kernel.unprivileged_userns_clone=1, or a container seccomp profile that permits them)")
+                             "kernel.unprivileged_userns_clone=1, or a container seccomp profile that permits them). "
+                             "Nothing was graded")
 
 
 def _ro_binds(paths: list[Path]) -> list[str]:
