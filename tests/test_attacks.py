@@ -12,6 +12,7 @@ import base64
 import csv
 import hashlib
 import http.server
+import io
 import os
 import subprocess
 import sys
