@@ -29,17 +29,18 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import nbformat
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.apps import NbGraderAPI
-from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades,
-                                    SaveAutoGrades)
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades, SaveAutoGrades
 from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
@@ -48,15 +49,19 @@ from autograder.course import SOLUTIONS, assignments, nbgrader_config, solution_
 from autograder.feedback import FeedbackPageError, SanitizeLearnerCells, finish_page
 from autograder.learner_text import clean, one_line
 from autograder.preprocessors import ApplyTrustedVerdicts
-from autograder.report import CSV_FIELDS, Result, plot_distribution, write_csv, write_report  # noqa: F401
-from autograder.sandbox import Limits, bwrap_available
+from autograder.report import Result, plot_distribution, write_csv, write_report
+from autograder.sandbox import InfrastructureError, Limits, SandboxUnavailable, platform_mode
 from autograder.submissions import Submission, discover, remove_tree
-from autograder.verify import Verdicts, cache_key
-
+from autograder.verdicts import Verdicts, cache_key
 
 # nbgrader 0.9.6's gradebook triggers SQLAlchemy autoflush warnings on every autograde; they
 # are upstream noise (the rows are written correctly) and would bury the progress bar.
 warnings.filterwarnings("ignore", category=SAWarning)
+
+
+# Seconds spent per phase in this process, for benchmarks/grading.py: "verification" (summed over
+# the workers), "recording" (nbgrader's autograde into the gradebook), "feedback" (nbgrader's feedback).
+PHASES: Counter = Counter()
 
 
 class GradingSetupError(RuntimeError):
@@ -100,9 +105,10 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
         submissions = course / "submitted"
     submissions = Path(submissions) if submissions is not None else None
     check_arguments(assignment, None if intake else submissions, out, solutions)
-    if not bwrap_available():
-        raise GradingSetupError("bubblewrap (bwrap) and setpriv are needed to run learner code safely: "
-                                "apt-get install bubblewrap util-linux")
+    try:
+        platform_mode()  # root, or an ordinary user with user namespaces; else one line naming the fix
+    except SandboxUnavailable as exc:
+        raise GradingSetupError(str(exc)) from None
     ctx = multiprocessing.get_context("spawn")  # workers must not inherit the main process's state
     # Workers are started on demand, so a pool sized for the class costs one process for the canary.
     with ProcessPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1), mp_context=ctx,
@@ -268,9 +274,10 @@ def _canary(assignment: str, solutions: Path, template: Path, pool: ProcessPoolE
 
 
 def _canary_message(assignment: str, what: str, out: Path) -> str:
-    if any(s in what for s in ("could not start", "SandboxError", "sandboxed process", "bwrap", "killed by")):
+    if any(s in what for s in ("could not start", "InfrastructureError", "sandbox", "bwrap", "killed by")):
         fix = ("the sandbox does not work on this machine: check that `bwrap --unshare-pid --unshare-net "
-               "--ro-bind / / true` succeeds for this user, and that the limits leave room to import torch")
+               "--ro-bind / / true` (add --unshare-user as an ordinary user) succeeds for this user, and that "
+               "the limits leave room to import torch")
     elif "within" in what:
         fix = "the reference ran out of time: rerun with a larger --timeout, or on a less loaded machine"
     else:
@@ -339,6 +346,11 @@ def _grade_students(assignment: str, submissions: Path | None, out: Path, soluti
         sub = futures[future]
         try:
             verdicts = future.result()
+            PHASES["verification"] += verdicts.seconds
+        except InfrastructureError as exc:  # ours: no score, no cached verdict; a rerun grades them
+            finish(course.error(sub, f"not graded: the grader's sandbox failed ({exc}); this is not the "
+                                     "student's doing: rerun the same command to grade them"))
+            continue
         except Exception as exc:  # noqa: BLE001 (a grader bug or a broken pool must not stop the others)
             finish(course.error(sub, f"the grader failed on this submission ({type(exc).__name__}: {exc}); "
                                      "rerun the same command to retry"))
@@ -370,8 +382,11 @@ def _warm_worker() -> None:
 def _verify_job(source_nb: str, submission_nb: str, assignment: str, limits: Limits, verdict_path: str) -> Verdicts:
     from autograder.verify import verify
 
+    start = time.perf_counter()
     verdicts = verify(Path(source_nb), Path(submission_nb), assignment, limits)
-    return _store_verdicts(verdicts, Path(verdict_path))
+    stored = _store_verdicts(verdicts, Path(verdict_path))
+    stored.seconds = time.perf_counter() - start
+    return stored
 
 
 def _store_verdicts(verdicts: Verdicts, path: Path) -> Verdicts:
@@ -456,7 +471,9 @@ def _error(sub: Submission, assignment: str, max_score: float, message: str) -> 
 
 def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdicts, max_score: float,
             feedback_root: Path) -> Result:
+    start = time.perf_counter()
     graded = api.autograde(assignment, sub.student_id, force=True, create=True)
+    PHASES["recording"] += time.perf_counter() - start
     if not graded["success"]:
         reason = _nbgrader_error(graded.get("log") or graded.get("error"))
         if "metadata" in reason:
@@ -465,6 +482,7 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
                        "exercise with the answers pasted in.")
         return _error(sub, assignment, max_score, "nbgrader could not record the grades: " + reason)
     score = _score(course, assignment, sub.student_id)
+    start = time.perf_counter()
     feedback = api.generate_feedback(assignment, sub.student_id, force=True)
     target = feedback_root / sub.student_id
     remove_tree(target)
@@ -482,6 +500,7 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
             notes.append("feedback could not be generated safely and was withheld")
     else:
         notes.append("feedback could not be generated")
+    PHASES["feedback"] += time.perf_counter() - start
     banned = sorted({v.message for v in verdicts.tests.values() if v.banned})
     notes += [f"{gid}: {v.message}" for gid, v in verdicts.tests.items() if v.banned]
     notes += [f"{cell}: {err}" for cell, err in verdicts.cell_errors.items()

@@ -2,7 +2,9 @@
 
 Both grade the same submissions of the attention assignment (correct, wrong and erroring,
 mixed) in this one invocation, and both write nbgrader gradebook entries and feedback.
-Prints notebooks per second for each and their ratio.
+Prints notebooks per second for each, their ratio, and where qkv's time goes: verification
+(sandboxed learner processes and the reference's tests, summed over the workers), recording
+(nbgrader's autograde into the gradebook) and feedback (nbgrader's feedback pages).
 
 With ``--scaling``: qkv's grader alone on the same submissions with 1, 2, ... up to the
 machine's cores worker processes, each run from scratch (no verdict cache); prints
@@ -30,13 +32,14 @@ sys.path.insert(0, str(REPO / "tests"))
 from notebook_tools import learner_notebook  # noqa: E402
 
 from autograder.course import SOLUTIONS, nbgrader_config  # noqa: E402
-from autograder.grading import grade_class  # noqa: E402
+from autograder.grading import PHASES, grade_class  # noqa: E402
 
 RIGHT = {"softmax": "reference", "scaled_dot_product_attention": "reference", "additive_attention": "reference"}
 KINDS = [
     RIGHT,
     {"softmax": "reference", "scaled_dot_product_attention":
-        "def scaled_dot_product_attention(q, k, v, mask=None):\n    w = softmax(q @ k.transpose(-2, -1))\n    return w @ v, w"},
+        "def scaled_dot_product_attention(q, k, v, mask=None):\n"
+        "    w = softmax(q @ k.transpose(-2, -1))\n    return w @ v, w"},
     {**RIGHT, "additive_attention": "def additive_attention(:\n    pass"},  # a syntax error
     {},  # not attempted: every test raises
 ]
@@ -121,6 +124,10 @@ def main() -> None:
     print(f"qkv grader (sandboxed, trusted verdicts, {args.workers or os.cpu_count()} workers): "
           f"{n / t_ours:.2f} notebooks/s ({t_ours:.1f} s for {n})")
     print(f"ratio qkv / stock: {t_stock / t_ours:.2f}x")
+    workers = args.workers or os.cpu_count()
+    print(f"qkv's time per notebook: verification {PHASES['verification'] / n:.2f} s (in {workers} workers "
+          f"in parallel), recording {PHASES['recording'] / n:.2f} s, feedback {PHASES['feedback'] / n:.2f} s "
+          "(both in the main process)")
 
 
 if __name__ == "__main__":

@@ -302,8 +302,9 @@ def test_a_broken_sandbox_stops_the_run_before_anyone_is_graded(tmp_path, one_st
     scratch.mkdir()
     proc = _cli("grade", "attention", str(one_student), "--out", str(out), "--quiet",
                 env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(scratch)})
-    _one_line_exit_2(proc, "the reference solution of attention did not get full marks")
-    assert "sandbox" in proc.stderr and "bwrap" in proc.stderr and "nothing was written" in proc.stderr
+    # Refused up front by the sandbox's own probe (autograder.sandbox.platform_mode), before the canary.
+    _one_line_exit_2(proc, "cannot sandbox learner code")
+    assert "bwrap" in proc.stderr and "Nothing was graded" in proc.stderr
     assert proc.stdout == ""
     assert _digest(out) == before and not (out / "course" / "gradebook.db").exists()
     assert list(scratch.iterdir()) == []  # the scratch course is gone too

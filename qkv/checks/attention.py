@@ -46,7 +46,8 @@ def oracle_additive(q, k, v, w_q, w_k, w_v, mask=None) -> tuple[torch.Tensor, to
     """Additive attention by an explicit loop over (i, j) pairs, in float64."""
     q64, k64, v64 = q.double(), k.double(), v.double()
     wq, wk, wv = w_q.double(), w_k.double(), w_v.double()
-    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    # Not torch.broadcast_shapes: its first call imports torch.fx and sympy (seconds).
+    batch = torch.broadcast_tensors(q[..., :1, :1], k[..., :1, :1])[0].shape[:-2]
     qb = q64.expand(*batch, *q.shape[-2:]).reshape(-1, *q.shape[-2:])
     kb = k64.expand(*batch, *k.shape[-2:]).reshape(-1, *k.shape[-2:])
     logits = torch.empty(qb.shape[0], q.shape[-2], k.shape[-2], dtype=torch.float64)

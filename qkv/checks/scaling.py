@@ -33,7 +33,8 @@ def oracle_logits(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) 
 def sdpa_weights(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Attention weights from torch's fused attention (values = identity), float64."""
     q64, k64 = q.double(), k.double()
-    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    # Not torch.broadcast_shapes: its first call imports torch.fx and sympy (seconds).
+    batch = torch.broadcast_tensors(q[..., :1, :1], k[..., :1, :1])[0].shape[:-2]
     eye = torch.eye(k.shape[-2], dtype=torch.float64).expand(*batch, k.shape[-2], k.shape[-2])
     return F.scaled_dot_product_attention(q64.expand(*batch, *q.shape[-2:]), k64.expand(*batch, *k.shape[-2:]),
                                           eye, scale=scale)
@@ -131,7 +132,8 @@ def variance_diagnoses(d_ks, which: str) -> list[Diagnosis]:
 def check_attention_logits(attention_logits, q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> None:
     """Compare ``attention_logits(q, k[, scale])`` with an einsum oracle and torch's fused attention."""
     args = (q, k) if scale is None else (q, k, scale)
-    what = f"attention_logits(q{tuple(q.shape)}, k{tuple(k.shape)}" + ("" if scale is None else f", scale={scale!r}") + ")"
+    scale_text = "" if scale is None else f", scale={scale!r}"
+    what = f"attention_logits(q{tuple(q.shape)}, k{tuple(k.shape)}{scale_text})"
     got = call_learner(attention_logits, *args, name="attention_logits")
     expect_close(got, oracle_logits(q, k, scale), what=what, diagnoses=lambda: logits_diagnoses(q, k, scale))
     # Cross-check with PyTorch's own attention: the softmax of your logits is its attention matrix.
@@ -155,9 +157,11 @@ def check_jacobian_properties(softmax_jacobian) -> None:
     uniform = torch.full((n,), 1 / n, dtype=torch.float64)
     expect_close(call_learner(softmax_jacobian, uniform, name="softmax_jacobian"),
                  (torch.eye(n, dtype=torch.float64) - 1 / n) / n,
-                 what="softmax_jacobian(uniform p of length 4): expected (I − 1/4)/4", diagnoses=lambda: jacobian_diagnoses(uniform))
+                 what="softmax_jacobian(uniform p of length 4): expected (I − 1/4)/4",
+                 diagnoses=lambda: jacobian_diagnoses(uniform))
     one_hot = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
-    expect_close(call_learner(softmax_jacobian, one_hot, name="softmax_jacobian"), torch.zeros(3, 3, dtype=torch.float64),
+    expect_close(call_learner(softmax_jacobian, one_hot, name="softmax_jacobian"),
+                 torch.zeros(3, 3, dtype=torch.float64),
                  what="softmax_jacobian(one-hot p): a saturated softmax has a zero Jacobian",
                  diagnoses=lambda: jacobian_diagnoses(one_hot))
     p = torch.softmax(torch.tensor([[0.3, -1.2, 2.0, 0.5, 0.0]], dtype=torch.float64), -1)

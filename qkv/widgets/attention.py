@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
 
 from qkv.attention import scaled_dot_product_attention, softmax
 from qkv.widgets.live import live_view
@@ -99,8 +98,3 @@ def softmax_temperature(logits=(2.0, 1.0, 0.5, 0.1, -1.0), default_scale: float 
         plt.show()
 
     return live_view(draw, [scale])
-
-
-def show(widget: widgets.Widget) -> None:
-    """Display a widget (helper so book cells read as one line)."""
-    display(widget)

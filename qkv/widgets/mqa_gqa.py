@@ -5,10 +5,9 @@ from __future__ import annotations
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
-from IPython.display import display
 
-from qkv.widgets.live import live_view
 from qkv.kv_cache import DTYPE_BYTES, kv_cache_bytes
+from qkv.widgets.live import live_view
 
 GIB = 2**30
 
@@ -77,8 +76,3 @@ def kv_cache_calculator(n_layers: int = 80, n_heads: int = 64, n_kv_heads: int =
     heads_w.observe(heads_changed, names="value")
     controls = widgets.HBox([widgets.VBox([layers_w, heads_w, kv_w, dhead_w]), widgets.VBox([dtype_w, context_w, batch_w])])
     return live_view(draw, [layers_w, heads_w, kv_w, dhead_w, dtype_w, context_w, batch_w], header=[controls])
-
-
-def show(widget: widgets.Widget) -> None:
-    """Display a widget (helper so book cells read as one line)."""
-    display(widget)
