@@ -47,7 +47,7 @@ class Visit:
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.requests: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type in ("error", "warning") else None)
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("request", lambda r: self.requests.append(r.url))
         self.page.goto(path.as_uri())
@@ -153,25 +153,27 @@ def test_every_control_moves_the_figure_and_moves_it_back(slug, visit, artifacts
 
 
 def test_controls_work_from_the_keyboard(visit):
-    def focus_and_press(v, selector: str, key: str):
-        before = _view(v.page.locator(".qkv-static-widget").filter(has=v.page.locator(selector)).first)
-        v.page.locator(selector).first.focus()
+    def focus_and_press(v, control: str, key: str):
+        widget = v.page.locator(".qkv-static-widget").filter(has=v.page.locator(control)).first
+        before = _view(widget)
+        widget.locator(control).first.focus()
         v.page.keyboard.press(key)
-        return before, _view(v.page.locator(".qkv-static-widget").filter(has=v.page.locator(selector)).first)
+        return before, _view(widget), widget.locator(control).first
 
     v = visit("attention")  # a dropdown (query) and a range slider (scale s)
-    before, after = focus_and_press(v, ".qkv-static-widget select", "ArrowDown")
-    assert before != after
-    assert v.page.locator(".qkv-static-widget select").first.input_value() == "8"  # default 7:it, one down
-    slider = '.qkv-static-widget input[type="range"]'
-    before, after = focus_and_press(v, slider, "ArrowRight")
-    assert before != after and v.page.locator(slider).first.get_attribute("aria-valuetext") == "1.26"
+    before, after, select = focus_and_press(v, "select", "ArrowDown")
+    assert before != after and select.input_value() == "8"  # default 7:it, then one down
+    before, after, slider = focus_and_press(v, 'input[type="range"]', "ArrowRight")
+    assert before != after and slider.get_attribute("aria-valuetext") == "1.26"
+    assert slider.locator("xpath=following-sibling::output").text_content() == "1.26"
+    v.offline_and_clean()
     v = visit("multihead")  # toggle buttons: a radio group, arrow keys move the choice
-    before, after = focus_and_press(v, ".qkv-radios input:checked", "ArrowRight")
+    before, after, _ = focus_and_press(v, ".qkv-radios input:checked", "ArrowRight")
     assert before != after and v.page.locator(".qkv-radios input:checked").first.get_attribute("value") == "3"
+    v.offline_and_clean()
     v = visit("masking")  # a checkbox: Space toggles it
-    before, after = focus_and_press(v, '.qkv-static-widget input[type="checkbox"]', "Space")
-    assert before != after and not v.page.locator('.qkv-static-widget input[type="checkbox"]').is_checked()
+    before, after, box = focus_and_press(v, 'input[type="checkbox"]', "Space")
+    assert before != after and not box.is_checked()
     v.offline_and_clean()
 
 
@@ -270,7 +272,7 @@ def _python_table(settings) -> str:
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # outside a kernel the live Output lets prints through
         mqa_gqa.kv_cache_calculator(**settings)
-    return printed.getvalue()
+    return re.sub(r"\x1b\[2K\r?", "", printed.getvalue())  # the Output's clear_output, as a terminal escape
 
 
 def test_kv_calculator_prints_the_python_table_for_every_setting(visit, artifacts):
@@ -357,7 +359,7 @@ def test_bpe_playground_shows_title_tokens_and_ids_as_the_live_widget(visit, art
     v = visit("tokenization")
     root = v.page.locator('.qkv-static-widget[data-qkv-widget="bpe"]')
     box = root.locator("input")
-    for n, text in enumerate(["hello world", "你好, 世界 <|endoftext|> it's 1234567!", "tabs\tand\nnew lines",
+    for n, text in enumerate(["hello world", "你好, 世界 <|endoftext|> it's 1234567!", "tabs\tand  two  spaces",
                               "Tokenizers split unbelievably long words into pieces: 1234567!"]):
         box.fill(text)
         ids = encode(text, merges, [ENDOFTEXT])

@@ -47,7 +47,8 @@ def _add_assets_path(app, config) -> None:
 def _is_ipywidgets_script(script, ipywidgets_js) -> bool:
     filename = str(getattr(script, "filename", "") or "")
     attributes = getattr(script, "attributes", {}) or {}
-    return filename in ipywidgets_js or attributes.get("type") == WIDGET_STATE
+    # Sphinx stores a local script as "_static/<name>"; nb_ipywidgets_js names it "<name>".
+    return filename.removeprefix("_static/") in ipywidgets_js or attributes.get("type") == WIDGET_STATE
 
 
 def _per_page_assets(app, pagename, templatename, context, doctree) -> None:
