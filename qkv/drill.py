@@ -22,6 +22,7 @@ from markdown_it import MarkdownIt
 from mdit_py_plugins.dollarmath import dollarmath_plugin
 
 from qkv.chapters import BOOK_DIR, CHAPTERS, available_slugs
+from qkv.citations import CitationError
 from qkv.quiz import markdown_to_html
 
 SHORT_ANSWER = "**Short answer.**"
@@ -134,7 +135,8 @@ def render_drill(book_dir: Path = BOOK_DIR) -> str:
 
     Each ``<details>`` has the question as its ``<summary>``, the short answer rendered from
     markdown, and a "full answer" link to ``chapters/<slug>.html#<anchor>`` (relative to the
-    drill page at the book's root).
+    drill page at the book's root). Citations in a short answer link to the chapter's
+    bibliography entry; an unknown key raises ``CitationError`` naming the chapter and question.
     """
     ready = available_slugs(book_dir)
     parts = ['<div class="qkv-drill">',
@@ -146,11 +148,17 @@ def render_drill(book_dir: Path = BOOK_DIR) -> str:
         questions = chapter_questions(ch.slug, book_dir)
         parts.append(f'<section class="qkv-drill-chapter" data-chapter="{ch.slug}">')
         parts.append(f'<h2><a href="chapters/{ch.slug}.html">{ch.number}. {html.escape(ch.title)}</a></h2>')
+        page = f"chapters/{ch.slug}.html"
         for q in questions:
+            try:
+                answer = markdown_to_html(q.short_answer, citation_page=page,
+                                          bibfile=book_dir / "references.bib")
+            except CitationError as err:
+                raise CitationError(f"{ch.slug}.md, short answer of {q.heading!r}: {err}") from err
             parts.append(
                 '<details class="qkv-drill-question">'
                 f"<summary>{markdown_to_html(q.heading, inline=True)}</summary>"
-                f'<div class="qkv-drill-answer">{markdown_to_html(q.short_answer)}</div>'
+                f'<div class="qkv-drill-answer">{answer}</div>'
                 f'<p><a class="qkv-drill-link" href="chapters/{ch.slug}.html#{q.anchor}">full answer</a></p>'
                 "</details>")
         parts.append("</section>")

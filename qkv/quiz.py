@@ -8,7 +8,10 @@ A chapter's quiz is a list of questions, each a dict::
          {"text": "No.", "correct": True, "why": "..."},
      ]}
 
-Text is markdown (``$...$`` math, ``code``, *emphasis*). Every option is a ``<details>``
+Text is markdown (``$...$`` math, ``code``, *emphasis*) and may cite works of
+``book/references.bib`` with the page's roles, ``{cite:t}`key``` and ``{cite:p}`key``` (see
+``qkv.citations``): they render as on the page, linked to the chapter's bibliography entry, and
+an unknown key is an error. Every option is a ``<details>``
 element whose hidden body says "Correct." or "Not quite." followed by the explanation, so
 the quiz works in the static, offline book with no kernel and no JavaScript. Math is
 emitted the way Sphinx emits it (``<span class="math">\\(...\\)</span>``), which is what the
@@ -18,10 +21,14 @@ book's MathJax configuration typesets.
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Any
 
 from markdown_it import MarkdownIt
 from mdit_py_plugins.dollarmath import dollarmath_plugin
+from mdit_py_plugins.myst_role import myst_role_plugin
+
+from qkv.citations import BIBFILE, CitationError, cite_html
 
 MIN_OPTIONS = 2
 MAX_OPTIONS = 6  # options are lettered A–F
@@ -52,17 +59,27 @@ for _rule, _display in [("math_inline", False), ("math_inline_double", True),
                         ("math_block", True), ("math_block_label", True)]:
     _MD.add_render_rule(_rule, lambda self, tokens, idx, options, env, _d=_display:
                         _math_html(tokens[idx].content, {"display_mode": _d}))
+# MyST roles: only the citation roles can be resolved outside Sphinx; any other role is an error.
+myst_role_plugin(_MD)
+_MD.add_render_rule("myst_role", lambda self, tokens, idx, options, env:
+                    cite_html(tokens[idx].meta["name"], tokens[idx].content,
+                              page=env["citation_page"], bibfile=env["bibfile"]))
 
 
-def markdown_to_html(text: str, *, inline: bool = False) -> str:
+def markdown_to_html(text: str, *, inline: bool = False, citation_page: str = "",
+                     bibfile: Path = BIBFILE) -> str:
     """Render MyST-style markdown (with ``$...$`` / ``$$...$$`` math) to an HTML string.
 
     ``inline=True`` renders without the enclosing ``<p>`` (for a ``<summary>`` or a sentence).
     ``<`` and ``&`` in the text are escaped; raw HTML is shown as text, not interpreted.
+    ``{cite:t}`key``` / ``{cite:p}`key``` link to ``<citation_page>#cite-<key>`` (``''``: the
+    same page), resolved from ``bibfile``; an unknown key or another role raises
+    ``qkv.citations.CitationError``.
     """
+    env = {"citation_page": citation_page, "bibfile": bibfile}
     if inline:
-        return _MD.renderInline(text).strip()
-    return _MD.render(text).strip()
+        return _MD.renderInline(text, env).strip()
+    return _MD.render(text, env).strip()
 
 
 def validate_quiz(questions: list[dict[str, Any]]) -> None:
@@ -70,7 +87,8 @@ def validate_quiz(questions: list[dict[str, Any]]) -> None:
 
     Rules: a non-empty list; each question has a non-empty ``question`` string and at least
     ``MIN_OPTIONS`` and at most ``MAX_OPTIONS`` options; each option has non-empty ``text`` and ``why`` strings and a
-    boolean ``correct``; exactly one option per question is correct; no unknown keys.
+    boolean ``correct``; exactly one option per question is correct; no unknown keys;
+    every citation resolves (an unknown key raises ``CitationError``, a ``ValueError``).
     """
     if not isinstance(questions, list) or not questions:
         raise ValueError("a quiz is a non-empty list of questions (dicts with 'question' and 'options')")
@@ -106,6 +124,11 @@ def validate_quiz(questions: list[dict[str, Any]]) -> None:
         if n_correct != 1:
             raise ValueError(f"{where} ({q['question'][:40]!r}): exactly one option must have correct=True, "
                              f"found {n_correct}")
+        for text in [q["question"]] + [opt[k] for opt in options for k in ("text", "why")]:
+            try:
+                markdown_to_html(text)
+            except CitationError as err:
+                raise CitationError(f"{where} ({q['question'][:40]!r}): {err}") from err
 
 
 def render_quiz(questions: list[dict[str, Any]]) -> str:

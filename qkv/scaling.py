@@ -170,3 +170,55 @@ def train_self_retrieval(d_model: int = 32, d_k: int = 32, steps: int = 200, see
     with torch.no_grad():
         after = logits(x_eval)
     return before, after
+
+
+def t5_fold_gap(optimizer: str, *, d_model: int = 64, d_k: int = 16, steps: int = 5, lr: float = 1e-2,
+                seed: int = 1) -> tuple[float, float]:
+    """Train attention written Vaswani's way and T5's way with the same optimizer; compare the logits.
+
+    Vaswani: logits = (x W_Q)(x W_K)ᵀ / √d_k. T5 drops the 1/√d_k and starts from
+    W_Q / √d_k instead (its released code initializes W_Q with a √d_k-times smaller standard
+    deviation), so at initialization the two logits are equal. Both are then trained on the
+    same toy loss (match a fixed random attention pattern) for ``steps`` steps of:
+
+    * ``"adam"``: ``torch.optim.Adam``. Its steps do not scale with the gradient, so the √d_k
+      times smaller W_Q moves √d_k times faster relative to its size: the fold is not exact.
+    * ``"adafactor"``: ``torch.optim.Adafactor``, whose step is relative to the parameter's
+      own scale (α_t = max(ε₂, RMS(θ)) ρ_t) and invariant to the gradient's scale: the
+      T5 W_Q stays exactly W_Q / √d_k, so the fold stays exact (T5 trained with AdaFactor).
+    * ``"sgd"``: plain SGD, for contrast: the gradient of the smaller W_Q is √d_k larger.
+
+    Returns:
+        (gap at initialization, gap after training): the largest |logit difference| on a
+        fixed batch of 8 tokens.
+
+    Raises:
+        ValueError: for an unknown optimizer name.
+    """
+    factories = {
+        "adam": lambda params: torch.optim.Adam(params, lr=lr),
+        "adafactor": lambda params: torch.optim.Adafactor(params, lr=lr),
+        "sgd": lambda params: torch.optim.SGD(params, lr=lr),
+    }
+    if optimizer not in factories:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(factories)}")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, d_model, generator=gen)                      # (T, d_model)
+    w_q = torch.randn(d_model, d_k, generator=gen) / math.sqrt(d_model)
+    w_k = torch.randn(d_model, d_k, generator=gen) / math.sqrt(d_model)
+    target = torch.softmax(torch.randn(8, 8, generator=gen), dim=-1)
+
+    def trained_logits(w_q0: torch.Tensor, scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        wq, wk = w_q0.clone().requires_grad_(), w_k.clone().requires_grad_()
+        opt = factories[optimizer]([wq, wk])
+        start = attention_logits(x @ wq, x @ wk, scale=scale).detach()
+        for _ in range(steps):
+            loss = ((torch.softmax(attention_logits(x @ wq, x @ wk, scale=scale), -1) - target) ** 2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return start, attention_logits(x @ wq, x @ wk, scale=scale).detach()
+
+    vaswani_0, vaswani = trained_logits(w_q, None)                   # 1/√d_k in the logits
+    t5_0, t5 = trained_logits(w_q / math.sqrt(d_k), 1.0)             # folded into W_Q, no scale
+    return (vaswani_0 - t5_0).abs().max().item(), (vaswani - t5).abs().max().item()

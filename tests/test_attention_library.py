@@ -158,3 +158,64 @@ def test_correct_reference_passes_every_check_in_low_precision():
         C.check_sdpa(A.scaled_dot_product_attention, q, k, v)
         C.check_sdpa(A.scaled_dot_product_attention, q, k, v, mask)
         C.check_softmax(A.softmax, q, dim=-1)
+
+
+# ---- relative positions (Shaw et al. 2018; T5's scalar bias) and the capacity read-out ----
+
+def test_relative_position_ids_clip_the_offset():
+    ids = A.relative_position_ids(3, 5, max_distance=2)
+    expected = torch.tensor([[min(max(j - i, -2), 2) + 2 for j in range(5)] for i in range(3)])
+    assert torch.equal(ids, expected)
+    with pytest.raises(ValueError, match="max_distance"):
+        A.relative_position_ids(3, 3, -1)
+
+
+def test_relation_aware_attention_matches_the_papers_equations_written_as_loops():
+    gen = torch.Generator().manual_seed(3)
+    t, d, dv = 4, 5, 3
+    q, k, v = torch.randn(t, d, generator=gen), torch.randn(t, d, generator=gen), torch.randn(t, dv, generator=gen)
+    a_k, a_v = torch.randn(t, t, d, generator=gen), torch.randn(t, t, dv, generator=gen)
+    out, w = A.relation_aware_attention(q, k, v, a_k, a_v)
+    for i in range(t):  # Shaw et al. 2018, eq. 3 and 4, one query at a time
+        e = torch.stack([q[i] @ (k[j] + a_k[i, j]) / math.sqrt(d) for j in range(t)])
+        alpha = torch.exp(e) / torch.exp(e).sum()
+        z = sum(alpha[j] * (v[j] + a_v[i, j]) for j in range(t))
+        torch.testing.assert_close(w[i], alpha)
+        torch.testing.assert_close(out[i], z)
+
+
+def test_relation_aware_attention_with_zero_relations_is_torch_attention_and_checks_shapes():
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = torch.randn(2, 6, 8, generator=gen), torch.randn(2, 6, 8, generator=gen), torch.randn(2, 6, 8, generator=gen)
+    out, _ = A.relation_aware_attention(q, k, v, torch.zeros(6, 6, 8), torch.zeros(6, 6, 8))
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    with pytest.raises(ValueError, match=r"expected a_k of shape \(6, 6, 8\)"):
+        A.relation_aware_attention(q, k, v, torch.zeros(6, 8), torch.zeros(6, 6, 8))
+
+
+def test_relative_bias_attention_equals_torch_with_a_float_mask():
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(3, 5, 8, generator=gen), torch.randn(3, 7, 8, generator=gen), torch.randn(3, 7, 4, generator=gen)
+    table = torch.randn(7, generator=gen)
+    bias = table[A.relative_position_ids(5, 7, 3)]
+    out, _ = A.relative_bias_attention(q, k, v, bias)
+    # torch adds a float attn_mask to the scaled logits: the same operation, computed independently.
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+    with pytest.raises(ValueError, match="expected bias of shape"):
+        A.relative_bias_attention(q, k, v, bias.T)
+
+
+def test_linear_readout_r2_known_values():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4000, 3, generator=gen)
+    exact = x @ torch.tensor([[1.0, -2.0], [0.5, 0.0], [0.0, 3.0]]) + 1.0
+    assert A.linear_readout_r2(x, exact, 3000) == pytest.approx(1.0, abs=1e-9)
+    noise = torch.randn(4000, 1, generator=gen)
+    half = x[:, :1] + noise                     # half of the variance is independent noise
+    assert A.linear_readout_r2(x, half, 3000) == pytest.approx(0.5, abs=0.05)
+    unrelated = torch.randn(4000, 2, generator=gen)
+    assert abs(A.linear_readout_r2(x, unrelated, 3000)) < 0.02
+    with pytest.raises(ValueError, match="n_train"):
+        A.linear_readout_r2(x, exact, 4000)
+    with pytest.raises(ValueError, match="same N"):
+        A.linear_readout_r2(x, exact[:10], 5)

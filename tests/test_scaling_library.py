@@ -212,3 +212,27 @@ def test_widget_draws_default_and_redraws_on_every_dk():
         slider.value = d_k  # triggers a redraw; must not raise
     with pytest.raises(ValueError, match="default_dk must be one of"):
         W.dk_explorer(default_dk=100)
+
+
+# ---- T5's fold of 1/√d_k into W_Q, under Adam and under parameter-relative steps ----
+
+def test_t5_fold_is_exact_at_initialization_and_stays_exact_under_adafactor():
+    at_init, trained = S.t5_fold_gap("adafactor", d_k=16, steps=20)
+    assert at_init == 0.0
+    # √16 = 4 is a power of two, so dividing W_Q by it is exact in floating point, and
+    # Adafactor's step max(ε₂, RMS(θ))·ρ·G/√V scales with θ and not with G: bit-identical logits.
+    assert trained == 0.0
+    # For other d_k only rounding separates them.
+    assert S.t5_fold_gap("adafactor", d_k=12, steps=20)[1] < 1e-5
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_t5_fold_drifts_under_optimizers_that_ignore_the_parameter_scale(optimizer):
+    at_init, trained = S.t5_fold_gap(optimizer, d_k=16, steps=5)
+    assert at_init == 0.0
+    assert trained > 0.5
+
+
+def test_t5_fold_gap_rejects_an_unknown_optimizer():
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        S.t5_fold_gap("rmsprop")
