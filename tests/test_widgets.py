@@ -110,6 +110,7 @@ def test_in_a_notebook_the_widget_is_the_live_widget_only(build, monkeypatch):
     """JupyterLab unchanged: no static rendering is computed or offered outside the book build."""
     monkeypatch.delenv(STATIC_BUILD_ENV, raising=False)
     monkeypatch.setattr(static_frames, "render_frames", lambda *a: pytest.fail("frames rendered in a notebook"))
+    monkeypatch.setattr(static_frames, "record", lambda *a: pytest.fail("a static view rendered in a notebook"))
     view = build()
     assert isinstance(view, widgets.VBox)
     assert set(view._repr_mimebundle_()) == {"text/plain", WIDGET_VIEW}
@@ -207,6 +208,15 @@ def test_record_keeps_prints_figures_and_html_in_order(shell):
     assert outputs[1].alt == "a title" and outputs[1].data[:8] == b"\x89PNG\r\n\x1a\n"
     assert outputs[2].data == "<b>table</b>"
     assert plt.get_fignums() == []
+
+
+def test_record_refuses_to_run_without_an_ipython_shell(monkeypatch):
+    """Outside a shell, display() would print "<IPython.core.display.HTML object>" into the frame."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setattr(InteractiveShell, "initialized", classmethod(lambda cls: False))
+    with pytest.raises(RuntimeError, match="inside an IPython kernel"):
+        record(lambda: print("a frame"))
 
 
 def test_frame_png_keeps_the_figures_colours_and_crops_to_its_ink():

@@ -103,12 +103,19 @@ def record(render: Callable[[], None]) -> list[Output]:
     """Run ``render`` and return its outputs in order: printed text, ``display`` calls, figures.
 
     ``plt.show()`` (and any figure still open when ``render`` returns) becomes a PNG output and
-    the figure is closed. ``display(...)`` is captured through the IPython shell, so it needs
-    one (a kernel, or ``InteractiveShell.instance()``).
+    the figure is closed. ``display(...)`` is captured through the IPython shell.
+
+    Raises:
+        RuntimeError: outside an IPython shell (a kernel), where ``display`` would print a repr
+            such as ``<IPython.core.display.HTML object>`` that would be recorded as the frame.
     """
     from IPython.core.displaypub import DisplayPublisher
     from IPython.core.interactiveshell import InteractiveShell
 
+    if not InteractiveShell.initialized():
+        raise RuntimeError("static widget frames are rendered inside an IPython kernel (the book build's); "
+                           "no IPython shell is running here: run the page in a kernel, or create one with "
+                           "IPython.core.interactiveshell.InteractiveShell.instance()")
     recorder = _Recorder()
     before = set(plt.get_fignums())
 
@@ -125,20 +132,16 @@ def record(render: Callable[[], None]) -> list[Output]:
         def clear_output(self, wait=False):
             recorder.outputs.clear()
 
-    shell = InteractiveShell.instance() if InteractiveShell.initialized() else None
-    saved_show, saved_stdout = plt.show, sys.stdout
-    saved_publisher = shell.display_pub if shell is not None else None
+    shell = InteractiveShell.instance()
+    saved_show, saved_stdout, saved_publisher = plt.show, sys.stdout, shell.display_pub
     plt.show = show_new_figures
     sys.stdout = recorder
-    if shell is not None:
-        shell.display_pub = Publisher(shell=shell)
+    shell.display_pub = Publisher(shell=shell)
     try:
         render()
         show_new_figures()
     finally:
-        plt.show, sys.stdout = saved_show, saved_stdout
-        if shell is not None:
-            shell.display_pub = saved_publisher
+        plt.show, sys.stdout, shell.display_pub = saved_show, saved_stdout, saved_publisher
         for number in set(plt.get_fignums()) - before:
             plt.close(number)
     return recorder.outputs
