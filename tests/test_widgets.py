@@ -287,7 +287,7 @@ def test_a_coarse_grid_is_announced_next_to_the_controls(static_build):
     assert [f.text() for f in static.frames()] == ["0\n", "20\n", "99\n"]
 
 
-@pytest.mark.parametrize("name", ["attention.query_heatmap", "norms.axes_picture", "multihead.head_maps"])
+@pytest.mark.parametrize("name", ["norms.axes_picture", "multihead.head_maps"])  # a dropdown, toggle buttons
 def test_the_page_first_shows_the_default_frame(name, static_build):
     view = BUILDERS[IDS.index(name)]()
     (static,) = read_static_widgets(view.static_html)
