@@ -124,7 +124,7 @@ def _name(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
 
 
-@pytest.mark.parametrize("slug", available_slugs())
+@pytest.mark.parametrize("slug", sorted(available_slugs()))
 def test_every_control_moves_the_figure_and_moves_it_back(slug, visit, artifacts):
     v = visit(slug)
     shots = artifacts / "static-widgets"
