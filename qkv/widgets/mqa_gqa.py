@@ -93,8 +93,7 @@ def calculator_static_html(draw, layers_w, heads_w, kv_w, dhead_w, dtype_w, cont
     and draws the same curves as an SVG chart; the default figure rendered here is the view
     without JavaScript.
     """
-    from qkv.widgets.static_frames import record
-    from qkv.widgets.static_html import esc, json_script, new_id, output_html, png_data_uri
+    from qkv.widgets.static_html import esc, json_script, new_id, recorded_view_html
 
     uid = new_id("qkv-kv")
 
@@ -112,8 +111,7 @@ def calculator_static_html(draw, layers_w, heads_w, kv_w, dhead_w, dtype_w, cont
     controls = "".join([number("layers", layers_w), select("heads", heads_w), select("kv", kv_w),
                         select("d_head", dhead_w), select("dtype", dtype_w), select("context", context_w),
                         number("batch", batch_w)])
-    fallback = "".join(output_html("img", png_data_uri(o.data), "KV-cache calculator, default setting. " + o.alt)
-                       if o.kind == "image" else output_html(o.kind, o.data) for o in record(draw))
+    fallback = recorded_view_html(draw, "KV-cache calculator, default setting")
     config = {"dtype_bytes": DTYPE_BYTES, "contexts": [2**i for i in range(8, 21)], "gib": GIB}
     return (f'<div class="qkv-static-widget" id="{uid}" data-qkv-widget="kv-cache" role="group" '
             f'aria-label="KV-cache calculator"><div class="qkv-controls">{controls}</div>'

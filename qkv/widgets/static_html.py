@@ -110,6 +110,17 @@ def output_html(kind: str, data: str, alt: str = "") -> str:
     return f'<div class="qkv-frame-html">{data}</div>'
 
 
+def recorded_view_html(render, alt: str) -> str:
+    """What ``render`` shows now, as page markup; images get ``alt`` and their titles as alt text.
+
+    Widgets that compute in the page show this until their script runs (and without JavaScript).
+    """
+    from qkv.widgets.static_frames import record
+
+    return "".join(output_html("img", png_data_uri(o.data), f"{alt}. {o.alt}") if o.kind == "image"
+                   else output_html(o.kind, o.data) for o in record(render))
+
+
 def frames_view_html(title: str, grids: Sequence[ControlGrid], parts: Sequence[tuple[Part, list[int], list]]) -> str:
     """The static widget: controls, the default view, and every frame of every part as inline data.
 

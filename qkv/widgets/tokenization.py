@@ -114,8 +114,7 @@ def playground_static_html(draw, box: widgets.Text, merges, special_tokens: Sequ
 
     import numpy as np
 
-    from qkv.widgets.static_frames import record
-    from qkv.widgets.static_html import esc, json_script, new_id, output_html, png_data_uri
+    from qkv.widgets.static_html import esc, json_script, new_id, recorded_view_html
 
     flat = np.asarray(merges, dtype=np.int64).reshape(-1)
     dtype = "<u2" if flat.size == 0 or flat.max() < 2**16 else "<u4"
@@ -123,8 +122,7 @@ def playground_static_html(draw, box: widgets.Text, merges, special_tokens: Sequ
     config = {"label": label, "specials": list(dict.fromkeys(special_tokens)), "colors": _COLORS,
               "n_merges": len(merges), "merges_dtype": "u16" if dtype == "<u2" else "u32",
               "merges": base64.b64encode(flat.astype(dtype).tobytes()).decode("ascii")}
-    fallback = "".join(output_html("img", png_data_uri(o.data), f"{label} tokens of the default text. {o.alt}")
-                       if o.kind == "image" else output_html(o.kind, o.data) for o in record(draw))
+    fallback = recorded_view_html(draw, f"{label} tokens of the default text")
     return (f'<div class="qkv-static-widget" id="{uid}" data-qkv-widget="bpe" role="group" '
             f'aria-label="{esc(label)} tokenizer playground"><div class="qkv-controls"><div class="qkv-control qkv-text-control">'
             f'<label for="{uid}-text">{esc(box.description)}</label><input type="text" id="{uid}-text" '
