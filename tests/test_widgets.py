@@ -285,6 +285,10 @@ def test_a_coarse_grid_is_announced_next_to_the_controls(static_build):
     note = static.root.select_one(".qkv-static-note").get_text()
     assert "position snaps to 0, 20, 99 (3 of its 100 values)" in note and "JupyterLab" in note
     assert [f.text() for f in static.frames()] == ["0\n", "20\n", "99\n"]
+    many = widgets.IntSlider(value=0, min=0, max=99, description="many")
+    html = live_view(lambda: None, [many], title="t", grid={many: list(range(0, 100, 10))}).static_html
+    note = read_static_widgets(html)[0].root.select_one(".qkv-static-note").get_text()
+    assert "many snaps to 10 of its 100 values, from 0 to 90" in note
 
 
 @pytest.mark.parametrize("name", ["norms.axes_picture", "multihead.head_maps"])  # a dropdown, toggle buttons

@@ -33,6 +33,7 @@ from qkv.widgets.static_controls import CHECKBOX, RADIO, RANGE, SELECT, ControlG
 from qkv.widgets.static_frames import Part, grid_points
 
 _ids = itertools.count()
+SPELLED_OUT = 8  # a coarse grid of at most this many values is listed in full next to its control
 
 
 def new_id(prefix: str = "qkv-sw") -> str:
@@ -86,7 +87,9 @@ def coarse_note(grids: Sequence[ControlGrid]) -> str:
     if not coarse:
         return ""
     parts = [f"{esc(g.description)} snaps to {', '.join(esc(v) for v in g.labels)} ({len(g.values)} of its "
-             f"{g.total} values)" for g in coarse]
+             f"{g.total} values)" if len(g.values) <= SPELLED_OUT else
+             f"{esc(g.description)} snaps to {len(g.values)} of its {g.total} values, from {esc(g.labels[0])} to "
+             f"{esc(g.labels[-1])}" for g in coarse]
     return (f'<p class="qkv-static-note">In the static book {"; ".join(parts)}. '
             "Every value works when the page runs in JupyterLab.</p>")
 
