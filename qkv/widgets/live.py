@@ -73,10 +73,11 @@ def live_view(render: Callable[[], None], controls: Sequence[widgets.Widget],
       inputs that cannot be enumerated, such as free text).
 
     Raises:
-        ValueError: when building the book, for a grid value the control cannot take or a
-            grid that misses the control's current (default) value.
-        TypeError: when building the book, for a control that cannot be enumerated and has
-            neither a ``grid`` entry nor a custom ``static`` rendering.
+        ValueError: when building the book, for a grid value the control cannot take, a grid
+            that misses the control's current (default) value, or more frames than
+            :data:`qkv.widgets.static_frames.MAX_FRAMES` (then pass a coarser ``grid``).
+        TypeError: when building the book, for a control whose values cannot be enumerated
+            (free text, free numbers) in a widget without a custom ``static`` rendering.
     """
     out = widgets.Output()
     quiet = False  # True while the static frames are rendered: the live output keeps its view
