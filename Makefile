@@ -1,7 +1,9 @@
 # The two commands of the README, and the steps they share.
 #   make book   build the book (offline, strict) and print where the HTML is
 #   make test   run the whole test suite
-# Both create or reuse .venv and install what they need.
+# Both create or reuse .venv and install what they need. The system packages come first
+# (.ci/system-packages.sh): installed when run as root with apt-get, otherwise one line
+# naming them, before anything else runs.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -15,13 +17,24 @@ VENDOR := book/_vendor/.fetched
 GPT2   := data/gpt2/.fetched
 JOBS   ?= auto
 
-.PHONY: book test exercises grade-demo clean
+.PHONY: book test exercises grade-demo clean system-packages
 
-book: $(STAMP) $(VENDOR) $(GPT2)
+# Which system packages to check: set per goal, inherited by every prerequisite it builds.
+SYSTEM_FOR := none
+book: SYSTEM_FOR := book
+test: SYSTEM_FOR := test
+
+system-packages:
+	@bash .ci/system-packages.sh $(SYSTEM_FOR)
+
+# Order-only: even under make -j nothing starts before the check has passed.
+$(STAMP) $(VENDOR) $(GPT2): | system-packages
+
+book: system-packages $(STAMP) $(VENDOR) $(GPT2)
 	$(VENV)/bin/jupyter-book build book -W -n --keep-going
 	@echo "Book built: $(CURDIR)/book/_build/html/index.html"
 
-test: $(STAMP) $(VENDOR) $(GPT2)
+test: system-packages $(STAMP) $(VENDOR) $(GPT2)
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup
 
 exercises: $(STAMP)
