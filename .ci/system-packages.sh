@@ -16,7 +16,9 @@ purpose="${1:-test}"
 
 missing() {
   local out=()
-  if [[ ! -e book/_vendor/.fetched || ! -e data/gpt2/.fetched ]] && ! command -v npm >/dev/null 2>&1; then
+  # npm also installs the course hub's proxy for the tests (hub/node_modules).
+  if [[ ! -e book/_vendor/.fetched || ! -e data/gpt2/.fetched || ( $purpose == test && ! -e hub/node_modules/.installed ) ]] \
+      && ! command -v npm >/dev/null 2>&1; then
     out+=(nodejs npm)
   fi
   if [[ $purpose == test ]]; then

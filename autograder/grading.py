@@ -29,32 +29,39 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import nbformat
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.apps import NbGraderAPI
-from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades,
-                                    SaveAutoGrades)
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades, SaveAutoGrades
 from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
+from autograder import nbgrader_course
 from autograder.course import SOLUTIONS, assignments, nbgrader_config, solution_notebook
 from autograder.feedback import FeedbackPageError, SanitizeLearnerCells, finish_page
 from autograder.learner_text import clean, one_line
 from autograder.preprocessors import ApplyTrustedVerdicts
-from autograder.report import CSV_FIELDS, Result, plot_distribution, write_csv, write_report  # noqa: F401
-from autograder.sandbox import Limits, bwrap_available
+from autograder.report import Result, plot_distribution, write_csv, write_report
+from autograder.sandbox import InfrastructureError, Limits, SandboxUnavailable, platform_mode
 from autograder.submissions import Submission, discover, remove_tree
-from autograder.verify import Verdicts, cache_key
-
+from autograder.verdicts import Verdicts, cache_key
 
 # nbgrader 0.9.6's gradebook triggers SQLAlchemy autoflush warnings on every autograde; they
 # are upstream noise (the rows are written correctly) and would bury the progress bar.
 warnings.filterwarnings("ignore", category=SAWarning)
+
+
+# Seconds spent per phase in this process, for benchmarks/grading.py: "verification" (summed over
+# the workers), "recording" (nbgrader's autograde into the gradebook), "feedback" (nbgrader's feedback).
+PHASES: Counter = Counter()
 
 
 class GradingSetupError(RuntimeError):
@@ -69,8 +76,10 @@ class CanaryFailed(GradingSetupError):
 CANARY_ID = "reference-canary"
 
 
-def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Path = SOLUTIONS,
-                workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True) -> list[Result]:
+def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutions: Path = SOLUTIONS,
+                workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True,
+                course: Path | None = None, intake: Callable[[Path], list[Submission]] | None = None,
+                run_notes: Sequence[str] = ()) -> list[Result]:
     """Grade every submission of ``assignment``; write ``out/grades.csv``, ``out/feedback/``,
     ``out/report.md`` and ``out/score-distribution.png``.
 
@@ -78,36 +87,60 @@ def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Pat
     missing sandbox, or a canary failure (the reference solution, sent through exactly the
     path a submission takes, must score full marks). After that, one student's failure at
     any step becomes an ``error`` row with a message; the others are graded normally and
-    the output files are always written."""
-    submissions, out = Path(submissions), Path(out).resolve()
-    check_arguments(assignment, submissions, out, solutions)
-    if not bwrap_available():
-        raise GradingSetupError("bubblewrap (bwrap) and setpriv are needed to run learner code safely: "
-                                "apt-get install bubblewrap util-linux")
+    the output files are always written.
+
+    ``course``: an nbgrader course folder to grade in place (``COURSE/submitted/<student>/<assignment>/``,
+    its gradebook and feedback folder; see ``nbgrader_course``) instead of ``out/course``.
+    ``intake``: finds the submissions in another layout (an LMS download), given a scratch folder;
+    ``submissions`` is then not read.
+    ``run_notes``: lines for the report about the run as a whole (files that mapped to no student)."""
+    out = Path(out).resolve()
+    in_place = course is not None
+    course = Path(course).resolve() if in_place else out / "course"
+    if in_place:
+        try:
+            nbgrader_course.check_course(course, assignment, solution_notebook(assignment, solutions))
+        except (nbgrader_course.CourseLayoutError, FileNotFoundError) as exc:
+            raise GradingSetupError(str(exc)) from None
+        submissions = course / "submitted"
+    submissions = Path(submissions) if submissions is not None else None
+    check_arguments(assignment, None if intake else submissions, out, solutions)
+    try:
+        platform_mode()  # root, or an ordinary user with user namespaces; else one line naming the fix
+    except SandboxUnavailable as exc:
+        raise GradingSetupError(str(exc)) from None
     ctx = multiprocessing.get_context("spawn")  # workers must not inherit the main process's state
     # Workers are started on demand, so a pool sized for the class costs one process for the canary.
     with ProcessPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1), mp_context=ctx,
                              initializer=_warm_worker) as pool:
         with tempfile.TemporaryDirectory(prefix="qkv-grade-") as tmp:  # gone before anyone is graded
-            template = _course_template(assignment, solutions, out / "course", Path(tmp))
+            template = _course_template(assignment, solutions, course, Path(tmp))
             _canary(assignment, solutions, template, pool, limits, out)
-            if not (out / "course").exists():  # first run: the prepared course is the one the canary passed in
-                shutil.copytree(template, out / "course")
-        return _grade_students(assignment, submissions, out, solutions, pool, limits, show_progress)
+            if not course.exists():  # first run: the prepared course is the one the canary passed in
+                shutil.copytree(template, course)
+        try:
+            return _grade_students(assignment, submissions, out, solutions, pool, limits, show_progress,
+                                   course=course, in_place=in_place, intake=intake, run_notes=run_notes)
+        finally:
+            if in_place:  # run as root on the instructor's course: hand back what was written
+                nbgrader_course.give_back_to_owner(course)
 
 
-def check_arguments(assignment: str, submissions: Path, out: Path, solutions: Path = SOLUTIONS) -> None:
-    """Raise GradingSetupError with one line naming the problem and the fix; touch nothing."""
+def check_arguments(assignment: str, submissions: Path | None, out: Path, solutions: Path = SOLUTIONS) -> None:
+    """Raise GradingSetupError with one line naming the problem and the fix; touch nothing.
+    ``submissions`` None: they come from elsewhere (an LMS download, already read)."""
     known = assignments(solutions)
     if assignment not in known:
         raise GradingSetupError(f"no assignment {assignment!r}: {solutions / assignment / (assignment + '.ipynb')} "
                                 f"does not exist (known: {', '.join(known) or 'none'})")
-    if not submissions.is_dir():
+    if submissions is None:
+        pass
+    elif not submissions.is_dir():
         raise GradingSetupError(f"submissions folder {submissions} does not exist or is not a folder; "
                                 "give the folder holding one subfolder or .zip per student")
-    if not os.access(submissions, os.R_OK | os.X_OK):
+    elif not os.access(submissions, os.R_OK | os.X_OK):
         raise GradingSetupError(f"submissions folder {submissions} cannot be read; check its permissions")
-    if out == submissions.resolve() or submissions.resolve() in out.parents:
+    elif out == submissions.resolve() or submissions.resolve() in out.parents:
         raise GradingSetupError(f"--out {out} is inside the submissions folder {submissions}; "
                                 "choose an output folder outside it")
     if out.exists():
@@ -130,8 +163,10 @@ class _Course:
     """The per-student path shared by the canary and the class: admit a notebook into an
     nbgrader course, verify it in a worker, record the verdicts with nbgrader."""
 
-    def __init__(self, assignment: str, course: Path, solutions: Path, feedback_root: Path, limits: Limits):
+    def __init__(self, assignment: str, course: Path, solutions: Path, feedback_root: Path, limits: Limits,
+                 in_place: bool = False):
         self.assignment, self.course, self.feedback_root, self.limits = assignment, course, feedback_root, limits
+        self.in_place = in_place
         self.source_nb = _prepare_course(assignment, course, solutions)
         self.verdict_dir = course / "verdicts"
         self.verdict_dir.mkdir(exist_ok=True)
@@ -142,11 +177,16 @@ class _Course:
         return _error(sub, self.assignment, self.max_score, message)
 
     def admit(self, sub: Submission) -> Path:
-        """Copy the notebook to where nbgrader expects it; returns that path."""
+        """Copy the notebook to where nbgrader expects it (in place: leave it there); returns that path."""
+        if self.in_place:
+            return nbgrader_course.place_in_course(sub, self.course, self.assignment)
         submitted = self.course / "submitted" / sub.student_id / self.assignment
         remove_tree(submitted)
         submitted.mkdir(parents=True)
         shutil.copyfile(sub.notebook, submitted / f"{self.assignment}.ipynb")
+        timestamp = sub.notebook.parent / nbgrader_course.TIMESTAMP  # nbgrader's layout: keep when it was submitted
+        if timestamp.is_file() and not timestamp.is_symlink():
+            shutil.copyfile(timestamp, submitted / nbgrader_course.TIMESTAMP)
         return submitted / f"{self.assignment}.ipynb"
 
     def _verdict_path(self, sub: Submission) -> Path:
@@ -234,9 +274,10 @@ def _canary(assignment: str, solutions: Path, template: Path, pool: ProcessPoolE
 
 
 def _canary_message(assignment: str, what: str, out: Path) -> str:
-    if any(s in what for s in ("could not start", "SandboxError", "sandboxed process", "bwrap", "killed by")):
+    if any(s in what for s in ("could not start", "InfrastructureError", "sandbox", "bwrap", "killed by")):
         fix = ("the sandbox does not work on this machine: check that `bwrap --unshare-pid --unshare-net "
-               "--ro-bind / / true` succeeds for this user, and that the limits leave room to import torch")
+               "--ro-bind / / true` (add --unshare-user as an ordinary user) succeeds for this user, and that "
+               "the limits leave room to import torch")
     elif "within" in what:
         fix = "the reference ran out of time: rerun with a larger --timeout, or on a less loaded machine"
     else:
@@ -259,12 +300,19 @@ def _perfect_submission(course: Path, source_nb: Path, assignment: str) -> nbfor
     return released
 
 
-def _grade_students(assignment: str, submissions: Path, out: Path, solutions: Path, pool: ProcessPoolExecutor,
-                    limits: Limits, show_progress: bool) -> list[Result]:
-    course = _Course(assignment, out / "course", solutions, out / "feedback", limits)
+def _grade_students(assignment: str, submissions: Path | None, out: Path, solutions: Path,
+                    pool: ProcessPoolExecutor, limits: Limits, show_progress: bool, *, course: Path,
+                    in_place: bool, intake: Callable[[Path], list[Submission]] | None,
+                    run_notes: Sequence[str]) -> list[Result]:
+    course = _Course(assignment, course, solutions, out / "feedback", limits, in_place=in_place)
     unpacked = out / ".unpacked"
     remove_tree(unpacked)
-    entries = discover(submissions, assignment, unpacked)
+    if in_place:
+        entries = nbgrader_course.discover_submitted(course.course, assignment)
+    elif intake is not None:
+        entries = intake(unpacked)
+    else:
+        entries = discover(submissions, assignment, unpacked)
     results: list[Result] = []
     bar = tqdm(total=len(entries), desc=f"grading {assignment}", unit="nb", disable=not show_progress)
 
@@ -298,6 +346,11 @@ def _grade_students(assignment: str, submissions: Path, out: Path, solutions: Pa
         sub = futures[future]
         try:
             verdicts = future.result()
+            PHASES["verification"] += verdicts.seconds
+        except InfrastructureError as exc:  # ours: no score, no cached verdict; a rerun grades them
+            finish(course.error(sub, f"not graded: the grader's sandbox failed ({exc}); this is not the "
+                                     "student's doing: rerun the same command to grade them"))
+            continue
         except Exception as exc:  # noqa: BLE001 (a grader bug or a broken pool must not stop the others)
             finish(course.error(sub, f"the grader failed on this submission ({type(exc).__name__}: {exc}); "
                                      "rerun the same command to retry"))
@@ -312,7 +365,7 @@ def _grade_students(assignment: str, submissions: Path, out: Path, solutions: Pa
     except Exception as exc:  # noqa: BLE001 (a missing plot must not cost the report)
         plot = None
         print(f"warning: the score plot could not be drawn ({type(exc).__name__}: {exc})", file=sys.stderr)
-    write_report(results, assignment, out / "report.md", plot)
+    write_report(results, assignment, out / "report.md", plot, run_notes=run_notes)
     return sorted(results, key=lambda r: r.student_id)
 
 
@@ -329,8 +382,11 @@ def _warm_worker() -> None:
 def _verify_job(source_nb: str, submission_nb: str, assignment: str, limits: Limits, verdict_path: str) -> Verdicts:
     from autograder.verify import verify
 
+    start = time.perf_counter()
     verdicts = verify(Path(source_nb), Path(submission_nb), assignment, limits)
-    return _store_verdicts(verdicts, Path(verdict_path))
+    stored = _store_verdicts(verdicts, Path(verdict_path))
+    stored.seconds = time.perf_counter() - start
+    return stored
 
 
 def _store_verdicts(verdicts: Verdicts, path: Path) -> Verdicts:
@@ -415,7 +471,9 @@ def _error(sub: Submission, assignment: str, max_score: float, message: str) -> 
 
 def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdicts, max_score: float,
             feedback_root: Path) -> Result:
+    start = time.perf_counter()
     graded = api.autograde(assignment, sub.student_id, force=True, create=True)
+    PHASES["recording"] += time.perf_counter() - start
     if not graded["success"]:
         reason = _nbgrader_error(graded.get("log") or graded.get("error"))
         if "metadata" in reason:
@@ -424,10 +482,15 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
                        "exercise with the answers pasted in.")
         return _error(sub, assignment, max_score, "nbgrader could not record the grades: " + reason)
     score = _score(course, assignment, sub.student_id)
+    start = time.perf_counter()
     feedback = api.generate_feedback(assignment, sub.student_id, force=True)
     target = feedback_root / sub.student_id
     remove_tree(target)
-    notes = [sub.note] if sub.note else []
+    notes = sub.note.split("; ") if sub.note else []
+    late = nbgrader_course.late_note(course / "gradebook.db", assignment, sub.student_id)
+    if late:
+        notes.insert(0, late)
+    late = "; ".join(n for n in notes if n.startswith("late:"))
     if feedback["success"]:
         shutil.copytree(course / "feedback" / sub.student_id / assignment, target)
         try:
@@ -437,6 +500,7 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
             notes.append("feedback could not be generated safely and was withheld")
     else:
         notes.append("feedback could not be generated")
+    PHASES["feedback"] += time.perf_counter() - start
     banned = sorted({v.message for v in verdicts.tests.values() if v.banned})
     notes += [f"{gid}: {v.message}" for gid, v in verdicts.tests.items() if v.banned]
     notes += [f"{cell}: {err}" for cell, err in verdicts.cell_errors.items()
@@ -444,7 +508,7 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
     questions = {gid: (v.points if v.passed else 0.0, v.points, "" if v.passed else v.message)
                  for gid, v in verdicts.tests.items()}
     return Result(sub.student_id, assignment, score, max_score, "graded", "; ".join(notes),
-                  questions=questions, banned=bool(banned))
+                  questions=questions, banned=bool(banned), late=late)
 
 
 def _score(course: Path, assignment: str, student_id: str) -> float:

@@ -34,9 +34,10 @@ class Result:
     # not in the CSV:
     questions: dict | None = None  # test grade_id -> (points earned, points possible, failure message)
     banned: bool = False
+    late: str = ""  # "late: submitted … after the due date", from nbgrader's timestamps or the LMS
 
 
-CSV_FIELDS = [f.name for f in fields(Result) if f.name not in ("questions", "banned")]
+CSV_FIELDS = [f.name for f in fields(Result) if f.name not in ("questions", "banned", "late")]
 CSV_MESSAGE_CHARS = 2000
 REPORT_MESSAGE_CHARS = 300
 
@@ -79,9 +80,11 @@ def plot_distribution(results: list[Result], path: Path) -> Path | None:
     return path
 
 
-def write_report(results: list[Result], assignment: str, path: Path, plot: Path | None) -> None:
-    """``report.md``: counts, score summary, per-question pass rates, errors and notes. Every
-    student id and message is one escaped, length-capped line (see ``learner_text``)."""
+def write_report(results: list[Result], assignment: str, path: Path, plot: Path | None,
+                 run_notes: list[str] | tuple[str, ...] = ()) -> None:
+    """``report.md``: counts, score summary, per-question pass rates, errors, late submissions,
+    files that mapped to no student (``run_notes``) and notes. Every student id and message is
+    one escaped, length-capped line (see ``learner_text``)."""
     text = markdown_inline
     graded = [r for r in results if r.status == "graded"]
     errors = [r for r in results if r.status == "error"]
@@ -105,6 +108,13 @@ def write_report(results: list[Result], assignment: str, path: Path, plot: Path 
     if errors:
         lines += ["", "## Submissions that could not be graded", ""]
         lines += [f"- **{text(r.student_id)}**: {text(r.message, REPORT_MESSAGE_CHARS)}" for r in errors]
+    late = [r for r in results if r.late]
+    if late:
+        lines += ["", "## Late submissions", ""]
+        lines += [f"- **{text(r.student_id)}**: {text(r.late, REPORT_MESSAGE_CHARS)}" for r in late]
+    if run_notes:  # file names from an LMS download: learner text
+        lines += ["", "## Files that map to no student", ""]
+        lines += [f"- {text(note, REPORT_MESSAGE_CHARS)}" for note in run_notes]
     flagged = [r for r in results if r.banned or (r.status == "graded" and r.message)]
     if flagged:
         lines += ["", "## Notes on graded submissions", ""]

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from notebook_tools import REPO, learner_notebook
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
@@ -41,17 +40,83 @@ WRONG = {
 MARKER = Path("/tmp") / f"qkv-attack-{uuid.uuid4().hex}"  # attacks try to create this on the host
 
 
+def SOFTMAX_BY(expression: str) -> str:  # noqa: N802 - reads as a constructor of answers
+    return f"def softmax(x, dim=-1):\n    return {expression}"
+
+
+# Hold the channel and answer later requests with forged verdicts (#15 item 1).
+TAKEOVER = '''
+import json, os, socket, stat, struct, threading
+def _forge(fd):
+    s = socket.socket(fileno=os.dup(fd))
+    while True:
+        try:
+            s.recv(1 << 16)
+        except OSError:
+            return
+        forged = {"event": "result", "value": None, "args": {"__dict__": []}, "kwargs": {"__dict__": []}}
+        body = json.dumps(forged).encode()
+        s.sendall(struct.pack(">Q", len(body)) + body)
+def _is_socket(fd):
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+_fds = [fd for fd in range(3, 256) if _is_socket(fd)]
+if os.fork() == 0:
+    os.setsid()
+    for _fd in _fds:
+        threading.Thread(target=_forge, args=(_fd,), daemon=True).start()
+    threading.Event().wait()
+'''
+# Fill /tmp below a path too deep to delete by name, and /dev/shm (#15 item 4).
+DEEP_TMP = '''
+import os
+os.chdir("/tmp")
+for _ in range(300):
+    os.mkdir("d" * 200)
+    os.chdir("d" * 200)
+try:
+    open("filler", "wb").write(b"x" * (2**30))
+except OSError:
+    pass
+os.chdir("/tmp")
+try:
+    open("/dev/shm/filler", "wb").write(b"x" * (2**30))
+except OSError:
+    pass
+'''
+# Pin System V shared memory beyond the address-space limit (#15 item 4).
+SHM_PIN = '''
+import ctypes
+_libc = ctypes.CDLL(None, use_errno=True)
+for _ in range(3):
+    _id = _libc.shmget(0, 2 * 2**30, 0o1600)
+    if _id >= 0:
+        _addr = _libc.shmat(_id, None, 0)
+'''
+# Keep writing protocol messages, as the old grader renewed its deadline on each (#15 item 5).
+CHATTY = '''
+import json, os, stat, struct, time
+_fd = next(fd for fd in range(3, 256) if os.path.exists(f"/proc/self/fd/{fd}") and stat.S_ISSOCK(os.fstat(fd).st_mode))
+while True:
+    _body = json.dumps({"event": "cell_start", "index": 0}).encode()
+    os.write(_fd, struct.pack(">Q", len(_body)) + _body)
+    time.sleep(0.1)
+'''
+
+
 def with_cell(nb, source: str, position: int = 2):
     """Insert a learner-added code cell (no nbgrader metadata)."""
     nb.cells.insert(position, nbformat.v4.new_code_cell(source))
     return nb
 
 
-def _zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] = {}):
+def _zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None):
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
-        for name, target in symlinks.items():
+        for name, target in (symlinks or {}).items():
             info = zipfile.ZipInfo(name)
             info.external_attr = (0o120777 << 16)
             zf.writestr(info, target)
@@ -68,15 +133,17 @@ def _tree_digest(*folders: Path) -> str:
 
 
 def _sandbox_processes() -> list[str]:
-    from autograder.sandbox import SANDBOX_UIDS
+    """Processes of this checkout's sandboxes still alive (other checkouts on the machine may grade too)."""
+    from autograder.sandbox import WORKER
     found = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if d.stat().st_uid in SANDBOX_UIDS:
-                    found.append(f"{d.name}: {(d / 'cmdline').read_bytes()[:80]!r}")
+                cmdline = (d / "cmdline").read_bytes()
             except OSError:
-                pass
+                continue
+            if b"sandbox_worker.py" in cmdline and (sys.prefix.encode() in cmdline or str(WORKER).encode() in cmdline):
+                found.append(f"{d.name}: {cmdline[:120]!r}")
     return found
 
 
@@ -185,7 +252,8 @@ if os.fork() == 0:
         "os_exit": learner_notebook("attention", {**RIGHT, "scaled_dot_product_attention":
                                                   "import os\ndef scaled_dot_product_attention(q, k, v, mask=None):\n    os._exit(0)"}),
         "segfault": learner_notebook("attention", {**RIGHT, "additive_attention":
-                                                   "import ctypes\ndef additive_attention(*args):\n    return ctypes.string_at(0)"}),
+                                                   "import os\ndef additive_attention(*args):\n"
+                                                   "    os.abort()  # glibc ends in a fault: SIGSEGV"}),
         "memory_hog": learner_notebook("attention", {**RIGHT, "additive_attention":
                                                      "def additive_attention(*args):\n"
                                                      "    return torch.ones(30 * 2**30, dtype=torch.uint8)"}),
@@ -243,6 +311,33 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
         return e / e.sum(dim, keepdim=True)
 ''', position=len(learner_notebook("attention", {}).cells)),
         "kill_everything": with_cell(learner_notebook("attention", RIGHT), "import os, signal\nos.kill(-1, signal.SIGKILL)"),
+        # --- banned operations reached at run time (#10): spellings the static scan cannot see
+        "banned_assembled": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "getattr(torch, 'soft' + 'max')(x, dim)")}),
+        "banned_vars": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "vars(torch.nn.functional)['softmax'](x, dim)")}),
+        "banned_ops_aten": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "torch.ops.aten._softmax(x, dim, False)")}),
+        "banned_method": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "__import__('operator').methodcaller('soft' + 'max', dim)(x)")}),
+        "banned_in_thread": learner_notebook("attention", {**RIGHT, "softmax":
+                                                           "import threading\n"
+                                                           "def softmax(x, dim=-1):\n"
+                                                           "    box = []\n"
+                                                           "    t = threading.Thread(target=lambda: box.append("
+                                                           "getattr(x, 'soft' + 'max')(dim)))\n"
+                                                           "    t.start()\n    t.join()\n    return box[0]"}),
+        "banned_import": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "__import__('q' + 'kv.attention', fromlist=['x']).softmax(x, dim)")}),
+        "lifts_the_block": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "[o._destroy() for o in __import__('gc').get_objects() if type(o).__name__ == 'Library'] "
+            "and getattr(torch, 'soft' + 'max')(x, dim)")}),
+        # --- one learner process must not reach the next (#15 items 1 and 4)
+        "takeover": with_cell(learner_notebook("attention", {}), TAKEOVER),
+        "colluder": learner_notebook("attention", {}),
+        "deep_tmp": with_cell(learner_notebook("attention", RIGHT), DEEP_TMP),
+        "shm_pin": with_cell(learner_notebook("attention", RIGHT), SHM_PIN),
+        "chatty": with_cell(learner_notebook("attention", RIGHT), CHATTY),
         "tampered_tests": learner_notebook("attention", WRONG),
     }
     for cell in attacks["tampered_tests"].cells:  # rewrite every test cell to pass, and delete one
@@ -307,7 +402,10 @@ def attacked_run(tmp_path_factory, solution_server, beacon):
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", str(subs), "--out", str(out),
                            "--timeout", "4"], capture_output=True, text=True, timeout=1500)
     elapsed = time.monotonic() - started
-    rows = {r["student_id"]: r for r in csv.DictReader(open(out / "grades.csv"))} if (out / "grades.csv").exists() else {}
+    rows = {}
+    if (out / "grades.csv").exists():
+        with open(out / "grades.csv") as fh:
+            rows = {r["student_id"]: r for r in csv.DictReader(fh)}
     time.sleep(5)  # long enough for the detached process to have acted, had it survived
     return {"proc": proc, "rows": rows, "out": out, "before": before, "after": _tree_digest(*watched),
             "elapsed": elapsed, "leftovers": _sandbox_processes()}
@@ -422,6 +520,31 @@ def test_hidden_failures_name_the_misconception_not_the_inputs(attacked_run):
     assert "without the 1/√d_k scale" in html
 
 
+@pytest.mark.parametrize("student, fragment", [
+    ("banned_assembled", "calls torch.softmax (reached at run time"),
+    ("banned_vars", "calls torch.nn.functional.softmax (reached at run time"),
+    ("banned_ops_aten", "aten::_softmax"),
+    ("banned_method", "calls torch.Tensor.softmax (reached at run time"),
+    ("banned_in_thread", "reached at run time as aten::"),
+    ("banned_import", "imports qkv at run time"),
+    ("lifts_the_block", "gc.get_objects"),
+])
+def test_banned_operations_reached_at_run_time_score_zero(attacked_run, student, fragment):
+    score, status, message = _row(attacked_run, student)
+    assert (score, status) == (0, "graded") and fragment in message, message
+    html = (attacked_run["out"] / "feedback" / student / "attention.html").read_text()
+    assert "Scored 0: your code" in html
+
+
+@pytest.mark.parametrize("student, score", [("takeover", 0), ("colluder", 0), ("deep_tmp", MAX), ("shm_pin", MAX),
+                                            ("chatty", MAX)])
+def test_no_submission_reaches_another(attacked_run, student, score):
+    """Whatever order the workers took them in, the attackers' own scores are their answers'
+    (none for the channel thieves), and the honest students around them are exact
+    (test_honest_submissions_get_exactly_their_scores)."""
+    assert _row(attacked_run, student)[:2] == (score, "graded")
+
+
 def test_course_folder_unchanged_and_no_process_survives(attacked_run):
     assert attacked_run["after"] == attacked_run["before"]
     assert not MARKER.exists()
@@ -440,7 +563,7 @@ def test_summary_and_report(attacked_run):
     out, stdout = attacked_run["out"], attacked_run["proc"].stdout
     graded = sum(r["status"] == "graded" for r in attacked_run["rows"].values())
     errors = len(attacked_run["rows"]) - graded
-    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 2 rejected cheats" in stdout
+    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 9 rejected cheats" in stdout
     assert (out / "score-distribution.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "| test_softmax |" in report and "builtin_calls" in report
