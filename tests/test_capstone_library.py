@@ -423,3 +423,55 @@ def test_a_crash_in_the_grader_names_the_arguments_by_shape():
                          config, check.random_tokens(config, 2, 7, seed=1))
     text = str(failure)
     assert text.startswith("forward(params (18 tensors), config, tensor(2, 7) int64) raised"), text
+
+
+# ----------------------------------------------------------------------------- the exercise's setup cell
+
+
+def test_the_setup_cell_pieces_behave_as_the_library_pieces():
+    """The graded notebook may not import qkv, so its setup cell writes the pieces out; they must
+    give the library's results (which the other chapters test against torch) on random inputs."""
+    import nbformat
+
+    from autograder.course import SOLUTIONS
+    from qkv.attention import softmax
+    from qkv.gqa import repeat_kv
+    from qkv.masks import causal_mask
+    from qkv.multihead import merge_heads, split_heads
+    from qkv.norms import rms_norm
+    from qkv.positional import apply_rope
+    from qkv.schedules import noam_lr
+
+    nb = nbformat.read(SOLUTIONS / "capstone" / "capstone.ipynb", as_version=4)
+    (setup,) = [c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "setup"]
+    import ast
+
+    imported = {a.name for n in ast.walk(ast.parse(setup)) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(ast.parse(setup)) if isinstance(n, ast.ImportFrom)}
+    assert not any(m.split(".")[0] == "qkv" for m in imported), imported  # the grader's sandbox refuses it
+    ns: dict = {}
+    threads = torch.get_num_threads()
+    try:
+        exec(compile(setup, "<setup>", "exec"), ns)
+    finally:
+        torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(2, 3, 5, 8, generator=gen, dtype=dtype)
+        masked = x.masked_fill(torch.rand(2, 3, 5, 8, generator=gen) > 0.6, float("-inf"))
+        masked[0, 0, 0] = float("-inf")  # a fully masked row
+        for dim in (-1, 1):
+            assert torch.equal(ns["softmax"](masked, dim=dim), softmax(masked, dim=dim))
+        assert torch.equal(ns["repeat_kv"](x, 3), repeat_kv(x, 3))
+        assert torch.equal(ns["merge_heads"](x), merge_heads(x))
+        flat = merge_heads(x)
+        assert torch.equal(ns["split_heads"](flat, 3), split_heads(flat, 3))
+        for positions in (torch.arange(5), torch.arange(7, 12)):
+            assert torch.equal(ns["apply_rope"](x, positions, 500.0), apply_rope(x, positions, 500.0))
+        w = torch.randn(8, generator=gen, dtype=dtype)
+        assert torch.equal(ns["rms_norm"](x, w, 1e-5), rms_norm(x, w, 1e-5))
+        assert torch.equal(ns["rms_norm"](x), rms_norm(x))
+    for n in (0, 1, 6):
+        assert torch.equal(ns["causal_mask"](n), causal_mask(n))
+    for step in (1, 5, 10, 400):
+        assert ns["noam_lr"](step, 64, 10) == noam_lr(step, 64, 10)
