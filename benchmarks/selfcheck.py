@@ -12,6 +12,8 @@ Goal (issue #10): at most 1 s per chapter after imports on 2 cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -56,7 +58,8 @@ def in_process_seconds(chapter: str, notebook: Path) -> float:
     cwd = os.getcwd()
     os.chdir(notebook.parent)
     try:
-        with selfcheck.one_torch_thread():  # as the check's process runs them
+        # One torch thread as in the check's process; the tests' prints are not the benchmark's output.
+        with selfcheck.one_torch_thread(), contextlib.redirect_stdout(io.StringIO()):
             start = time.perf_counter()
             for cid, source in selfcheck.learner_code_cells(nb):
                 runner.run(source, cid)
