@@ -130,3 +130,26 @@ def test_a_tilde_path_is_expanded(tmp_path, monkeypatch):
     notebook.parent.mkdir(parents=True)
     notebook.write_text("{}")
     assert selfcheck.find_notebook("attention", Path("~/my-qkv/attention")) == notebook
+
+
+def test_every_exercise_links_to_its_chapters_built_page_not_its_source():
+    """The intro of each exercise links to the chapter's page of the built book (what a reader
+    opens), from where the notebook sits; no Markdown cell links a .md source."""
+    import re
+
+    import nbformat
+
+    from qkv.chapters import CHAPTERS
+
+    repo = book_links.REPO
+    toc = (repo / "book" / "_toc.yml").read_text()
+    for ch in CHAPTERS:
+        folder = repo / "exercises" / ch.slug
+        nb = nbformat.read(folder / f"{ch.slug}.ipynb", as_version=4)
+        markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        links = re.findall(r"\]\(([^)\s]+)\)", markdown)
+        assert "../../book/_build/html/chapters/" f"{ch.slug}.html" in links, (ch.slug, links)
+        assert (folder / "../../book/_build/html/chapters" / f"{ch.slug}.html").resolve() == \
+            repo / "book" / "_build" / "html" / "chapters" / f"{ch.slug}.html"
+        assert f"chapters/{ch.slug}" in toc and (repo / "book" / "chapters" / f"{ch.slug}.md").is_file()
+        assert not [link for link in links if link.split("#")[0].endswith(".md")], (ch.slug, links)
