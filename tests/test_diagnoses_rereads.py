@@ -199,3 +199,26 @@ def test_the_graders_reread_output_links_to_the_built_page_or_says_how_to_build_
     # Only the book's own chapters are linked: a crafted link elsewhere stays as the title, unlinked.
     crafted = link_book_sections('<a href="qkv-book/chapters/etc.html#passwd">x</a>')
     assert "<a " not in crafted and "<em>x</em>" in crafted
+
+
+def test_the_report_and_the_lms_comment_name_the_section_to_reread(tmp_path):
+    """The instructor's report gives, per question, the section its failing students were sent
+    to most often; the one-line LMS comment names each failed question's section."""
+    from autograder.lms import summary_line
+    from autograder.report import CSV_FIELDS, Result, write_report
+
+    why = "“Why does attention divide the logits by √d_k?” (chapter 2, Why divide by √d_k)"
+    steps = "“How is attention computed, step by step?” (chapter 1, Attention from first principles)"
+    questions = lambda earned: {"test_softmax": (3.0, 3.0, ""), "test_sdpa": (earned, 3.0, "" if earned else "wrong")}
+    results = [Result("ada", "attention", 6, 6, "graded", questions=questions(3.0)),
+               Result("ben", "attention", 3, 6, "graded", questions=questions(0.0), rereads={"test_sdpa": why}),
+               Result("cy", "attention", 3, 6, "graded", questions=questions(0.0), rereads={"test_sdpa": why}),
+               Result("dee", "attention", 3, 6, "graded", questions=questions(0.0), rereads={"test_sdpa": steps})]
+    write_report(results, "attention", tmp_path / "report.md", None)
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    # Escaped as all report text is (markdown_inline): the parentheses of the title.
+    assert ("| test_sdpa | 3 | 1/4 | wrong (3) | “Why does attention divide the logits by √d_k?” "
+            "\\(chapter 2, Why divide by √d_k\\) (2) |") in report
+    assert "| test_softmax | 3 | 4/4 |  |  |" in report
+    assert summary_line(results[1]) == f"Score 3/6. test_softmax: passed; test_sdpa: 0/3 (wrong; reread {why})."
+    assert "rereads" not in CSV_FIELDS
