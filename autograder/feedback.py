@@ -9,7 +9,10 @@ nbgrader renders feedback with nbconvert. Two things are added around it:
    ``<div class="panel ...">``) and remote images do not survive; raw cells are shown as
    text. nbgrader's feedback template renders Markdown without any sanitising, and
    nbconvert's ``clean_html`` keeps ``class`` on every tag, so neither is enough alone.
-2. :func:`finish_page` on the written page: nbgrader's template hard-codes MathJax 2 from a
+2. :func:`reread_output`, the output that follows a failed test's error: the book section to
+   reread, by title, linked (by :func:`link_book_sections`, from :func:`finish_page`) to the
+   built page's ``file://`` URL with the section's anchor, or with the command that builds it.
+3. :func:`finish_page` on the written page: nbgrader's template hard-codes MathJax 2 from a
    CDN (not configurable), so offline a learner would see raw TeX and the page would reach
    the network; it is pointed at the book's vendored MathJax 3, copied once next to the
    feedback pages. A Content-Security-Policy is added as a second wall: only scripts from
@@ -26,6 +29,7 @@ from urllib.parse import urlsplit
 
 import bleach
 from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
+from nbformat.v4 import new_output
 from nbconvert.preprocessors import Preprocessor
 from pygments.token import STANDARD_TYPES
 from traitlets import Bool
@@ -120,6 +124,50 @@ class SanitizeLearnerCells(Preprocessor):
         return cell, resources
 
 
+BOOK_LINK = "qkv-book/chapters/"  # where reread_output points; finish_page makes it the built page's URL
+_BOOK_LINK = re.compile(r'<a href="qkv-book/chapters/([a-z_]+)\.html#([A-Za-z0-9_-]+)"[^>]*>(.*?)</a>', re.S)
+
+
+def reread_output(chapter: str, heading: str) -> dict:
+    """A ``display_data`` output naming the section to reread, by title, linked to the chapter's
+    page and the section's anchor.
+
+    nbconvert sanitises outputs (``sanitize_html``): a ``file://`` link would lose its address
+    there, and where the page will be written is not known yet; so the link is written as
+    ``qkv-book/chapters/<chapter>.html#<anchor>`` (scheme-less, which the sanitiser keeps) and
+    :func:`finish_page` points it at the built book. The heading comes from our own checks,
+    never from the learner; it is escaped all the same."""
+    from qkv.book_links import anchor, page, section_link
+
+    title = section_link(chapter, heading).title()
+    target = f"{BOOK_LINK}{chapter}.html#{anchor(heading)}"
+    return new_output("display_data", data={
+        "text/html": f'<strong>Reread</strong> <a href="{html.escape(target)}">{html.escape(title)}</a> in the book.',
+        "text/plain": f"Reread {title} in the book: {page(chapter, heading)}"})
+
+
+def link_book_sections(text: str) -> str:
+    """Point every ``qkv-book/`` link of a feedback page (:func:`reread_output`) at the built
+    English page as an absolute ``file://`` URL, which opens from the feedback file wherever it
+    was copied; when the book is not built, keep the section's title and say how to build it.
+    A learner's Markdown could hold such a link too: it can only ever point at a page of our
+    own book (the chapter must be one of the book's, the anchor a plain id)."""
+    from qkv import book_links
+    from qkv.chapters import CHAPTERS
+
+    slugs = {c.slug for c in CHAPTERS}
+
+    def replace(m: re.Match) -> str:
+        chapter, anchor, title = m.groups()
+        built = book_links.html_root("en") / "chapters" / f"{chapter}.html"
+        if chapter in slugs and built.is_file():
+            return f'<a href="{html.escape(built.resolve().as_uri())}#{anchor}" target="_blank">{title}</a>'
+        return (f"<em>{title}</em> (the book is not built: run <code>{html.escape(book_links.BUILD_COMMAND)}</code> "
+                f"in {html.escape(str(book_links.BOOK.parent))} to get a link to the page)")
+
+    return _BOOK_LINK.sub(replace, text)
+
+
 class FeedbackPageError(RuntimeError):
     """A feedback page did not have the shape we secure; it is withheld rather than published."""
 
@@ -140,7 +188,7 @@ def finish_page(page: Path, feedback_root: Path) -> None:
                f'<script src="../{MATHJAX_DIR}/tex-mml-chtml.js"></script>')
     else:
         tag = "<!-- MathJax is not vendored yet (run `make book` once); formulas show as TeX -->"
-    text = _MATHJAX_CDN.sub(lambda _: tag, text)
+    text = link_book_sections(_MATHJAX_CDN.sub(lambda _: tag, text))
     head = re.search(r"<head\b[^>]*>", text, re.I)
     if head is None:
         page.unlink(missing_ok=True)

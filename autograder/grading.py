@@ -508,7 +508,15 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
     questions = {gid: (v.points if v.passed else 0.0, v.points, "" if v.passed else v.message)
                  for gid, v in verdicts.tests.items()}
     return Result(sub.student_id, assignment, score, max_score, "graded", "; ".join(notes),
-                  questions=questions, banned=bool(banned), late=late)
+                  questions=questions, banned=bool(banned), late=late, rereads=_rereads(verdicts))
+
+
+def _rereads(verdicts: Verdicts) -> dict[str, str]:
+    """Failed test grade_id -> the section to reread, as the feedback page names it."""
+    from qkv.book_links import section_link
+
+    return {gid: section_link(v.reread_chapter, v.reread_heading).title()
+            for gid, v in verdicts.tests.items() if not v.passed and v.reread_heading}
 
 
 def _score(course: Path, assignment: str, student_id: str) -> float:

@@ -15,6 +15,7 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Unicode
 
+from autograder.feedback import reread_output
 from autograder.verdicts import Verdicts
 
 
@@ -38,6 +39,8 @@ class ApplyTrustedVerdicts(NbGraderPreprocessor):
                     name = "BannedCall" if v.banned else "TestFailed"
                     cell.outputs.append(new_output("error", ename=name, evalue=v.message,
                                                    traceback=[f"{name}: {v.message}"]))
+                    if v.reread_heading and not v.banned:
+                        cell.outputs.append(reread_output(v.reread_chapter, v.reread_heading))
             elif meta.get("grade"):
                 missing = "the grader has no verdict for this cell"
                 cell.outputs.append(new_output("error", ename="NotGraded", evalue=missing,

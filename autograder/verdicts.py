@@ -20,6 +20,10 @@ class CellVerdict:
     message: str = ""  # shown to the learner
     output: str = ""  # what the visible tests printed
     banned: bool = False
+    # The book section to reread for a failure: the failing diagnosis's own (CheckFailed.reread),
+    # else the function's (REREAD in qkv/checks/<chapter>.py); "" when passed or unknown.
+    reread_chapter: str = ""
+    reread_heading: str = ""
 
 
 @dataclass
@@ -45,7 +49,7 @@ class Verdicts:
         return any(v.banned for v in self.tests.values())
 
 
-VERIFIER_VERSION = "2"  # bump to invalidate cached verdicts when grading logic changes
+VERIFIER_VERSION = "3"  # bump to invalidate cached verdicts when grading logic changes
 
 
 def cache_key(source_nb: Path, submission_nb: Path) -> str:

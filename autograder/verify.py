@@ -11,6 +11,8 @@ learner's code therefore never runs in the process that decides the verdict.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib
 import io
 import re
 from dataclasses import dataclass
@@ -159,6 +161,7 @@ def verify(source_nb: Path, submission_nb: Path, assignment: str, limits: Limits
             if process.failure is not None:  # ours, whatever the test code made of it: never a verdict
                 raise process.failure
             function = reference.function_of(test_id)
+            verdict = with_default_reread(verdict, assignment, function)
             if function in banned_by_function:
                 reasons = "; ".join(dict.fromkeys(banned_by_function[function]))
                 verdict = CellVerdict(test_id, points, False, f"Scored 0: your code {reasons}.", banned=True)
@@ -187,14 +190,39 @@ def _run_test(test_id: str, points: float, visible: str, hidden: str, namespace:
         with contextlib.redirect_stdout(printed):
             exec(compile(visible, f"<{test_id}>", "exec"), namespace)
     except Exception as exc:
-        return CellVerdict(test_id, points, False, _failure_message(exc, hidden=False), printed.getvalue()[-4000:])
+        return CellVerdict(test_id, points, False, _failure_message(exc, hidden=False), printed.getvalue()[-4000:],
+                           **_reread_of(exc))
     if hidden.strip():
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 exec(compile(hidden, f"<{test_id} hidden>", "exec"), namespace)
         except Exception as exc:
-            return CellVerdict(test_id, points, False, _failure_message(exc, hidden=True), printed.getvalue()[-4000:])
+            # The section names no input of the hidden test: it is given as for a visible one.
+            return CellVerdict(test_id, points, False, _failure_message(exc, hidden=True), printed.getvalue()[-4000:],
+                               **_reread_of(exc))
     return CellVerdict(test_id, points, True, "", printed.getvalue()[-4000:])
+
+
+def _reread_of(exc: BaseException) -> dict[str, str]:
+    """The section the failing diagnosis names (``CheckFailed.reread``, set by our own checks in
+    this process), as CellVerdict fields; {} when it names none."""
+    reread = getattr(exc, "reread", None)
+    chapter, heading = getattr(reread, "chapter", None), getattr(reread, "heading", None)
+    if isinstance(chapter, str) and isinstance(heading, str) and chapter and heading:
+        return {"reread_chapter": chapter, "reread_heading": heading}
+    return {}
+
+
+def with_default_reread(verdict: CellVerdict, chapter: str, function: str | None) -> CellVerdict:
+    """A failed ``verdict`` that names no section gets ``function``'s own (``REREAD`` in
+    ``qkv/checks/<chapter>.py``), when there is one."""
+    if verdict.passed or verdict.reread_heading or function is None:
+        return verdict
+    try:
+        heading = getattr(importlib.import_module(f"qkv.checks.{chapter}"), "REREAD", {}).get(function, "")
+    except (ImportError, ValueError):  # an assignment that is not one of the book's chapters
+        heading = ""
+    return dataclasses.replace(verdict, reread_chapter=chapter, reread_heading=heading) if heading else verdict
 
 
 def banned_for_assignment(assignment: str) -> dict[str, list[str]]:

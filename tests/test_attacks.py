@@ -754,7 +754,7 @@ def test_learner_text_cannot_forge_the_report(attacked_run, beacon):
         "Grading report: attention", "Submissions that could not be graded", "Notes on graded submissions"]
     assert [img["src"] for img in soup.find_all("img")] == ["score-distribution.png"]
     assert soup.find_all(["a", "script", "hr", "iframe", "form", "style"]) == []
-    assert len(soup.find_all("table")) == 1 and all(len(tr.find_all(["td", "th"])) == 4 for tr in soup.find_all("tr"))
+    assert len(soup.find_all("table")) == 1 and all(len(tr.find_all(["td", "th"])) == 5 for tr in soup.find_all("tr"))
     notes = [li.get_text() for li in soup.find_all("li") if li.get_text().startswith("forged_note")]
     assert len(notes) == 1 and "## Score set to 0 by the instructor" in notes[0] and "<script>" in notes[0]
 

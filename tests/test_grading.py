@@ -104,6 +104,42 @@ def test_feedback_written_for_each_graded_student(graded_class):
     assert "not attempted" in (out / "feedback" / "gus" / "attention.html").read_text()
 
 
+def _rereads(page: Path) -> list:
+    from bs4 import BeautifulSoup
+
+    outputs = BeautifulSoup(page.read_text(), "html.parser").select("div.output_html")
+    return [o for o in outputs if o.get_text().strip().startswith("Reread")]
+
+
+def test_feedback_names_the_section_to_reread_with_a_link_to_the_built_page(graded_class):
+    """ben forgot the 1/√d_k scale: his feedback sends him to the scaling chapter's section on
+    why attention divides by √d_k (the diagnosis's own section, not the function's default in
+    the attention chapter); gus left additive_attention untouched: its own section. The link is
+    the built page with the section's anchor, opened from the feedback file; when the book is not
+    built the title is there with the command that builds it."""
+    from qkv.book_links import REPO
+
+    _, _, out = graded_class
+    cases = [("ben", "scaling", "Why does attention divide the logits by √d_k?", "chapter 2, Why divide by √d_k",
+              "why-does-attention-divide-the-logits-by-d-k"),
+             ("gus", "attention", "Dot-product or additive attention?", "chapter 1, Attention from first principles",
+              "dot-product-or-additive-attention")]
+    for student, chapter, heading, where, anchor in cases:
+        rereads = _rereads(out / "feedback" / student / "attention.html")
+        texts = [" ".join(p.get_text().split()) for p in rereads]
+        assert any(f"“{heading}” ({where})" in t for t in texts), (student, texts)
+        built = REPO / "book" / "_build" / "html" / "chapters" / f"{chapter}.html"
+        hrefs = {a["href"] for p in rereads for a in p.find_all("a")}
+        if built.is_file():
+            assert f"{built.resolve().as_uri()}#{anchor}" in hrefs, hrefs
+            assert f'id="{anchor}"' in built.read_text()
+        else:
+            assert not hrefs and any(f"“{heading}” ({where}) (the book is not built: run make book" in t
+                                     for t in texts), texts
+    # A passing cell gets no pointer: ada passed everything.
+    assert not _rereads(out / "feedback" / "ada" / "attention.html")
+
+
 def test_unknown_assignment_is_a_clear_error(tmp_path):
     (tmp_path / "subs").mkdir()
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "nope", str(tmp_path / "subs"), "--out",
