@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 ALWAYS_BANNED_MODULES = ("qkv",)
 
-_SOFTMAX = ["softmax", "_softmax", "special_softmax"]
+# Every operator that computes a softmax itself: the sparse and masked ones too (a learner who
+# writes torch.sparse.softmax(x.to_sparse(), dim) or torch._masked_softmax(x, mask) calls a softmax).
+_SOFTMAX = ["softmax", "_softmax", "special_softmax", "_safe_softmax", "_sparse_softmax", "_masked_softmax"]
 _SDPA = ["scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
          "_scaled_dot_product_attention_math", "_scaled_dot_product_efficient_attention",
          "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
@@ -91,6 +93,17 @@ def banned_for(assignment: str) -> dict[str, list[str]]:
     except ImportError:
         return {}
     return dict(getattr(module, "BANNED", {}))
+
+
+def in_place_for(assignment: str) -> dict[str, tuple[str, ...]]:
+    """The ``IN_PLACE`` table of ``qkv.checks.<assignment>``: graded function -> the arguments its
+    contract lets it change in place (their new values go back to the caller); {} if none. The
+    grader's own copies of every other argument stay as they were sent (guarantee 14)."""
+    try:
+        module = importlib.import_module(f"qkv.checks.{assignment}")
+    except ImportError:
+        return {}
+    return {name: tuple(args) for name, args in dict(getattr(module, "IN_PLACE", {})).items()}
 
 
 def runtime_denials(banned: list[str]) -> tuple[dict[str, str], list[str]]:

@@ -15,9 +15,11 @@ Pipeline per student:
 Any exception in any of these steps becomes that student's ``error`` row; the run and
 its output files always complete.
 
-Verdicts are cached by the hash of the reference and the submission, so a run
-killed at any point is simply run again: finished students are not re-verified
-and the gradebook (manual grades included) is updated in place.
+Verdicts are cached under a key covering everything that decides them (the reference, the
+submission, the limits, the checks' and the grader's code, the torch version: see
+``verdicts.cache_key``), so a run killed at any point is simply run again: finished students
+are not re-verified, a changed grader re-verifies everyone, and the gradebook (manual grades
+included) is updated in place.
 """
 
 from __future__ import annotations
@@ -193,7 +195,7 @@ class _Course:
         return self.verdict_dir / f"{sub.student_id}.json"
 
     def cached(self, sub: Submission, nb_path: Path) -> Verdicts | None:
-        return _cached_verdicts(self._verdict_path(sub), self.source_nb, nb_path)
+        return _cached_verdicts(self._verdict_path(sub), self.source_nb, nb_path, self.limits)
 
     def submit(self, pool: ProcessPoolExecutor, sub: Submission, nb_path: Path) -> Future:
         return pool.submit(_verify_job, str(self.source_nb), str(nb_path), self.assignment, self.limits,
@@ -410,13 +412,14 @@ def _clean_json(value):
     return value
 
 
-def _cached_verdicts(path: Path, source_nb: Path, submission_nb: Path) -> Verdicts | None:
-    """The verdicts of an earlier run for this very submission, or None. A cache file written
-    before its text was cleaned is cleaned and rewritten, so a rerun never trips on it."""
+def _cached_verdicts(path: Path, source_nb: Path, submission_nb: Path, limits: Limits) -> Verdicts | None:
+    """The verdicts of an earlier run for this very submission, graded under the same limits by
+    the same checks and grader code (``cache_key``), or None. A cache file written before its
+    text was cleaned is cleaned and rewritten, so a rerun never trips on it."""
     try:
         text = path.read_text(encoding="utf-8")
         verdicts = Verdicts.from_json(text)
-        if verdicts.key != cache_key(source_nb, submission_nb):
+        if verdicts.key != cache_key(source_nb, submission_nb, limits):
             return None
         if json.dumps(_clean_json(json.loads(text)), indent=1) != text:
             verdicts = _store_verdicts(verdicts, path)

@@ -99,12 +99,51 @@ def is_self_check_cell(cell) -> bool:
 
 
 def defined_names(source: str) -> list[str]:
-    """Functions and classes defined at the top level of ``source`` ([] when it does not parse)."""
+    """Functions and classes defined at the top level of ``source`` (read as the cell runner runs
+    it, IPython syntax included; [] when it does not parse)."""
     try:
-        tree = ast.parse(source)
-    except SyntaxError:
+        tree = ast.parse(transform(source))
+    except Exception:  # noqa: BLE001 - IPython's transformer may raise anything on odd input
         return []
     return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+
+
+def answer_cells(cells) -> dict[str, int]:
+    """grade_id -> index of *the* answer cell for it. A learner may split or copy an answer cell in
+    Jupyter, which copies its metadata: of the cells sharing a grade_id, the answer is the last one
+    that defines the function of that name (as in Jupyter, where the last definition run wins),
+    else the first one."""
+    found: dict[str, list[int]] = {}
+    for i, cell in enumerate(cells):
+        if is_answer_cell(cell):
+            found.setdefault(nbgrader(cell)["grade_id"], []).append(i)
+    out = {}
+    for gid, indexes in found.items():
+        defining = [i for i in indexes if gid in defined_names(cells[i].get("source", ""))]
+        out[gid] = defining[-1] if defining else indexes[0]
+    return out
+
+
+def deduplicate_grade_ids(nb) -> list[str]:
+    """Make every nbgrader grade_id of ``nb`` unique, in place, the way a learner expects: the
+    answer cell of a duplicated id is the one :func:`answer_cells` picks; any other cell carrying
+    that id (and any later copy of a test or locked cell) becomes a plain cell of the learner's.
+    Returns one note per cell changed."""
+    keep = answer_cells(nb.cells)
+    seen: set[str] = set()
+    notes = []
+    for i, cell in enumerate(nb.cells):
+        gid = nbgrader(cell).get("grade_id")
+        if not gid:
+            continue
+        duplicate = (i != keep[gid]) if gid in keep and is_answer_cell(cell) else gid in seen or gid in keep
+        if duplicate:
+            cell.get("metadata", {}).pop("nbgrader", None)
+            notes.append(f"cell {i + 1} repeats the id of the `{gid}` cell (a split or copied cell?): it was graded "
+                         "as a cell of your own")
+        else:
+            seen.add(gid)
+    return notes
 
 
 def function_of(test_id: str, functions: Iterable[str]) -> str | None:
@@ -328,8 +367,10 @@ def display(*objs: Any, **kwargs: Any) -> None:
         print(repr(obj) if not isinstance(obj, str) else obj)
 
 
-def _transform(source: str) -> str:
-    """IPython's own input transformation (magics, ``!``, ``?``); plain Python passes unchanged."""
+def transform(source: str) -> str:
+    """IPython's own input transformation (magics, ``!``, ``?``); plain Python passes unchanged.
+    The grader reads exactly this text for banned calls (autograder/static_scan.py) and sends it to
+    the sandbox, where it passes through unchanged (it compiles)."""
     try:
         compile(source, "<cell>", "exec")
         return source
@@ -345,7 +386,7 @@ def _transform(source: str) -> str:
 def run_source(source: str, name: str, namespace: dict, shell: MiniShell | None = None):
     """Run a cell's ``source`` in ``namespace`` the way IPython does: transformed, the last bare
     expression evaluated and returned. Raises whatever the learner's code raises."""
-    code = _transform(source)
+    code = transform(source)
     tree = ast.parse(code, filename=name)
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
