@@ -214,6 +214,21 @@ def platform_mode() -> str:
                              "Nothing was graded")
 
 
+def platform_caveats() -> list[str]:
+    """One line for each guarantee of grading-threat-model.md that holds here only in a weaker form
+    (the grader prints them when it starts, and the report repeats them). Raises SandboxUnavailable
+    where no sandbox is possible at all."""
+    lines = []
+    if platform_mode() == "user":
+        lines.append(f"grading as an ordinary user: learner code runs under your uid in a user namespace (kept "
+                     "from the grader by namespaces, no capabilities and seccomp, not by another uid); its processes "
+                     f"count against your process limit, up to {Limits().processes} per worker")
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        lines.append(f"on {os.uname().machine}, learner processes drop capabilities by changing uid only (root "
+                     "mode); as an ordinary user the sandbox refuses to start")
+    return lines
+
+
 def _ro_binds(paths: list[Path]) -> list[str]:
     """--ro-bind arguments for ``paths``, creating each parent directory world-readable first."""
     args, made = [], set()

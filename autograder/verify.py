@@ -11,6 +11,7 @@ learner's code therefore never runs in the process that decides the verdict.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,22 +37,24 @@ class Reference:
     answers: dict[str, list[str]]  # answer grade_id -> graded names it defines
     tests: list[tuple[str, float, str]]  # (grade_id, points, source with hidden tests)
     order: list[str]  # grade_ids of every nbgrader cell, in order
+    roles: dict[str, dict]  # grade_id -> its nbgrader metadata (and cell type)
 
     @classmethod
     def load(cls, path: Path) -> Reference:
         nb = nbformat.read(path, as_version=4)
-        setup, answers, tests, order = [], {}, [], []
+        setup, answers, tests, order, roles = [], {}, [], [], {}
         for cell in nb.cells:
             meta = contract.nbgrader(cell)
             if meta.get("grade_id"):
                 order.append(meta["grade_id"])
+                roles[meta["grade_id"]] = {**meta, "cell_type": cell.cell_type}
             if contract.is_answer_cell(cell):
                 answers[meta["grade_id"]] = contract.defined_names(cell.source)
             elif contract.is_test_cell(cell):
                 tests.append((meta["grade_id"], float(meta.get("points", 0)), cell.source))
             elif contract.is_locked_setup_cell(cell):
                 setup.append(cell.source)
-        return cls(setup, answers, tests, order)
+        return cls(setup, answers, tests, order, roles)
 
     @property
     def graded_names(self) -> list[str]:
@@ -62,13 +65,16 @@ class Reference:
         return contract.function_of(test_id, self.graded_names)
 
 
-def learner_cells(reference: Reference, submission) -> list[dict]:
+def learner_cells(reference: Reference, submission, notes: list[str] | None = None) -> list[dict]:
     """The code to load in the sandbox: the reference's locked setup cells, the learner's
     answer cells and any cells the learner added, in the submission's order. Test cells are
     never taken from the submission (they may have been edited)."""
     cells, seen_setup = [], False
     # A learner may split or copy an answer cell (its id comes along): the answer is the cell that
-    # defines the function; the other copies run as the learner's own cells, in their place.
+    # defines the function; copies and ids the release does not have run as the learner's own
+    # cells, in their place (the same rule nbgrader's recording gets: NormalizeGradeIds).
+    submission = copy.deepcopy(submission)
+    (notes if notes is not None else []).extend(contract.normalize_grade_ids(submission.cells, reference.roles))
     answers = {i for gid, i in contract.answer_cells(submission.cells).items() if gid in reference.answers}
     for i, cell in enumerate(submission.cells):
         # A self-check cell is skipped whatever it says (its code never runs): loading it would run
@@ -123,7 +129,7 @@ def verify(source_nb: Path, submission_nb: Path, assignment: str, limits: Limits
     reference = Reference.load(source_nb)
     submission = nbformat.read(submission_nb, as_version=4)
     verdicts = Verdicts(key=cache_key(source_nb, submission_nb, limits))
-    cells = learner_cells(reference, submission)
+    cells = learner_cells(reference, submission, verdicts.notes)
 
     # Banned names, read from what will run and penalised only where a graded function reaches them.
     table = banned_for_assignment(assignment)
