@@ -394,8 +394,8 @@ class _Scanner:
         while todo:
             sub = todo.pop()
             if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)) and sub is not tree:
-                inner = self.function(sub, scope if scope is not None else _Scope(), _label(sub))
-                self.nodes[node].edges.add((inner, False))
+                nested = self.function(sub, scope if scope is not None else _Scope(), _label(sub))
+                self.nodes[node].edges.add((nested, False))
                 continue
             if isinstance(sub, (ast.Import, ast.ImportFrom)):
                 self.import_stmt(sub, node, scope if scope is not None else _Scope())
