@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 VERDICT_CODE: tuple[Path, ...] = (
     *sorted((_ROOT / "qkv" / "checks").glob("*.py")),
     _ROOT / "qkv" / "notebook_contract.py",
+    _ROOT / "qkv" / "corpora.py",  # the tokenization checks' training text
     *(_ROOT / "autograder" / name for name in (
         "banned.py", "static_scan.py", "hidden.py", "verify.py", "learner_process.py", "sandbox.py",
         "sandbox_worker.py", "seccomp_filter.py", "wire.py", "verdicts.py")),
@@ -72,8 +74,9 @@ def _torch_version() -> str:
 
 
 def code_digest(files: tuple[Path, ...] | None = None) -> str:
-    """A digest of the code a verdict depends on (``VERDICT_CODE``) and of the torch version."""
-    h = hashlib.sha256(_torch_version().encode())
+    """A digest of the code a verdict depends on (``VERDICT_CODE``), of the torch version and of
+    the Python that runs the checks."""
+    h = hashlib.sha256(f"{_torch_version()} {platform.python_version()}".encode())
     for path in (VERDICT_CODE if files is None else files):
         h.update(str(path.relative_to(_ROOT) if path.is_relative_to(_ROOT) else path).encode())
         h.update(path.read_bytes() if path.is_file() else b"<missing>")
