@@ -23,6 +23,7 @@ ALWAYS_BANNED_MODULES = ("qkv",)
 # Every operator that computes a softmax itself: the sparse and masked ones too (a learner who
 # writes torch.sparse.softmax(x.to_sparse(), dim) or torch._masked_softmax(x, mask) calls a softmax).
 _SOFTMAX = ["softmax", "_softmax", "special_softmax", "_safe_softmax", "_sparse_softmax", "_masked_softmax"]
+_LOG_SOFTMAX = ["log_softmax", "_log_softmax", "special_log_softmax"]
 _SDPA = ["scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
          "_scaled_dot_product_attention_math", "_scaled_dot_product_efficient_attention",
          "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
@@ -44,6 +45,8 @@ _DROPOUT = ["dropout", "dropout_", "native_dropout", "feature_dropout", "feature
 RUNTIME_OPS: dict[str, list[str]] = {
     "torch.softmax": _SOFTMAX, "torch.nn.functional.softmax": _SOFTMAX, "torch.Tensor.softmax": _SOFTMAX,
     "torch.special.softmax": _SOFTMAX, "torch.nn.Softmax": _SOFTMAX,
+    **{name: _LOG_SOFTMAX for name in ("torch.log_softmax", "torch.nn.functional.log_softmax", "torch.nn.LogSoftmax",
+                                       "torch.special.log_softmax", "torch.Tensor.log_softmax")},
     "torch.nn.functional.scaled_dot_product_attention": _SDPA,
     "torch.nn.MultiheadAttention": _MHA, "torch.nn.functional.multi_head_attention_forward": _MHA,
     "torch.tril": ["tril", "tril_"], "torch.Tensor.tril": ["tril", "tril_"],

@@ -678,6 +678,30 @@ def zygote(control: socket.socket) -> None:
                 child = None
 
 
+class _NoStack:
+    """Stands in for ``traceback`` in torch's lazy device modules: they record the caller's stack
+    (through sys._getframe) for an error message if a device that is not there fails to start."""
+
+    @staticmethod
+    def format_stack(*args, **kwargs) -> list[str]:
+        return []
+
+
+def _no_frame_walks() -> None:
+    """Let honest calls that walk frames internally run while a function is called (frames are
+    refused then, _IN_CALL_REFUSED): ``torch.manual_seed`` queues seeds for CUDA, XPU and MTIA
+    with the caller's stack, and ``logging`` looks up the caller's file and line. Without this a
+    graded function that seeds torch's global generator or logs would score 0 as an intrusion.
+    Neither stand-in hands a frame to anyone."""
+    import logging
+
+    for name in ("torch.cuda", "torch.xpu", "torch.mtia"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "traceback", None) is not None:
+            module.traceback = _NoStack
+    logging.currentframe = lambda: None  # records say "(unknown file)": the log is never shown
+
+
 def main() -> None:
     fd = next(int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--control-fd="))
     control = socket.socket(fileno=fd)
@@ -693,6 +717,7 @@ def main() -> None:
         import IPython.core.inputtransformer2  # noqa: F401
     except ImportError:  # magics then fail as syntax errors, in that cell only
         pass
+    _no_frame_walks()
     zygote(control)
 
 
