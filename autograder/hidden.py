@@ -28,6 +28,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 SOURCES = (*sorted((_ROOT / "qkv" / "checks").glob("*.py")),
            *sorted((_ROOT / "autograder").glob("*.py")))
 MIN_FRAGMENT = 4  # shorter literal pieces (", ", ": ") carry no wording worth keeping
+MIN_PARTIAL = 12  # the shortest prefix of a piece kept where the whole piece does not match
+MAX_TEXT = 4000  # longer messages are cut (a failure reason is a sentence or two)
 ELLIPSIS = "…"
 _FORMAT_FIELD = re.compile(r"\{[^{}]*\}|%[-#0 +]*\d*(?:\.\d+)?[sdrfgex]")
 # A quoted value ('lo w', "low"), not an apostrophe inside a word.
@@ -70,15 +72,45 @@ def _fragments() -> dict[str, list[str]]:
     return index
 
 
+def _common_prefix(a: str, b: str, start: int) -> int:
+    """The length of the longest prefix of ``a`` that ``b`` holds at ``start``."""
+    n = 0
+    for ch, other in zip(a, b[start:start + len(a)]):
+        if ch != other:
+            break
+        n += 1
+    return n
+
+
+def _match(text: str, i: int, candidates: list[str]) -> str | None:
+    """Our wording at ``text[i:]``: a whole fragment, else the longest prefix of one that ends
+    at a word boundary and holds at least ``MIN_PARTIAL`` characters. A prefix is still our own
+    text; it is needed where the checks already redacted part of a message ("receive weight
+    (…)" against the source's "receive weight (up to "), which no whole fragment matches."""
+    best = ""
+    for fragment in candidates:  # longest first
+        if len(fragment) <= len(best):
+            break  # no later candidate can say more than the prefix already found
+        if text.startswith(fragment, i):
+            return fragment
+        n = _common_prefix(fragment, text, i)
+        while n > len(best) and (text[i + n - 1].isalnum() and i + n < len(text) and text[i + n].isalnum()):
+            n -= 1  # never end inside a word: "weigh" of "weight"
+        if n > len(best) and n >= MIN_PARTIAL and any(ch.isalpha() for ch in fragment[:n]):
+            best = fragment[:n]
+    return best or None
+
+
 def hidden_safe(text: str) -> str:
     """``text`` with everything but our own fixed wording replaced by ``…`` (see the module
-    docstring). Linear in the length of ``text`` times the few fragments sharing two characters."""
+    docstring). Linear in the length of ``text`` (cut at ``MAX_TEXT``) times the few fragments
+    sharing its two first characters."""
     index = _fragments()
-    text = _QUOTED.sub(ELLIPSIS, str(text))
+    text = _QUOTED.sub(ELLIPSIS, str(text)[:MAX_TEXT])
     out: list[str] = []
     i = 0
     while i < len(text):
-        match = next((f for f in index.get(text[i:i + 2], ()) if text.startswith(f, i)), None)
+        match = _match(text, i, index.get(text[i:i + 2], []))
         if match is None:
             if not out or out[-1] != ELLIPSIS:
                 out.append(ELLIPSIS)

@@ -135,3 +135,16 @@ def test_a_hidden_diagnosis_names_the_mistake_without_the_inputs(reference, tmp_
     verdicts = _verify(reference, tmp_path, LEARNERS["diagnosed"])
     message = verdicts.tests["test_scaled_dot_product_attention"].message
     assert "divided by d_k = …" in message and not SECRETS.search(message), message
+
+
+def test_a_redacted_diagnosis_stays_readable():
+    """The checks already replace numbers by "(…)" in a reason; what is left of our wording must
+    still read as a sentence, not as words torn out of it (a source piece "(up to " no longer matches)."""
+    from autograder.hidden import hidden_safe
+
+    reason = ("masked keys (mask False) still receive weight (…): fill their logits with -inf (or "
+              "torch.finfo(dtype).min) *before* the softmax, by replacement.")
+    shown = hidden_safe(reason)
+    assert shown.startswith("masked keys (mask False) still receive weight (…): fill their logits with -inf"), shown
+    # a learner's text glued to ours is cut where our wording ends
+    assert hidden_safe("masked keys (mask False) still receive weightLEAK37") == "masked keys (mask False) still receive weight…"
