@@ -74,6 +74,9 @@ def learner_cells(reference: Reference, submission, notes: list[str] | None = No
     # defines the function; copies and ids the release does not have run as the learner's own
     # cells, in their place (the same rule nbgrader's recording gets: NormalizeGradeIds).
     submission = copy.deepcopy(submission)
+    # A copy of a test or locked cell is never the learner's code, whichever copy keeps the id.
+    released = {i for i, cell in enumerate(submission.cells)
+                if (gid := contract.nbgrader(cell).get("grade_id")) in reference.roles and gid not in reference.answers}
     (notes if notes is not None else []).extend(contract.normalize_grade_ids(submission.cells, reference.roles))
     answers = {i for gid, i in contract.answer_cells(submission.cells).items() if gid in reference.answers}
     for i, cell in enumerate(submission.cells):
@@ -87,7 +90,7 @@ def learner_cells(reference: Reference, submission, notes: list[str] | None = No
             cells.append({"id": gid, "source": cell.source})
         elif gid in reference.answers:
             cells.append({"id": f"cell-{i + 1}", "source": cell.source})
-        elif meta.get("grade") or (gid and gid in reference.order):
+        elif meta.get("grade") or (gid and gid in reference.order) or i in released:
             if not seen_setup:  # the trusted setup goes where the first locked cell was
                 cells.extend({"id": f"setup-{j}", "source": s} for j, s in enumerate(reference.setup))
                 seen_setup = True

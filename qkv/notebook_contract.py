@@ -148,6 +148,9 @@ def normalize_grade_ids(cells, roles: dict[str, dict]) -> list[str]:
                     meta.pop("points", None)
                 continue
             cells[i].get("metadata", {}).pop("nbgrader", None)
+            if role is not None and not (role.get("solution") and not role.get("grade")):
+                notes.append(f"cell {i + 1} repeats the id of a test or locked cell (a copy?): the grader ignored it")
+                continue
             why = ("repeats the id of another cell (a split or copied cell?)" if role is not None and keep is not None
                    else "has nbgrader metadata that does not match the released exercise")
             notes.append(f"cell {i + 1} {why}: it was graded as a cell of your own")
