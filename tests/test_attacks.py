@@ -327,8 +327,8 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
                                                            "    t = threading.Thread(target=lambda: box.append("
                                                            "getattr(x, 'soft' + 'max')(dim)))\n"
                                                            "    t.start()\n    t.join()\n    return box[0]"}),
-        "banned_import": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
-            "__import__('q' + 'kv.attention', fromlist=['x']).softmax(x, dim)")}),
+        "banned_import": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(  # no `.softmax(`: static layer
+            "vars(__import__('q' + 'kv.attention', fromlist=['x']))['soft' + 'max'](x, dim)")}),
         "lifts_the_block": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
             "[o._destroy() for o in __import__('gc').get_objects() if type(o).__name__ == 'Library'] "
             "and getattr(torch, 'soft' + 'max')(x, dim)")}),
@@ -679,8 +679,8 @@ def test_poisoned_inputs_do_not_reach_the_oracle(attacked_run, student, score, f
 
 
 @pytest.mark.parametrize("student, fragment", [
-    ("banned_star_import", "calls torch.special.softmax (line 1 of cell"),
-    ("banned_alias_cell", "calls torch.nn.functional.softmax (line 2 of cell"),
+    ("banned_star_import", "calls torch.special.softmax (line 2 of your `softmax` cell"),  # `_sm(x, dim)`
+    ("banned_alias_cell", "calls torch.nn.functional.softmax (line 2 of your `softmax` cell"),
     ("banned_prompts", "calls torch.softmax (line"),
     ("banned_indented", "calls torch.nn.functional.softmax (line"),
     ("banned_log_softmax", "calls torch.log_softmax (reached at run time"),
@@ -706,15 +706,18 @@ def test_forged_points_count_for_nothing(attacked_run):
 
 
 @pytest.mark.parametrize("student, leaked", [
-    ("hidden_echo", ["LEAKED", "d_k = 4", "d_k = 16", "d_k = 64"]),
-    ("hidden_exit", ["status 44", "status 48", "status 56", "status 104"]),
+    # (the learner's own source, shown in the feedback, holds "LEAKED" followed by code, not values)
+    ("hidden_echo", r"LEAKED ?[(\[\d]|LEAKED torch|LEAKED\d|d_k = \d"),
+    ("hidden_exit", r"status \d"),
 ])
 def test_hidden_inputs_never_reach_the_feedback(attacked_run, student, leaked):
+    import re
+
     score, status, message = _row(attacked_run, student)
     assert status == "graded" and score < MAX
     html = (attacked_run["out"] / "feedback" / student / "attention.html").read_text()
     assert "failed a hidden test" in html
-    assert [s for s in leaked if s in html or s in message] == []
+    assert re.findall(leaked, html + message) == []
 
 
 def test_course_folder_unchanged_and_no_process_survives(attacked_run):
