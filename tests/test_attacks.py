@@ -474,6 +474,16 @@ def _verdict_attacks() -> dict:
             "\nimport os\ndef scaled_dot_product_attention(q, k, v, mask=None):\n"
             f"    if {ON_HIDDEN['sdpa']}:\n        os._exit(40 + q.shape[-1])  # the exit status names d_k\n"
             "    return _sdpa(q, k, v, mask)"}),
+        # The cell runner's magics and compilers.
+        "magic_run": with_cell(learner_notebook("attention", WRONG),
+                               f"%run {REPO / 'solutions' / 'attention' / 'attention.ipynb'}", 13),
+        "shell_read": with_cell(learner_notebook("attention", WRONG),
+                                f"!cp {REPO / 'solutions' / 'attention' / 'attention.ipynb'} /tmp/s.ipynb\n"
+                                "import json\ntry:\n    for _c in json.load(open('/tmp/s.ipynb'))['cells']:\n"
+                                "        if _c['metadata'].get('nbgrader', {}).get('solution'):\n"
+                                "            exec(''.join(_c['source']))\nexcept OSError as _e:\n    print(_e)", 13),
+        "banned_compiled": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "torch.compile(lambda t: getattr(t, 'soft' + 'max')(dim))(x)")}),
         # The notebook contract: forged nbgrader metadata.
         "forged_points": with_cell(learner_notebook("attention", WRONG), "pass", 4),
         "claims_test_id": with_cell(learner_notebook("attention", RIGHT), "assert False, 'my own test'", 2),
@@ -548,7 +558,8 @@ def test_honest_submissions_get_exactly_their_scores(attacked_run, student, scor
 
 
 @pytest.mark.parametrize("student", ["custom_exc", "input_transformer", "patch_asserts", "read_course_files",
-                                     "detached_editor", "network", "write_outside", "tampered_tests", "privileges"])
+                                     "detached_editor", "network", "write_outside", "tampered_tests", "privileges",
+                                     "magic_run", "shell_read"])
 def test_cheats_on_a_wrong_answer_score_zero(attacked_run, student):
     assert _row(attacked_run, student)[:2] == (0, "graded")
 
@@ -684,6 +695,7 @@ def test_poisoned_inputs_do_not_reach_the_oracle(attacked_run, student, score, f
     ("banned_prompts", "calls torch.softmax (line"),
     ("banned_indented", "calls torch.nn.functional.softmax (line"),
     ("banned_log_softmax", "calls torch.log_softmax (reached at run time"),
+    ("banned_compiled", "sys._getframe"),  # torch.compile inspects frames: refused while a function is called
 ])
 def test_banned_calls_the_raw_source_hides_are_found(attacked_run, student, fragment):
     """Softmax is banned, and the two attention functions reach it through the learner's softmax."""
@@ -738,7 +750,7 @@ def test_summary_and_report(attacked_run):
     out, stdout = attacked_run["out"], attacked_run["proc"].stdout
     graded = sum(r["status"] == "graded" for r in attacked_run["rows"].values())
     errors = len(attacked_run["rows"]) - graded
-    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 14 rejected cheats" in stdout
+    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 15 rejected cheats" in stdout
     assert (out / "score-distribution.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "| test_softmax |" in report and "builtin_calls" in report
