@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import copy
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -692,8 +693,19 @@ def _no_frame_walks() -> None:
     refused then, _IN_CALL_REFUSED): ``torch.manual_seed`` queues seeds for CUDA, XPU and MTIA
     with the caller's stack, and ``logging`` looks up the caller's file and line. Without this a
     graded function that seeds torch's global generator or logs would score 0 as an intrusion.
-    Neither stand-in hands a frame to anyone."""
+    ``collections.namedtuple`` looks up its caller's module through a frame: learner code runs
+    as ``__main__``, which is what it finds in Jupyter too. No stand-in hands a frame to anyone."""
+    import collections
     import logging
+
+    original_namedtuple = collections.namedtuple
+
+    @functools.wraps(original_namedtuple)
+    def namedtuple(typename, field_names, *, rename=False, defaults=None, module=None):
+        return original_namedtuple(typename, field_names, rename=rename, defaults=defaults,
+                                   module="__main__" if module is None else module)
+
+    collections.namedtuple = namedtuple
 
     for name in ("torch.cuda", "torch.xpu", "torch.mtia"):
         module = sys.modules.get(name)

@@ -450,8 +450,9 @@ def _verdict_attacks() -> dict:
         "copied_answer": _split(learner_notebook("attention", RIGHT), "additive_attention",
                                 answers["additive_attention"], answers["additive_attention"]),
         "seeds_and_logs": learner_notebook("attention", {**RIGHT, "softmax":
-            "import logging\n" + HONEST_SOFTMAX.replace("    m = ", "    torch.manual_seed(0)\n"
+            "import collections, logging\n" + HONEST_SOFTMAX.replace("    m = ", "    torch.manual_seed(0)\n"
                                                         "    logging.getLogger('me').warning('softmax over %s', dim)\n"
+                                                        "    Shape = collections.namedtuple('Shape', 'rows cols')\n"
                                                         "    m = ")}),
         # Hidden tests stay hidden (#15 item 9): right on every visible input, leaky on a hidden one.
         "hidden_echo": learner_notebook("attention", {
