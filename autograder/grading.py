@@ -15,9 +15,11 @@ Pipeline per student:
 Any exception in any of these steps becomes that student's ``error`` row; the run and
 its output files always complete.
 
-Verdicts are cached by the hash of the reference and the submission, so a run
-killed at any point is simply run again: finished students are not re-verified
-and the gradebook (manual grades included) is updated in place.
+Verdicts are cached under a key covering everything that decides them (the reference, the
+submission, the limits, the checks' and the grader's code, the torch version: see
+``verdicts.cache_key``), so a run killed at any point is simply run again: finished students
+are not re-verified, a changed grader re-verifies everyone, and the gradebook (manual grades
+included) is updated in place.
 """
 
 from __future__ import annotations
@@ -40,7 +42,17 @@ import nbformat
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.apps import NbGraderAPI
-from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades, SaveAutoGrades
+from nbgrader.preprocessors import (
+    AssignLatePenalties,
+    CheckCellMetadata,
+    ClearHiddenTests,
+    ClearOutput,
+    DeduplicateIds,
+    GetGrades,
+    OverwriteCells,
+    OverwriteKernelspec,
+    SaveAutoGrades,
+)
 from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
@@ -48,7 +60,7 @@ from autograder import nbgrader_course
 from autograder.course import SOLUTIONS, assignments, nbgrader_config, solution_notebook
 from autograder.feedback import FeedbackPageError, SanitizeLearnerCells, finish_page
 from autograder.learner_text import clean, one_line
-from autograder.preprocessors import ApplyTrustedVerdicts
+from autograder.preprocessors import ApplyTrustedVerdicts, NormalizeGradeIds
 from autograder.report import Result, plot_distribution, write_csv, write_report
 from autograder.sandbox import InfrastructureError, Limits, SandboxUnavailable, platform_mode
 from autograder.submissions import Submission, discover, remove_tree
@@ -79,7 +91,7 @@ CANARY_ID = "reference-canary"
 def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutions: Path = SOLUTIONS,
                 workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True,
                 course: Path | None = None, intake: Callable[[Path], list[Submission]] | None = None,
-                run_notes: Sequence[str] = ()) -> list[Result]:
+                run_notes: Sequence[str] = (), machine_notes: Sequence[str] = ()) -> list[Result]:
     """Grade every submission of ``assignment``; write ``out/grades.csv``, ``out/feedback/``,
     ``out/report.md`` and ``out/score-distribution.png``.
 
@@ -93,7 +105,8 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
     its gradebook and feedback folder; see ``nbgrader_course``) instead of ``out/course``.
     ``intake``: finds the submissions in another layout (an LMS download), given a scratch folder;
     ``submissions`` is then not read.
-    ``run_notes``: lines for the report about the run as a whole (files that mapped to no student)."""
+    ``run_notes``: lines for the report about the run as a whole (files that mapped to no student).
+    ``machine_notes``: guarantees that hold only in a weaker form on this machine (``platform_caveats``)."""
     out = Path(out).resolve()
     in_place = course is not None
     course = Path(course).resolve() if in_place else out / "course"
@@ -120,7 +133,8 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
                 shutil.copytree(template, course)
         try:
             return _grade_students(assignment, submissions, out, solutions, pool, limits, show_progress,
-                                   course=course, in_place=in_place, intake=intake, run_notes=run_notes)
+                                   course=course, in_place=in_place, intake=intake, run_notes=run_notes,
+                                   machine_notes=machine_notes)
         finally:
             if in_place:  # run as root on the instructor's course: hand back what was written
                 nbgrader_course.give_back_to_owner(course)
@@ -170,7 +184,7 @@ class _Course:
         self.source_nb = _prepare_course(assignment, course, solutions)
         self.verdict_dir = course / "verdicts"
         self.verdict_dir.mkdir(exist_ok=True)
-        self.api = NbGraderAPI(config=_grading_config(course, self.verdict_dir))
+        self.api = NbGraderAPI(config=_grading_config(course, self.verdict_dir, self.source_nb))
         self.max_score = _max_score(course, assignment)
 
     def error(self, sub: Submission, message: str) -> Result:
@@ -193,7 +207,7 @@ class _Course:
         return self.verdict_dir / f"{sub.student_id}.json"
 
     def cached(self, sub: Submission, nb_path: Path) -> Verdicts | None:
-        return _cached_verdicts(self._verdict_path(sub), self.source_nb, nb_path)
+        return _cached_verdicts(self._verdict_path(sub), self.source_nb, nb_path, self.limits)
 
     def submit(self, pool: ProcessPoolExecutor, sub: Submission, nb_path: Path) -> Future:
         return pool.submit(_verify_job, str(self.source_nb), str(nb_path), self.assignment, self.limits,
@@ -303,7 +317,7 @@ def _perfect_submission(course: Path, source_nb: Path, assignment: str) -> nbfor
 def _grade_students(assignment: str, submissions: Path | None, out: Path, solutions: Path,
                     pool: ProcessPoolExecutor, limits: Limits, show_progress: bool, *, course: Path,
                     in_place: bool, intake: Callable[[Path], list[Submission]] | None,
-                    run_notes: Sequence[str]) -> list[Result]:
+                    run_notes: Sequence[str], machine_notes: Sequence[str] = ()) -> list[Result]:
     course = _Course(assignment, course, solutions, out / "feedback", limits, in_place=in_place)
     unpacked = out / ".unpacked"
     remove_tree(unpacked)
@@ -365,7 +379,7 @@ def _grade_students(assignment: str, submissions: Path | None, out: Path, soluti
     except Exception as exc:  # noqa: BLE001 (a missing plot must not cost the report)
         plot = None
         print(f"warning: the score plot could not be drawn ({type(exc).__name__}: {exc})", file=sys.stderr)
-    write_report(results, assignment, out / "report.md", plot, run_notes=run_notes)
+    write_report(results, assignment, out / "report.md", plot, run_notes=run_notes, machine_notes=machine_notes)
     return sorted(results, key=lambda r: r.student_id)
 
 
@@ -410,13 +424,14 @@ def _clean_json(value):
     return value
 
 
-def _cached_verdicts(path: Path, source_nb: Path, submission_nb: Path) -> Verdicts | None:
-    """The verdicts of an earlier run for this very submission, or None. A cache file written
-    before its text was cleaned is cleaned and rewritten, so a rerun never trips on it."""
+def _cached_verdicts(path: Path, source_nb: Path, submission_nb: Path, limits: Limits) -> Verdicts | None:
+    """The verdicts of an earlier run for this very submission, graded under the same limits by
+    the same checks and grader code (``cache_key``), or None. A cache file written before its
+    text was cleaned is cleaned and rewritten, so a rerun never trips on it."""
     try:
         text = path.read_text(encoding="utf-8")
         verdicts = Verdicts.from_json(text)
-        if verdicts.key != cache_key(source_nb, submission_nb):
+        if verdicts.key != cache_key(source_nb, submission_nb, limits):
             return None
         if json.dumps(_clean_json(json.loads(text)), indent=1) != text:
             verdicts = _store_verdicts(verdicts, path)
@@ -427,8 +442,12 @@ def _cached_verdicts(path: Path, source_nb: Path, submission_nb: Path) -> Verdic
 
 # --------------------------------------------------------------------------- main-process side
 
-def _grading_config(course: Path, verdict_dir: Path):
+def _grading_config(course: Path, verdict_dir: Path, source_nb: Path):
     c = nbgrader_config(course)
+    # One cell per grade_id before nbgrader's own checks (a split or copied answer cell is not an error).
+    c.Autograde.sanitize_preprocessors = [NormalizeGradeIds, ClearOutput, DeduplicateIds, OverwriteKernelspec,
+                                          OverwriteCells, CheckCellMetadata]
+    c.NormalizeGradeIds.source_notebook = str(source_nb)
     c.Autograde.autograde_preprocessors = [ApplyTrustedVerdicts, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
     c.ApplyTrustedVerdicts.verdicts_dir = str(verdict_dir)
     # Stock feedback shows hidden-test source; ours removes it first.
@@ -504,7 +523,8 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
     banned = sorted({v.message for v in verdicts.tests.values() if v.banned})
     notes += [f"{gid}: {v.message}" for gid, v in verdicts.tests.items() if v.banned]
     notes += [f"{cell}: {err}" for cell, err in verdicts.cell_errors.items()
-              if "grader skipped" in err or "did not finish" in err]
+              if "grader skipped" in err or "did not finish" in err or "not valid Python" in err]
+    notes += verdicts.notes
     questions = {gid: (v.points if v.passed else 0.0, v.points, "" if v.passed else v.message)
                  for gid, v in verdicts.tests.items()}
     return Result(sub.student_id, assignment, score, max_score, "graded", "; ".join(notes),

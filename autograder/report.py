@@ -82,7 +82,7 @@ def plot_distribution(results: list[Result], path: Path) -> Path | None:
 
 
 def write_report(results: list[Result], assignment: str, path: Path, plot: Path | None,
-                 run_notes: list[str] | tuple[str, ...] = ()) -> None:
+                 run_notes: list[str] | tuple[str, ...] = (), machine_notes: list[str] | tuple[str, ...] = ()) -> None:
     """``report.md``: counts, score summary, per-question pass rates, errors, late submissions,
     files that mapped to no student (``run_notes``) and notes. Every student id and message is
     one escaped, length-capped line (see ``learner_text``)."""
@@ -116,6 +116,9 @@ def write_report(results: list[Result], assignment: str, path: Path, plot: Path 
     if late:
         lines += ["", "## Late submissions", ""]
         lines += [f"- **{text(r.student_id)}**: {text(r.late, REPORT_MESSAGE_CHARS)}" for r in late]
+    if machine_notes:  # ours: guarantees that hold only in a weaker form on this machine
+        lines += ["", "## This machine", ""]
+        lines += [f"- {text(note, REPORT_MESSAGE_CHARS)}" for note in machine_notes]
     if run_notes:  # file names from an LMS download: learner text
         lines += ["", "## Files that map to no student", ""]
         lines += [f"- {text(note, REPORT_MESSAGE_CHARS)}" for note in run_notes]
