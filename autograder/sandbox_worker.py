@@ -318,7 +318,7 @@ def _snapshot(value):
     """A copy of an argument to compare after the call (tensors, and containers of plain data)."""
     if isinstance(value, _Tensor):
         return value.detach().clone()
-    if isinstance(value, (list, dict, bytearray)):
+    if isinstance(value, (list, tuple, dict, bytearray)):  # a tuple may hold tensors changed in place
         return copy.deepcopy(value)
     return None
 
@@ -332,8 +332,9 @@ def _same(before, after) -> bool:
         return bool(torch.equal(before, after))
     if isinstance(before, dict):
         return type(after) is dict and before.keys() == after.keys() and all(_same(before[k], after[k]) for k in before)
-    if isinstance(before, list):
-        return type(after) is list and len(before) == len(after) and all(_same(a, b) for a, b in zip(before, after))
+    if isinstance(before, (list, tuple)):  # e.g. a KV cache: a list of (k, v) tuples of tensors
+        return type(after) is type(before) and len(before) == len(after) and all(
+            _same(a, b) for a, b in zip(before, after))
     try:
         return bool(before == after)
     except Exception:  # noqa: BLE001
