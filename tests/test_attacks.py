@@ -736,7 +736,13 @@ def test_hidden_inputs_never_reach_the_feedback(attacked_run, student, leaked):
 def test_course_folder_unchanged_and_no_process_survives(attacked_run):
     assert attacked_run["after"] == attacked_run["before"]
     assert not MARKER.exists()
-    assert attacked_run["leftovers"] == []
+    # Another test of this checkout may be grading on the other xdist worker right now: its
+    # sandboxes end with its run, while a process that outlived ours stays. Wait for the first.
+    leftovers, deadline = attacked_run["leftovers"], time.monotonic() + 180
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(2)
+        leftovers = [p for p in _sandbox_processes() if p in leftovers]
+    assert leftovers == []
 
 
 def test_gradebook_agrees_with_the_csv(attacked_run):
