@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import secrets
 import subprocess
 import sys
 import zipfile
@@ -44,9 +45,7 @@ def graded_class(tmp_path_factory):
     root = tmp_path_factory.mktemp("class")
     subs = root / "submissions"
     _write(learner_notebook("attention", ALL_REFERENCE), subs / "ada")
-    ben = learner_notebook("attention", {"softmax": "reference", "scaled_dot_product_attention": NO_SCALE_SDPA})
-    ben.cells.append(nbformat.v4.new_markdown_cell(HOSTILE_MARKDOWN))  # a note that tries to act in feedback
-    _write(ben, subs / "ben")
+    _write(learner_notebook("attention", {"softmax": "reference", "scaled_dot_product_attention": NO_SCALE_SDPA}), subs / "ben")
     _write(learner_notebook("attention", {**ALL_REFERENCE, "additive_attention": "def additive_attention(q, k, v,:\n    pass"}), subs / "cy")
     (subs / "dee").mkdir()
     (subs / "dee" / "attention.ipynb").write_text('{"cells": [ {"cell_type": "code", ')  # truncated upload
@@ -153,24 +152,38 @@ def test_the_canary_passes_silently_and_leaves_no_trace(graded_class):
     assert not (out / "feedback" / "reference-canary").exists()
 
 
-def test_feedback_nbgrader_releases_is_offline_and_sanitised(graded_class, tmp_path):
-    """``nbgrader release_feedback`` ships COURSE/feedback/ to learners (``grade --course`` on a
-    hub): each page is opened alone, wherever it was fetched. It runs no script, loads nothing
-    from anywhere (nbgrader's template points at MathJax on a CDN), and a learner's markup in
-    it is text."""
+def test_feedback_nbgrader_releases_is_offline_and_sanitised(tmp_path):
+    """``grade --course`` grades a hub's course in place, and ``nbgrader release_feedback``
+    ships COURSE/feedback/ to learners, who open each page alone, wherever they fetched it. Such
+    a page runs no script, loads nothing from anywhere (nbgrader's template points at MathJax
+    on a CDN), and a learner's markup in it is text."""
     from bs4 import BeautifulSoup
     from nbgrader.apps import NbGraderAPI
     from playwright.sync_api import sync_playwright
 
     from autograder.course import nbgrader_config
 
-    _, rows, out = graded_class
-    config = nbgrader_config(out / "course")
+    course = tmp_path / "course"
+    ben = learner_notebook("attention", {"softmax": "reference", "scaled_dot_product_attention": NO_SCALE_SDPA})
+    ben.cells.append(nbformat.v4.new_markdown_cell(HOSTILE_MARKDOWN))  # a note that tries to act in feedback
+    for student, nb in (("ada", learner_notebook("attention", ALL_REFERENCE)), ("ben", ben)):
+        folder = course / "submitted" / student / "attention"
+        _write(nb, folder)
+        # What `nbgrader submit` and `collect` leave next to the notebook.
+        (folder / "timestamp.txt").write_text("2026-12-01 09:00:00.000000 UTC")
+        (folder / "submission_secret.txt").write_text(secrets.token_hex(64))
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", "--course", str(course), "--quiet"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    config = nbgrader_config(course)
     config.Exchange.root = str(tmp_path / "exchange")
-    assert NbGraderAPI(config=config).release_feedback("attention")["success"]
-    released = sorted((tmp_path / "exchange" / "qkv" / "feedback").glob("*.html"))
-    assert len(released) == sum(r["status"] == "graded" for r in rows.values())
-    for path in released:
+    (tmp_path / "exchange").mkdir()
+    released = NbGraderAPI(config=config).release_feedback("attention")
+    assert released["success"], released
+    pages = sorted((tmp_path / "exchange" / "qkv" / "feedback").glob("*.html"))
+    assert len(pages) == 2
+    for path in pages:
         soup = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
         first = soup.head.find(True)
         assert first.name == "meta" and first.get("http-equiv") == "Content-Security-Policy", path
@@ -181,11 +194,11 @@ def test_feedback_nbgrader_releases_is_offline_and_sanitised(graded_class, tmp_p
             for attr in ("src", "href", "data", "action"):
                 assert not str(tag.get(attr, "")).startswith(("http:", "https:", "//", "javascript:")), str(tag)[:200]
 
-    # The learner's copy of ben's page, alone in a folder, in a real browser.
-    ben = next(p for p in released if "without the 1/√d_k scale" in p.read_text(encoding="utf-8"))
+    # Ben's page as he fetches it, alone in a folder, in a real browser.
+    page_of_ben = next(p for p in pages if "without the 1/√d_k scale" in p.read_text(encoding="utf-8"))
     fetched = tmp_path / "ben" / "attention.html"
     fetched.parent.mkdir()
-    fetched.write_bytes(ben.read_bytes())
+    fetched.write_bytes(page_of_ben.read_bytes())
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
