@@ -172,8 +172,8 @@ def test_feedback_nbgrader_releases_is_offline_and_sanitised(tmp_path):
         # What `nbgrader submit` and `collect` leave next to the notebook.
         (folder / "timestamp.txt").write_text("2026-12-01 09:00:00.000000 UTC")
         (folder / "submission_secret.txt").write_text(secrets.token_hex(64))
-    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", "--course", str(course), "--quiet"],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", "--course", str(course),
+                           "--quiet"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     config = nbgrader_config(course)
