@@ -72,7 +72,7 @@ RUNTIME_OPS: dict[str, list[str]] = {
 RUNTIME_MODULES = ("qkv", "tiktoken", "tokenizers", "sentencepiece", "transformers", "functorch")
 # Banned names the run-time layer does not cover (book/instructors.md, "Known limits"): torch imports
 # these modules itself, or they are built only from operators that are allowed in their exercise.
-STATIC_ONLY = ("torch.optim.lr_scheduler", "torch.autograd", "torch.func", "torch.Tensor.backward",
+STATIC_ONLY = ("torch.optim", "torch.optim.lr_scheduler", "torch.autograd", "torch.func", "torch.Tensor.backward",
                "torch.utils.flop_counter", "numpy.interp", "torch.nn.Transformer", "torch.nn.TransformerEncoder",
                "torch.nn.TransformerEncoderLayer", "torch.nn.TransformerDecoder", "torch.nn.TransformerDecoderLayer",
                "torch.nn.InstanceNorm2d", "torch.nn.InstanceNorm3d")
