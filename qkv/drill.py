@@ -23,6 +23,7 @@ from mdit_py_plugins.dollarmath import dollarmath_plugin
 
 from qkv.chapters import BOOK_DIR, CHAPTERS, available_slugs
 from qkv.citations import CitationError
+from qkv.i18n import mark
 from qkv.quiz import markdown_to_html
 
 SHORT_ANSWER = "**Short answer.**"
@@ -130,6 +131,15 @@ def chapter_questions(slug: str, book_dir: Path = BOOK_DIR) -> list[Question]:
     return extract_questions(path.read_text(encoding="utf-8"))
 
 
+def paragraphs(markdown: str) -> list[str]:
+    """The paragraphs of ``markdown``, each on one line, as Sphinx's gettext builder writes them.
+
+    A paragraph's translation is then found in the chapter's catalog under the same msgid.
+    """
+    blocks = re.split(r"\n[ \t]*\n", markdown.strip())
+    return [" ".join(line.strip() for line in block.splitlines()).strip() for block in blocks if block.strip()]
+
+
 def render_drill(book_dir: Path = BOOK_DIR) -> str:
     """The drill as HTML: per available chapter (in course order), one ``<details>`` per question.
 
@@ -139,6 +149,7 @@ def render_drill(book_dir: Path = BOOK_DIR) -> str:
     bibliography entry; an unknown key raises ``CitationError`` naming the chapter and question.
     """
     ready = available_slugs(book_dir)
+    full_answer = mark("full answer", "full answer", inline=True)
     parts = ['<div class="qkv-drill">',
              "<style>.qkv-drill details { border: 1px solid #ccc; border-radius: 4px; margin: 0.4em 0; "
              "padding: 0.3em 0.7em; } .qkv-drill summary { cursor: pointer; font-weight: 600; }</style>"]
@@ -147,19 +158,26 @@ def render_drill(book_dir: Path = BOOK_DIR) -> str:
             continue
         questions = chapter_questions(ch.slug, book_dir)
         parts.append(f'<section class="qkv-drill-chapter" data-chapter="{ch.slug}">')
-        parts.append(f'<h2><a href="chapters/{ch.slug}.html">{ch.number}. {html.escape(ch.title)}</a></h2>')
+        title = mark(ch.title, html.escape(ch.title), inline=True)
+        parts.append(f'<h2><a href="chapters/{ch.slug}.html">{ch.number}. {title}</a></h2>')
         page = f"chapters/{ch.slug}.html"
         for q in questions:
             try:
-                answer = markdown_to_html(q.short_answer, citation_page=page,
-                                          bibfile=book_dir / "references.bib")
+                # The label stays on the first paragraph, as on the page: the paragraph is then
+                # the very message the chapter's catalog translates.
+                answer = "\n".join(
+                    mark(paragraph, markdown_to_html(paragraph, citation_page=page,
+                                                     bibfile=book_dir / "references.bib"),
+                         inline=False, page=page)
+                    for paragraph in paragraphs(f"{SHORT_ANSWER} {q.short_answer}"))
             except CitationError as err:
                 raise CitationError(f"{ch.slug}.md, short answer of {q.heading!r}: {err}") from err
+            summary = mark(q.heading, markdown_to_html(q.heading, inline=True), inline=True)
             parts.append(
                 '<details class="qkv-drill-question">'
-                f"<summary>{markdown_to_html(q.heading, inline=True)}</summary>"
+                f"<summary>{summary}</summary>"
                 f'<div class="qkv-drill-answer">{answer}</div>'
-                f'<p><a class="qkv-drill-link" href="chapters/{ch.slug}.html#{q.anchor}">full answer</a></p>'
+                f'<p><a class="qkv-drill-link" href="chapters/{ch.slug}.html#{q.anchor}">{full_answer}</a></p>'
                 "</details>")
         parts.append("</section>")
     parts.append("</div>")

@@ -1,0 +1,103 @@
+"""The book's two editions: a link on every page to the same page in the other edition, and,
+in the Chinese edition, the translation of HTML that code cells generated.
+
+Prose is translated by Sphinx itself (``language`` + ``locale_dirs``, catalogs in
+``book/locales``). Code-cell outputs are shared by both editions through one execution cache,
+so the HTML that cells generate (quizzes, the drill, the course map) carries translation
+markers (``qkv.i18n``); this extension replaces each marked piece by its translation, looked up
+first in the ``generated`` catalog and then in the page catalogs (the drill repeats the
+chapters' short answers, which the chapter catalogs already translate).
+
+Configuration (``sphinx.config`` in ``_config.yml``; ``book/editions.py`` sets the Chinese
+edition's values):
+
+- ``qkv_edition``: this edition's language code (``en`` or ``zh_CN``);
+- ``qkv_other_edition``: ``{"label": …, "root": …}``, the other edition's link text and its
+  HTML root relative to this edition's HTML root.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from babel.messages.pofile import read_po
+from sphinx.application import Sphinx
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
+
+GENERATED_CATALOG = "generated"
+
+
+def _edition_link(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Prepend a link to the same page in the other edition to the page body."""
+    other = app.config.qkv_other_edition
+    if not other or "body" not in context:
+        return
+    depth = pagename.count("/")
+    href = "../" * depth + other["root"].rstrip("/") + "/" + pagename + ".html"
+    lang = "zh-CN" if other.get("lang", "").startswith("zh") else other.get("lang", "en")
+    context["body"] = (f'<p class="qkv-edition-switch"><a href="{html.escape(href)}" hreflang="{lang}" '
+                       f'lang="{lang}">{html.escape(other["label"])}</a></p>\n' + context["body"])
+
+
+def _catalogs(app: Sphinx) -> dict[str, str]:
+    """Every translation of this edition's catalogs: msgid -> msgstr (non-empty, not fuzzy)."""
+    translations: dict[str, str] = {}
+    language = app.config.language
+    generated: dict[str, str] = {}
+    for locale_dir in app.config.locale_dirs:
+        root = Path(app.srcdir, locale_dir, language, "LC_MESSAGES")
+        for po in sorted(root.rglob("*.po")):
+            with po.open("rb") as fh:
+                catalog = read_po(fh)
+            target = generated if po.stem == GENERATED_CATALOG and po.parent == root else translations
+            for message in catalog:
+                if message.id and message.string and not message.fuzzy and isinstance(message.id, str):
+                    target[message.id] = message.string
+    translations.update(generated)  # the generated catalog wins where both translate a string
+    return translations
+
+
+def _translate_generated_html(app: Sphinx, exception) -> None:
+    """Replace every translation marker of the written pages by its rendered translation."""
+    if exception is not None or app.builder.format != "html" or app.config.qkv_edition == "en":
+        return
+    from qkv.i18n import MARKER  # the book's own library: importable wherever the book builds
+    from qkv.quiz import markdown_to_html
+
+    translations = _catalogs(app)
+    bibfile = Path(app.srcdir, "references.bib")
+    missing: set[str] = set()
+
+    def replace(match) -> str:
+        msgid, page = html.unescape(match["msgid"]), html.unescape(match["page"])
+        text = translations.get(msgid)
+        if text is None:
+            missing.add(msgid)
+            return match.group(0)
+        tag = match["tag"]
+        rendered = markdown_to_html(text, inline=tag == "span", citation_page=page, bibfile=bibfile)
+        return (f'<{tag} class="qkv-i18n" data-msgid="{match["msgid"]}" data-page="{match["page"]}">'
+                f"{rendered}</{tag}><!--/qkv-i18n-->")
+
+    for page in Path(app.outdir).rglob("*.html"):
+        if "_static" in page.parts:
+            continue
+        text = page.read_text(encoding="utf-8")
+        if "qkv-i18n" not in text:
+            continue
+        page.write_text(MARKER.sub(replace, text), encoding="utf-8")
+    for msgid in sorted(missing):
+        logger.warning("no translation for generated text %r: run `make translations` and translate it "
+                       "in book/locales/%s/LC_MESSAGES/%s.po", msgid[:80], app.config.language, GENERATED_CATALOG,
+                       type="qkv", subtype="i18n")
+
+
+def setup(app: Sphinx) -> dict:
+    app.add_config_value("qkv_edition", "en", "html")
+    app.add_config_value("qkv_other_edition", {}, "html")
+    app.connect("html-page-context", _edition_link)
+    app.connect("build-finished", _translate_generated_html)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
