@@ -28,7 +28,6 @@ from pathlib import Path
 
 from docutils.nodes import make_id
 from pybtex.database import Entry, parse_file
-from sphinxcontrib.bibtex.citation_target import CitationTarget, parse_citation_targets
 
 from qkv.chapters import BOOK_DIR
 
@@ -101,8 +100,15 @@ def citation_id(key: str) -> str:
     return make_id(CITE_ID_TEMPLATE.format(key=key))
 
 
-def parse_targets(content: str) -> list[CitationTarget]:
-    """The keys, pre- and post-texts of a role's content, e.g. ``'{see}a{§2}, b'``."""
+def parse_targets(content: str) -> list:
+    """The keys, pre- and post-texts of a role's content, e.g. ``'{see}a{§2}, b'``.
+
+    Returns sphinxcontrib-bibtex ``CitationTarget`` tuples (``key``, ``pre``, ``post``): the
+    page's parser, so a quiz accepts exactly the syntax a page does.
+    """
+    # Imported here: sphinxcontrib.bibtex pulls in Sphinx (~0.5 s), needed only when text cites.
+    from sphinxcontrib.bibtex.citation_target import parse_citation_targets
+
     try:
         return list(parse_citation_targets(content))
     except ValueError as err:

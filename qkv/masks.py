@@ -164,3 +164,24 @@ class TinyDecoderLayer(torch.nn.Module):
                 cross_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = tgt + masked_attention(tgt @ self.sq, tgt @ self.sk, tgt @ self.sv, self_mask)[0]  # (B, T, d)
         return h + masked_attention(h @ self.cq, memory @ self.ck, memory @ self.cv, cross_mask)[0]
+
+
+def plain_masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The textbook version: fill masked logits with ``-inf``, then ``torch.softmax``.
+
+    Correct for every query that may attend to at least one key. A query whose keys are *all*
+    masked gets ``exp(-inf - (-inf)) = NaN`` weights and a NaN output; the chapter uses this to
+    show how such NaNs travel (compare :func:`masked_attention`, which returns zeros there).
+
+    Args and returns as :func:`masked_attention`.
+    """
+    if q.dim() < 2 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"expected q (..., T_q, d), k (..., T_k, d), v (..., T_k, d_v); "
+                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T_q, T_k)
+    if mask is not None:
+        logits = logits.masked_fill(~mask.bool(), float("-inf"))
+    weights = torch.softmax(logits, dim=-1)
+    return weights @ v, weights

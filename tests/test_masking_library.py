@@ -282,3 +282,26 @@ def test_reread_headings_exist_on_the_page_and_hints_are_complete():
     assert set(C.REREAD) == graded and set(C.HINTS) == graded
     assert set(C.REREAD.values()) <= headings
     assert all(len(h) >= 2 for h in C.HINTS.values())
+
+
+# ---- the textbook -inf fill, used by the chapter to show how NaN travels ----
+
+def test_plain_masked_attention_matches_torch_where_a_key_is_allowed_and_is_nan_where_none_is():
+    from qkv.masks import plain_masked_attention
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen), torch.randn(5, 4, generator=gen)
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()
+    mask[4] = False                                    # query 4 may attend to nothing
+    out, w = plain_masked_attention(q, k, v, mask)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out[:4], ref[:4])
+    assert torch.isnan(w[4]).all() and torch.isnan(out[4]).all()
+    # One more layer: the NaN output is a value; even the queries that mask it out give it
+    # weight exactly 0, and 0 × NaN = NaN, so every query is poisoned.
+    keys_0_to_3 = torch.zeros(5, 5, dtype=torch.bool)
+    keys_0_to_3[:, :4] = True
+    out2, w2 = plain_masked_attention(out, out, out, keys_0_to_3)
+    assert (w2[:4, 4] == 0).all()
+    assert torch.isnan(out2).all()
+    with pytest.raises(ValueError, match="expected q"):
+        plain_masked_attention(q, k[:, :3], v)
