@@ -21,8 +21,9 @@ pair after every merge; :func:`train_bpe` updates the counts incrementally
 from __future__ import annotations
 
 import heapq
+import random
 from collections import Counter, defaultdict
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import regex
 
@@ -267,8 +268,14 @@ def encode(text: str, merges: Sequence[Pair], special_tokens: Sequence[str] = ()
     Any Unicode string round-trips through :func:`decode`. A lone surrogate (e.g.
     ``"\\ud800"``) is not Unicode and has no UTF-8 bytes: it raises ValueError.
     """
-    _check_text(text)
     ranks = _ranks(merges)
+    return _encode_pieces(text, merges, special_tokens, lambda ids: _encode_chunk(ids, ranks))
+
+
+def _encode_pieces(text: str, merges: Sequence[Pair], special_tokens: Sequence[str],
+                   encode_chunk: Callable[[list[int]], list[int]]) -> list[int]:
+    """Split out special tokens, pre-tokenize, and encode each pre-token's bytes with ``encode_chunk``."""
+    _check_text(text)
     special_ids = {s: 256 + len(merges) + j for j, s in enumerate(dict.fromkeys(special_tokens))}
     out: list[int] = []
     for piece, is_special in split_special(text, special_tokens):
@@ -276,8 +283,41 @@ def encode(text: str, merges: Sequence[Pair], special_tokens: Sequence[str] = ()
             out.append(special_ids[piece])
             continue
         for chunk in _GPT2_SPLIT.findall(piece):
-            out.extend(_encode_chunk(list(chunk.encode("utf-8")), ranks))
+            out.extend(encode_chunk(list(chunk.encode("utf-8"))))
     return out
+
+
+def _encode_chunk_dropout(ids: list[int], ranks: dict[Pair, int], p: float, rng: random.Random) -> list[int]:
+    while len(ids) >= 2:
+        # Every candidate merge at every position survives this step with probability 1 - p;
+        # the earliest-learned surviving one is applied (at that position only).
+        candidates = [(ranks[pair], i) for i, pair in enumerate(zip(ids, ids[1:]))
+                      if pair in ranks and rng.random() >= p]
+        if not candidates:
+            break
+        rank, i = min(candidates)
+        ids = ids[:i] + [256 + rank] + ids[i + 2:]
+    return ids
+
+
+def encode_dropout(text: str, merges: Sequence[Pair], p: float, rng: random.Random,
+                   special_tokens: Sequence[str] = ()) -> list[int]:
+    """BPE-dropout (Provilkov et al. 2020): :func:`encode` with merges randomly dropped.
+
+    At every merge step of every pre-token, each applicable merge is dropped with
+    probability ``p`` for that step; the earliest-learned merge that survives is applied,
+    and the word stops merging when none survives. ``p = 0`` is ordinary BPE (the same ids
+    as :func:`encode`), ``p = 1`` leaves every pre-token as single bytes, and anything in
+    between samples one of the segmentations the merge table allows. Every result decodes
+    back to ``text``. ``rng`` (a ``random.Random``) makes the sampling reproducible.
+
+    Raises:
+        ValueError: for ``p`` outside [0, 1], or a lone surrogate in ``text``.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p is a probability: expected 0 <= p <= 1, got {p}")
+    ranks = _ranks(merges)
+    return _encode_pieces(text, merges, special_tokens, lambda ids: _encode_chunk_dropout(ids, ranks, p, rng))
 
 
 def decode(ids: Iterable[int], vocab: dict[int, bytes]) -> str:

@@ -14,6 +14,8 @@ the buffers in place; returning them keeps every function pure and easy to test.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Sequence
 
 import torch
@@ -186,6 +188,143 @@ def masked_batch_norm(
     return y, new_mean, new_var
 
 
+# ----------------------------------------------------------------------------- BatchNorm in sequence models
+
+
+def batch_norm_over_time(x: torch.Tensor, bn: torch.nn.BatchNorm1d) -> torch.Tensor:
+    """Apply ``bn`` to (B, T, C) activations: one statistic per channel over all B·T tokens.
+
+    This is what BatchNorm means for a sequence model (``BatchNorm1d`` wants the channels
+    on dim 1, so the time axis goes last and comes back). In training mode every
+    position's statistics include every other position of every sequence, the *later*
+    positions of its own sequence among them.
+    """
+    if x.dim() != 3 or x.shape[-1] != bn.num_features:
+        raise ValueError(f"expected x of shape (B, T, {bn.num_features}), got {tuple(x.shape)}")
+    return bn(x.transpose(1, 2)).transpose(1, 2)
+
+
+def next_token_losses(norm: str, *, vocab: int = 16, seq_len: int = 4, d_model: int = 32,
+                      steps: int = 300, lr: float = 1e-2, eval_sequences: int = 1000,
+                      seed: int = 0) -> dict[str, float]:
+    """Train a next-token predictor that cannot see the future, except through its norm.
+
+    Each position's prediction reads only its own token: embedding -> ``norm`` -> linear
+    head (no attention, no recurrence). Tokens are drawn uniformly at random, so the
+    next token is unpredictable and no model can beat the entropy ``ln(vocab)`` nats
+    without information from the future. With ``norm="batch"`` the statistics of a
+    ``BatchNorm1d`` over the (B, T) axes of a batch of one sequence include the later
+    tokens; with ``norm="layer"`` each token is normalized alone.
+
+    Returns:
+        ``{"entropy": ln(vocab), "train": ..., "eval": ...}``: the mean cross-entropy (nats)
+        on ``eval_sequences`` fresh sequences, with the norm in training mode (batch
+        statistics, one sequence per batch as in training) and in eval mode (running
+        statistics, as at inference). For LayerNorm the two are the same computation.
+
+    Raises:
+        ValueError: for an unknown ``norm``.
+    """
+    if norm not in ("batch", "layer"):
+        raise ValueError(f"norm must be 'batch' or 'layer', got {norm!r}")
+    with _one_thread():
+        return _next_token_losses(norm, vocab, seq_len, d_model, steps, lr, eval_sequences, seed)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch on one thread inside the block: thousands of tiny ops, where waking a second
+    thread costs more than it saves (30x slower on a busy 2-core machine, measured)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _next_token_losses(norm, vocab, seq_len, d_model, steps, lr, eval_sequences, seed) -> dict[str, float]:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    embed = torch.nn.Embedding(vocab, d_model)
+    head = torch.nn.Linear(d_model, vocab)
+    normalize = torch.nn.BatchNorm1d(d_model) if norm == "batch" else torch.nn.LayerNorm(d_model)
+    opt = torch.optim.Adam([*embed.parameters(), *head.parameters(), *normalize.parameters()], lr=lr)
+
+    def logits(ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, vocab)
+        h = embed(ids)
+        h = batch_norm_over_time(h, normalize) if norm == "batch" else normalize(h)
+        return head(h)
+
+    def loss(ids: torch.Tensor) -> torch.Tensor:  # ids (B, T + 1): predict ids[:, t + 1] at t
+        return torch.nn.functional.cross_entropy(logits(ids[:, :-1]).reshape(-1, vocab), ids[:, 1:].reshape(-1))
+
+    normalize.train()
+    for _ in range(steps):
+        value = loss(torch.randint(vocab, (1, seq_len + 1), generator=gen))
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    test = torch.randint(vocab, (eval_sequences, seq_len + 1), generator=gen)
+    with torch.no_grad():
+        normalize.eval()
+        eval_loss = loss(test).item()  # running statistics: sequences do not interact
+        normalize.train()
+        # Training-mode statistics, one sequence per batch as during training. Keep the
+        # running averages as they were: measuring must not train them.
+        saved = {k: v.clone() for k, v in normalize.state_dict().items()}
+        train_loss = torch.stack([loss(test[i:i + 1]) for i in range(eval_sequences)]).mean().item()
+        normalize.load_state_dict(saved)
+    return {"entropy": math.log(vocab), "train": train_loss, "eval": eval_loss}
+
+
+def padded_batches(steps: int, channels: int = 8, batch: int = 8, max_len: int = 32, *, seed: int = 0):
+    """Yield ``steps`` padded batches ``(x (B, T, C), mask (B, T))`` of a fixed token distribution.
+
+    Real tokens are Gaussian with per-channel means ``token_mean(channels)`` and standard
+    deviations ``token_std(channels)``; lengths are uniform in 2..``max_len``; each batch is
+    padded to its longest sequence with zero vectors (``mask`` is True on real tokens).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    mean, std = token_mean(channels), token_std(channels)
+    for _ in range(steps):
+        lengths = torch.randint(2, max_len + 1, (batch,), generator=gen)
+        mask = torch.arange(int(lengths.max())) < lengths[:, None]  # (B, T)
+        x = torch.randn(batch, mask.shape[1], channels, generator=gen) * std + mean
+        yield x * mask[..., None], mask
+
+
+def token_mean(channels: int) -> torch.Tensor:
+    """Per-channel mean of the real tokens of :func:`padded_batches`, (C,)."""
+    return torch.linspace(-1.0, 3.0, channels)
+
+
+def token_std(channels: int) -> torch.Tensor:
+    """Per-channel standard deviation of the real tokens of :func:`padded_batches`, (C,)."""
+    return torch.linspace(0.5, 2.5, channels)
+
+
+def running_stats_from_padded_batches(masked: bool, steps: int = 300, channels: int = 8, *,
+                                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """BatchNorm's running statistics after ``steps`` training batches of :func:`padded_batches`.
+
+    ``masked=False`` feeds every position, pads included, to :func:`batch_norm` (what
+    ``BatchNorm1d`` does on a padded batch); ``masked=True`` uses :func:`masked_batch_norm`.
+
+    Returns:
+        (running_mean (C,), running_var (C,), the mean fraction of pad positions).
+    """
+    running_mean, running_var = torch.zeros(channels), torch.ones(channels)
+    pad_fractions = []
+    for x, mask in padded_batches(steps, channels, seed=seed):
+        pad_fractions.append(1.0 - mask.float().mean().item())
+        if masked:
+            _, running_mean, running_var = masked_batch_norm(x, mask, running_mean, running_var)
+        else:
+            _, running_mean, running_var = batch_norm(x.reshape(-1, channels), running_mean, running_var)
+    return running_mean, running_var, sum(pad_fractions) / len(pad_fractions)
+
+
 # ----------------------------------------------------------------------------- Pre-LN vs Post-LN
 
 
@@ -278,5 +417,7 @@ def bessel_factor(n: int) -> float:
     return n / (n - 1)
 
 
-__all__ = ["layer_norm", "rms_norm", "batch_norm", "masked_batch_norm", "encoder_stack",
+__all__ = ["layer_norm", "rms_norm", "batch_norm", "masked_batch_norm", "batch_norm_over_time",
+           "next_token_losses", "padded_batches", "token_mean", "token_std",
+           "running_stats_from_padded_batches", "encoder_stack",
            "ffn_gradient_norms", "residual_norms", "fold_batch_norm", "bessel_factor"]

@@ -56,6 +56,19 @@ def shift_matrix(k: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
     return m
 
 
+def _rope_angles(x: torch.Tensor, positions: torch.Tensor, base: float) -> tuple[torch.dtype, torch.Tensor, torch.Tensor]:
+    """Check RoPE's arguments; return (working dtype, cos, sin), each angle table (T, d/2)."""
+    if x.dim() < 2:
+        raise ValueError(f"expected x of shape (..., T, d), got {tuple(x.shape)}")
+    t, d = x.shape[-2], x.shape[-1]
+    _check_even(d, "last dim of x")
+    if positions.shape != (t,):
+        raise ValueError(f"expected positions of shape ({t},) to match x {tuple(x.shape)}, got {tuple(positions.shape)}")
+    work = torch.promote_types(x.dtype, torch.float32)  # float16 angles would be off by ~0.03 rad at m = 50
+    angles = positions.to(work)[:, None] * pair_frequencies(d, base, work)  # (T, d/2)
+    return work, angles.cos(), angles.sin()
+
+
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotary position embedding (Su et al. 2021, RoFormer, §3.4.2 eq. 34), interleaved pairs.
 
@@ -65,8 +78,9 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) 
         out[2i]   = x[2i] cos(mθ_i) - x[2i+1] sin(mθ_i)
         out[2i+1] = x[2i] sin(mθ_i) + x[2i+1] cos(mθ_i)
 
-    (GPT-NeoX and Hugging Face LLaMA pair dim j with dim j + d/2 instead: the
-    same idea with the dims permuted, not interchangeable with this layout.)
+    (GPT-NeoX and Hugging Face LLaMA pair dim j with dim j + d/2 instead, see
+    :func:`apply_rope_half`: the same rotation on permuted dims, so weights move
+    between the layouts by the fixed permutation :func:`interleaved_to_half`.)
 
     Args:
         x: (..., T, d) queries or keys, d even; any float dtype.
@@ -78,18 +92,34 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) 
     Raises:
         ValueError: if d is odd or positions does not have shape (T,).
     """
-    if x.dim() < 2:
-        raise ValueError(f"expected x of shape (..., T, d), got {tuple(x.shape)}")
-    t, d = x.shape[-2], x.shape[-1]
-    _check_even(d, "last dim of x")
-    if positions.shape != (t,):
-        raise ValueError(f"expected positions of shape ({t},) to match x {tuple(x.shape)}, got {tuple(positions.shape)}")
-    work = torch.promote_types(x.dtype, torch.float32)  # float16 angles would be off by ~0.03 rad at m = 50
-    angles = positions.to(work)[:, None] * pair_frequencies(d, base, work)  # (T, d/2)
-    cos, sin = angles.cos(), angles.sin()
+    work, cos, sin = _rope_angles(x, positions, base)  # cos, sin: (T, d/2)
     x_even, x_odd = x[..., 0::2].to(work), x[..., 1::2].to(work)
     out = torch.stack([x_even * cos - x_odd * sin, x_even * sin + x_odd * cos], dim=-1)  # (..., T, d/2, 2)
     return out.flatten(-2).to(x.dtype)
+
+
+def apply_rope_half(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """RoPE in the "rotate half" layout (GPT-NeoX, Hugging Face LLaMA): dim j pairs with dim j + d/2.
+
+    Pair i is (x[..., i], x[..., i + d/2]), rotated by m θ_i with the same θ_i as
+    :func:`apply_rope`. Shapes, dtypes and errors as in :func:`apply_rope`.
+    """
+    work, cos, sin = _rope_angles(x, positions, base)  # cos, sin: (T, d/2)
+    d = x.shape[-1]
+    first, second = x[..., : d // 2].to(work), x[..., d // 2:].to(work)
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1).to(x.dtype)
+
+
+def interleaved_to_half(d: int) -> torch.Tensor:
+    """Index permutation P (shape (d,)) with ``apply_rope_half(x[..., P]) == apply_rope(x)[..., P]``.
+
+    P lists the even dims, then the odd dims: pair i of the interleaved layout, dims
+    (2i, 2i+1), lands on dims (i, i + d/2) of the rotate-half layout. Permuting the rows
+    of a checkpoint's W_Q and W_K per head this way converts it between the layouts
+    without changing any attention score (what Hugging Face's LLaMA conversion script does).
+    """
+    _check_even(d, "d")
+    return torch.cat([torch.arange(0, d, 2), torch.arange(1, d, 2)])
 
 
 def learned_positional_embedding(n_positions: int, d_model: int, seed: int = 0) -> torch.nn.Embedding:

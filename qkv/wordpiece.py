@@ -2,11 +2,14 @@
 
 Two parts, as in BERT:
 
-* **training** grows the vocabulary by merging the pair of symbols whose merge most
-  increases the likelihood of the training data under a unigram model. The usual
-  approximation, used here, scores a pair by ``freq(ab) / (freq(a) * freq(b))``:
-  frequent *together* relative to how frequent the parts are *alone*. BPE instead
-  takes the most frequent pair, ``freq(ab)``.
+* **training** grows the vocabulary by adding the unit that most increases the
+  likelihood of the training data under a language model (Schuster & Nakajima 2012;
+  Wu et al. 2016, §4.1). Google never published its trainer. Hugging Face's
+  reconstruction scores a pair by ``freq(ab) / (freq(a) * freq(b))`` (rule
+  ``"wordpiece"``): frequent *together* relative to how frequent the parts are
+  *alone*. The actual gain in a unigram model's log-likelihood (rule ``"likelihood"``)
+  is about ``freq(ab) * log(p(ab) / (p(a) p(b)))``: it is weighted by ``freq(ab)``,
+  which the ratio score is not. BPE takes the most frequent pair, ``freq(ab)``.
 * **tokenizing** a word is greedy longest-match-first: take the longest vocabulary
   entry that starts the word, then the longest ``##``-prefixed entry that continues it,
   and so on; if some position matches nothing, the whole word becomes ``[UNK]``.
@@ -15,6 +18,7 @@ Two parts, as in BERT:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Iterable, Literal, Mapping
 
@@ -64,18 +68,49 @@ def _pair_and_unit_counts(words: Mapping[Symbols, int]) -> tuple[Counter, Counte
     return pairs, units
 
 
-def merge_scores(words: Mapping[Symbols, int], rule: Literal["bpe", "wordpiece"]) -> dict[tuple[str, str], float]:
-    """Score of every adjacent symbol pair: ``freq(ab)`` for BPE, ``freq(ab)/(freq(a) freq(b))`` for WordPiece.
+Rule = Literal["bpe", "wordpiece", "likelihood"]
+RULES = ("bpe", "wordpiece", "likelihood")
+
+
+def unigram_log_likelihood(words: Mapping[Symbols, int]) -> float:
+    """Log-likelihood (nats) of a segmented corpus under its own maximum-likelihood unigram model.
+
+    With ``c(u)`` the number of occurrences of unit ``u`` and ``N`` the total number of
+    units, it is ``sum_u c(u) * log(c(u) / N)``.
+    """
+    _, units = _pair_and_unit_counts(words)
+    total = sum(units.values())
+    return sum(c * math.log(c / total) for c in units.values())
+
+
+def merge_scores(words: Mapping[Symbols, int], rule: Rule) -> dict[tuple[str, str], float]:
+    """Score of every adjacent symbol pair under ``rule``.
+
+    * ``"bpe"``: ``freq(ab)``, the number of adjacent occurrences;
+    * ``"wordpiece"``: ``freq(ab) / (freq(a) freq(b))``, Hugging Face's reconstruction of
+      WordPiece's criterion;
+    * ``"likelihood"``: the exact change of :func:`unigram_log_likelihood` when every
+      occurrence of the pair is merged into one new unit.
 
     ``words`` maps a word, as a tuple of symbols, to its corpus frequency.
     Raises ValueError for an unknown rule.
     """
-    if rule not in ("bpe", "wordpiece"):
-        raise ValueError(f"rule must be 'bpe' or 'wordpiece', got {rule!r}")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(map(repr, RULES))}, got {rule!r}")
     pairs, units = _pair_and_unit_counts(words)
     if rule == "bpe":
         return {p: float(c) for p, c in pairs.items()}
-    return {(a, b): c / (units[a] * units[b]) for (a, b), c in pairs.items()}
+    if rule == "wordpiece":
+        return {(a, b): c / (units[a] * units[b]) for (a, b), c in pairs.items()}
+    before = unigram_log_likelihood(words)
+    return {pair: unigram_log_likelihood(_merge_words(words, pair)) - before for pair in pairs}
+
+
+def _merge_words(words: Mapping[Symbols, int], pair: tuple[str, str]) -> dict[Symbols, int]:
+    merged: dict[Symbols, int] = Counter()
+    for symbols, c in words.items():
+        merged[_merge_symbols(symbols, pair, pair[0] + pair[1])] += c
+    return merged
 
 
 def _merge_symbols(symbols: Symbols, pair: tuple[str, str], new: str) -> Symbols:
@@ -91,7 +126,7 @@ def _merge_symbols(symbols: Symbols, pair: tuple[str, str], new: str) -> Symbols
 
 
 def learn_merges(word_counts: Mapping[str, int], n_merges: int,
-                 rule: Literal["bpe", "wordpiece"]) -> list[tuple[tuple[str, str], float]]:
+                 rule: Rule) -> list[tuple[tuple[str, str], float]]:
     """The first ``n_merges`` merges, as ``((a, b), score)``, learned from character-split words.
 
     Symbols are plain strings (no ``##`` marks, so the two rules are compared on equal
@@ -107,8 +142,5 @@ def learn_merges(word_counts: Mapping[str, int], n_merges: int,
             break
         best = max(scores, key=lambda p: (scores[p], p))
         merges.append((best, scores[best]))
-        merged: dict[Symbols, int] = Counter()
-        for symbols, c in words.items():
-            merged[_merge_symbols(symbols, best, best[0] + best[1])] += c
-        words = merged
+        words = _merge_words(words, best)
     return merges

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -297,3 +299,61 @@ def test_reread_names_real_headings_of_the_page():
     page = (Path(__file__).resolve().parent.parent / "book" / "chapters" / "norms.md").read_text()
     headings = {line[3:].strip() for line in page.splitlines() if line.startswith("## ")}
     assert set(C.REREAD.values()) <= headings
+
+
+# ---------------------------------------------------------------- BatchNorm in sequence models (the page's demos)
+
+
+def test_batch_norm_over_time_uses_statistics_over_batch_and_positions():
+    x = torch.randn(3, 5, 4, generator=GEN) * 2 + 1
+    bn = torch.nn.BatchNorm1d(4, affine=False).train()
+    mean = x.mean(dim=(0, 1))
+    var = x.var(dim=(0, 1), unbiased=False)
+    torch.testing.assert_close(N.batch_norm_over_time(x, bn), (x - mean) / torch.sqrt(var + bn.eps))
+    with pytest.raises(ValueError, match=r"\(B, T, 4\)"):
+        N.batch_norm_over_time(torch.randn(3, 4), bn)
+
+
+def test_batch_norm_over_time_leaks_later_tokens_in_training_only():
+    x = torch.randn(2, 6, 8, generator=GEN)
+    later = x.clone()
+    later[:, -1] += 1.0  # only the last position changes
+    bn = torch.nn.BatchNorm1d(8, affine=False)
+    with torch.no_grad():
+        moved_train = (N.batch_norm_over_time(later, bn.train()) - N.batch_norm_over_time(x, bn))[:, :-1]
+        bn.eval()
+        moved_eval = (N.batch_norm_over_time(later, bn) - N.batch_norm_over_time(x, bn))[:, :-1]
+    assert moved_train.abs().max() > 0.05
+    assert moved_eval.abs().max() == 0
+
+
+def test_next_token_losses_batch_norm_beats_the_entropy_floor_only_in_training():
+    # Uniform random tokens: without information from later tokens no model beats ln(vocab)
+    # on average. 1000 sequences x 4 predictions give a standard error of about 0.01 nats.
+    layer = N.next_token_losses("layer", steps=300, eval_sequences=1000)
+    batch = N.next_token_losses("batch", steps=300, eval_sequences=1000)
+    floor = math.log(16)
+    assert layer["entropy"] == pytest.approx(floor)
+    assert layer["train"] > floor - 0.05 and layer["train"] == pytest.approx(layer["eval"], abs=1e-5)
+    assert batch["train"] < floor - 0.15          # it reads the future through the statistics
+    assert batch["eval"] > floor                  # and pays for it at inference
+    with pytest.raises(ValueError, match="'batch' or 'layer'"):
+        N.next_token_losses("group")
+
+
+def test_padding_pulls_running_mean_toward_the_pad_value_and_masking_does_not():
+    mean_true = N.token_mean(8)
+    padded_mean, _, pad_fraction = N.running_stats_from_padded_batches(masked=False, steps=200)
+    masked_mean, masked_var, _ = N.running_stats_from_padded_batches(masked=True, steps=200)
+    assert 0.2 < pad_fraction < 0.6
+    # Zero pads make the batch mean (1 - pad fraction) x the real-token mean, up to sampling noise.
+    torch.testing.assert_close(padded_mean, (1 - pad_fraction) * mean_true, atol=0.2, rtol=0.1)
+    torch.testing.assert_close(masked_mean, mean_true, atol=0.2, rtol=0.05)
+    torch.testing.assert_close(masked_var.sqrt(), N.token_std(8), atol=0.15, rtol=0.05)
+
+
+def test_padded_batches_pad_with_zero_vectors_beyond_each_length():
+    for x, mask in N.padded_batches(5, channels=3, seed=1):
+        assert x.shape[:2] == mask.shape and x.shape[-1] == 3
+        assert (x[~mask] == 0).all() and (x[mask] != 0).all()
+        assert mask.sum(1).min() >= 2 and mask[:, 0].all()

@@ -3,6 +3,10 @@ hand-computed values, and qkv.checks.tokenization's diagnoses against deliberate
 
 from __future__ import annotations
 
+import math
+import random
+from collections import Counter
+
 import pytest
 
 from qkv import bpe
@@ -118,6 +122,47 @@ def test_encode_with_gpt2_merges_agrees_with_tiktoken_gpt2(text):
     assert bpe.decode(ids, vocab) == text
 
 
+# ---------------------------------------------------------------- BPE-dropout
+
+
+@pytest.mark.parametrize("text", VARIED + [english_corpus(5_000)])
+def test_bpe_dropout_with_p_zero_is_plain_bpe_as_tiktoken_encodes_it(text):
+    merges, vocab, enc = G.gpt2_merges(), G.gpt2_vocab(), G.gpt2_tiktoken()
+    ids = bpe.encode_dropout(text, merges, 0.0, random.Random(0))
+    assert G.to_gpt2_ids(ids, vocab) == enc.encode(text)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 1.0])
+def test_bpe_dropout_samples_round_trip_and_p_one_leaves_bytes(p):
+    merges, vocab = G.gpt2_merges(), G.gpt2_vocab()
+    rng = random.Random(1)
+    for text in VARIED:
+        ids = bpe.encode_dropout(text, merges, p, rng)
+        assert bpe.decode(ids, vocab) == text
+        if p == 1.0:
+            assert ids == list(text.encode("utf-8"))
+
+
+def test_bpe_dropout_frequencies_match_the_hand_computed_distribution():
+    # Merges: a+b -> ab (rank 0), ab+c -> abc (rank 1). For "abc" each merge step keeps its one
+    # candidate with probability 1 - p, and a word stops merging at the first dropped step, so
+    # P(abc) = (1-p)^2, P(ab, c) = (1-p) p, P(a, b, c) = p.
+    a, b, c = ord("a"), ord("b"), ord("c")
+    merges = [(a, b), (256, c)]
+    p, n = 0.3, 20_000
+    rng = random.Random(2)
+    counts = Counter(tuple(bpe.encode_dropout("abc", merges, p, rng)) for _ in range(n))
+    expected = {(257,): (1 - p) ** 2, (256, c): (1 - p) * p, (a, b, c): p}
+    assert set(counts) == set(expected)
+    for ids, prob in expected.items():
+        assert counts[ids] / n == pytest.approx(prob, abs=4 * (prob * (1 - prob) / n) ** 0.5)
+
+
+def test_bpe_dropout_rejects_a_probability_outside_zero_one():
+    with pytest.raises(ValueError, match="0 <= p <= 1"):
+        bpe.encode_dropout("abc", [], 1.5, random.Random(0))
+
+
 def test_gpt2_bytes_to_unicode_is_a_printable_bijection():
     table = G.bytes_to_unicode()
     assert len(set(table.values())) == 256 and table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ"
@@ -146,6 +191,28 @@ def test_first_bpe_and_wordpiece_merges_differ_on_sennrich_toy_corpus():
     toy_corpus = {"low": 5, "lower": 2, "newest": 6, "widest": 3}
     assert W.learn_merges(toy_corpus, 1, "bpe")[0] == (("s", "t"), 9.0)           # e-s and s-t: 9 each, tie -> greatest
     assert W.learn_merges(toy_corpus, 1, "wordpiece")[0] == (("i", "d"), 3 / 9)    # i and d occur only in "widest"
+
+
+def test_likelihood_gain_equals_the_hand_computed_change_of_unigram_log_likelihood():
+    words = {("a", "b"): 3, ("a",): 2, ("b",): 1, ("c", "d"): 4}
+    def log_lik(counts):  # sum_u c(u) log(c(u) / N), from hand-written unit counts
+        total = sum(counts.values())
+        return sum(n * math.log(n / total) for n in counts.values())
+    before = log_lik({"a": 5, "b": 4, "c": 4, "d": 4})
+    after_ab = log_lik({"a": 2, "b": 1, "ab": 3, "c": 4, "d": 4})
+    after_cd = log_lik({"a": 5, "b": 4, "cd": 4})
+    scores = W.merge_scores(words, "likelihood")
+    assert W.unigram_log_likelihood(words) == pytest.approx(before)
+    assert scores[("a", "b")] == pytest.approx(after_ab - before)
+    assert scores[("c", "d")] == pytest.approx(after_cd - before)
+
+
+def test_likelihood_gain_and_the_ratio_score_pick_different_first_merges():
+    toy_corpus = {"low": 5, "lower": 2, "newest": 6, "widest": 3}
+    gain = W.merge_scores({tuple(w): c for w, c in toy_corpus.items()}, "likelihood")
+    assert max(gain, key=gain.get) == ("s", "t")
+    assert W.learn_merges(toy_corpus, 1, "likelihood")[0][0] == ("s", "t")
+    assert W.learn_merges(toy_corpus, 1, "wordpiece")[0][0] == ("i", "d")
 
 
 def test_merge_scores_rejects_unknown_rule():

@@ -16,7 +16,8 @@ from qkv import blocks as B  # noqa: E402
 from qkv.checks import CheckFailed, NotAttempted  # noqa: E402
 from qkv.checks import transformer as C  # noqa: E402
 from qkv.dropout import inverted_dropout, original_dropout  # noqa: E402
-from qkv.positional import apply_rope, shift_matrix, sinusoidal_positional_encoding  # noqa: E402
+from qkv.positional import (apply_rope, apply_rope_half, interleaved_to_half, shift_matrix,  # noqa: E402
+                            sinusoidal_positional_encoding)
 from qkv.schedules import noam_curve, noam_lr  # noqa: E402
 
 # ---------------------------------------------------------------- positional encodings
@@ -69,6 +70,42 @@ def test_rope_score_depends_only_on_offset():
     score = lambda m, n: (apply_rope(q, torch.tensor([m])) @ apply_rope(k, torch.tensor([n])).T).item()
     assert math.isclose(score(7, 4), score(104, 101), rel_tol=1e-12)
     assert not math.isclose(score(7, 4), score(7, 5), rel_tol=1e-6)
+
+
+def _rope_half_complex(x, positions):
+    """Oracle for rotate-half: pair (x_j, x_{j+d/2}) as the complex number x_j + i x_{j+d/2}."""
+    d = x.shape[-1]
+    theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    z = torch.complex(x[..., : d // 2].double(), x[..., d // 2:].double())
+    rot = torch.polar(torch.ones(len(positions), d // 2, dtype=torch.float64), positions.double()[:, None] * theta)
+    out = z * rot
+    return torch.cat([out.real, out.imag], dim=-1)
+
+
+def test_rope_half_matches_complex_multiplication_on_split_halves():
+    x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    positions = torch.arange(5) + 2
+    torch.testing.assert_close(apply_rope_half(x, positions), _rope_half_complex(x, positions))
+
+
+def test_interleaved_and_rotate_half_layouts_differ_but_convert_by_a_fixed_permutation():
+    gen = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(6, 16, dtype=torch.float64, generator=gen) for _ in range(2))
+    pos = torch.arange(6)
+    perm = interleaved_to_half(16)
+    scores = apply_rope(q, pos) @ apply_rope(k, pos).T
+    assert not torch.allclose(apply_rope_half(q, pos) @ apply_rope_half(k, pos).T, scores)   # same weights, other layout
+    torch.testing.assert_close(apply_rope_half(q[:, perm], pos) @ apply_rope_half(k[:, perm], pos).T, scores)
+
+
+def test_layout_permutation_equals_hugging_face_llama_conversion_permute():
+    # convert_llama_weights_to_hf.py: w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
+    n_heads, head_dim, d_model = 3, 8, 24
+    w = torch.randn(n_heads * head_dim, d_model, generator=torch.Generator().manual_seed(5))
+    hf = w.view(n_heads, head_dim // 2, 2, d_model).transpose(1, 2).reshape(n_heads * head_dim, d_model)
+    perm = interleaved_to_half(head_dim)
+    ours = torch.cat([w[h * head_dim:(h + 1) * head_dim][perm] for h in range(n_heads)])
+    assert torch.equal(ours, hf)
 
 
 def test_rope_keeps_dtype_and_rejects_bad_positions():
