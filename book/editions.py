@@ -94,13 +94,14 @@ def build(edition: str, *, strict: bool = True) -> Path:
 
 
 def extract_templates() -> dict[str, set[str]]:
-    """Write the .pot catalogs of the current pages to ``book/_build/gettext``; return each
-    catalog's name (``chapters/attention``, ``generated``) and msgids.
+    """Write the .pot catalogs of the current pages to ``book/_build/i18n/_build/gettext``;
+    return each catalog's name (``chapters/attention``, ``generated/chapters/attention``) and msgids.
 
     Prose: Sphinx's gettext builder, one catalog per page. Generated HTML (quizzes, drill,
-    course map): the strings marked in the English edition's pages (``qkv.i18n``) that no page
-    catalog already holds, in ``generated.pot``. Builds the English edition first (its
-    execution cache makes that quick when nothing changed).
+    course map): the strings marked in the English edition's pages (``qkv.i18n``) that no prose
+    catalog already holds, one ``generated/<page>`` catalog per page, and the strings several
+    pages share in ``generated/common``. Builds the English edition first (its execution cache
+    makes that quick when nothing changed).
     """
     from babel.messages.catalog import Catalog
     from babel.messages.pofile import read_po, write_po
@@ -114,24 +115,31 @@ def extract_templates() -> dict[str, set[str]]:
                     "--path-output", str(GETTEXT_OUT)], check=True, stdout=subprocess.DEVNULL)
     templates: dict[str, set[str]] = {}
     for pot in sorted(GETTEXT.rglob("*.pot")):
-        name = str(pot.relative_to(GETTEXT).with_suffix(""))
-        if name != GENERATED:
-            with pot.open("rb") as fh:
-                templates[name] = {m.id for m in read_po(fh) if m.id}
+        with pot.open("rb") as fh:
+            templates[str(pot.relative_to(GETTEXT).with_suffix(""))] = {m.id for m in read_po(fh) if m.id}
     prose = set().union(*templates.values())
-    generated = Catalog(project="qkv", fuzzy=False)
     english = html_dir("en")
+    pages_of: dict[str, list[str]] = {}
     for page in sorted(english.rglob("*.html")):
-        if "_static" in page.parts:
+        if "_static" in page.parts or "_sources" in page.parts:
             continue
-        for msgid, _page in marked_strings(page.read_text(encoding="utf-8")):
-            if msgid not in prose:
-                generated.add(msgid, locations=[(str(page.relative_to(english)), 0)])
-    for message in generated:
-        message.flags.discard("python-brace-format")  # braces here are MyST roles, not formats
-    with (GETTEXT / f"{GENERATED}.pot").open("wb") as fh:
-        write_po(fh, generated, width=0)
-    templates[GENERATED] = {m.id for m in generated if m.id}
+        name = str(page.relative_to(english).with_suffix(""))
+        for msgid, _ in marked_strings(page.read_text(encoding="utf-8")):
+            if msgid not in prose and name not in pages_of.setdefault(msgid, []):
+                pages_of[msgid].append(name)
+    catalogs: dict[str, Catalog] = {}
+    for msgid, pages in pages_of.items():
+        name = f"{GENERATED}/{pages[0] if len(pages) == 1 else 'common'}"
+        catalog = catalogs.setdefault(name, Catalog(project="qkv", fuzzy=False))
+        catalog.add(msgid, locations=[(f"{page}.html", 0) for page in pages])
+    for name, catalog in catalogs.items():
+        for message in catalog:
+            message.flags.discard("python-brace-format")  # braces here are MyST roles, not formats
+        pot = GETTEXT / f"{name}.pot"
+        pot.parent.mkdir(parents=True, exist_ok=True)
+        with pot.open("wb") as fh:
+            write_po(fh, catalog, width=0)
+        templates[name] = {m.id for m in catalog if m.id}
     return templates
 
 

@@ -5,7 +5,7 @@ Prose is translated by Sphinx itself (``language`` + ``locale_dirs``, catalogs i
 ``book/locales``). Code-cell outputs are shared by both editions through one execution cache,
 so the HTML that cells generate (quizzes, the drill, the course map) carries translation
 markers (``qkv.i18n``); this extension replaces each marked piece by its translation, looked up
-first in the ``generated`` catalog and then in the page catalogs (the drill repeats the
+first in the ``generated/`` catalogs and then in the page catalogs (the drill repeats the
 chapters' short answers, which the chapter catalogs already translate).
 
 Configuration (``sphinx.config`` in ``_config.yml``; ``book/editions.py`` sets the Chinese
@@ -42,17 +42,20 @@ def _edition_link(app: Sphinx, pagename: str, templatename: str, context: dict, 
                        f'lang="{lang}">{html.escape(other["label"])}</a></p>\n' + context["body"])
 
 
-def _catalogs(app: Sphinx) -> dict[str, str]:
-    """Every translation of this edition's catalogs: msgid -> msgstr (non-empty, not fuzzy)."""
+def _catalogs(app: Sphinx, only: str | None = None) -> dict[str, str]:
+    """Every translation of this edition's catalogs (or of the one named ``only``):
+    msgid -> msgstr, non-empty and not fuzzy."""
     translations: dict[str, str] = {}
     language = app.config.language
     generated: dict[str, str] = {}
     for locale_dir in app.config.locale_dirs:
         root = Path(app.srcdir, locale_dir, language, "LC_MESSAGES")
         for po in sorted(root.rglob("*.po")):
+            if only is not None and po.relative_to(root).with_suffix("").as_posix() != only:
+                continue
             with po.open("rb") as fh:
                 catalog = read_po(fh)
-            target = generated if po.stem == GENERATED_CATALOG and po.parent == root else translations
+            target = generated if GENERATED_CATALOG in po.relative_to(root).parts[:1] else translations
             for message in catalog:
                 if message.id and message.string and not message.fuzzy and isinstance(message.id, str):
                     target[message.id] = message.string
@@ -91,13 +94,34 @@ def _translate_generated_html(app: Sphinx, exception) -> None:
         page.write_text(MARKER.sub(replace, text), encoding="utf-8")
     for msgid in sorted(missing):
         logger.warning("no translation for generated text %r: run `make translations` and translate it "
-                       "in book/locales/%s/LC_MESSAGES/%s.po", msgid[:80], app.config.language, GENERATED_CATALOG,
+                       "in book/locales/%s/LC_MESSAGES/%s/", msgid[:80], app.config.language, GENERATED_CATALOG,
                        type="qkv", subtype="i18n")
+
+
+def _check_translations_applied(app: Sphinx, doctree) -> None:
+    """Warn where a catalog has a translation that Sphinx could not apply.
+
+    Sphinx parses each translation as markup and silently keeps the English text when the result
+    is not the same kind of element: a heading translated as "2. 为什么…" parses as a numbered
+    list, not a title (write "2\\. 为什么…"). Untranslated text must never pass unnoticed.
+    """
+    if app.config.qkv_edition == "en":
+        return
+    from sphinx.util.i18n import docname_to_domain
+    from sphinx.util.nodes import extract_messages
+
+    catalog = _catalogs(app, only=docname_to_domain(app.env.docname, app.config.gettext_compact))
+    for node, msg in extract_messages(doctree):
+        if node.get("translated") is False and catalog.get(msg):
+            logger.warning("the translation of %r could not be applied: it does not parse as the same kind of "
+                           "element as the English (escape a leading '2.' as '2\\.', keep lists as lists)",
+                           msg[:80], location=node, type="qkv", subtype="i18n")
 
 
 def setup(app: Sphinx) -> dict:
     app.add_config_value("qkv_edition", "en", "html")
     app.add_config_value("qkv_other_edition", {}, "html")
     app.connect("html-page-context", _edition_link)
+    app.connect("doctree-read", _check_translations_applied)
     app.connect("build-finished", _translate_generated_html)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
