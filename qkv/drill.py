@@ -131,13 +131,41 @@ def chapter_questions(slug: str, book_dir: Path = BOOK_DIR) -> list[Question]:
     return extract_questions(path.read_text(encoding="utf-8"))
 
 
-def paragraphs(markdown: str) -> list[str]:
-    """The paragraphs of ``markdown``, each on one line, as Sphinx's gettext builder writes them.
+_TABLE_RULE = re.compile(r"^\|?\s*:?-{3,}")
+_LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+")
 
-    A paragraph's translation is then found in the chapter's catalog under the same msgid.
+
+def translatable_html(markdown: str, *, page: str, bibfile: Path) -> str:
+    """``markdown`` as HTML whose every message carries a translation marker (``qkv.i18n``).
+
+    The pieces are cut the way Sphinx's gettext builder cuts a page (a paragraph on one line, a
+    list item, a table cell), so each piece's translation is found in the chapter's catalog
+    under the same msgid.
     """
-    blocks = re.split(r"\n[ \t]*\n", markdown.strip())
-    return [" ".join(line.strip() for line in block.splitlines()).strip() for block in blocks if block.strip()]
+    def render(text: str, inline: bool) -> str:
+        return mark(text, markdown_to_html(text, inline=inline, citation_page=page, bibfile=bibfile),
+                    inline=inline, page=page)
+
+    parts: list[str] = []
+    for block in re.split(r"\n[ \t]*\n", markdown.strip()):
+        lines = [line.strip() for line in block.splitlines() if line.strip()]
+        if not lines:
+            continue
+        if all(line.startswith("|") for line in lines):
+            rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines
+                    if not _TABLE_RULE.match(line)]
+            head, body = rows[0], rows[1:]
+            html_rows = ["<tr>" + "".join(f"<th>{render(c, True) if c else ''}</th>" for c in head) + "</tr>"]
+            html_rows += ["<tr>" + "".join(f"<td>{render(c, True) if c else ''}</td>" for c in row) + "</tr>"
+                          for row in body]
+            parts.append(f'<table class="table"><thead>{html_rows[0]}</thead><tbody>{"".join(html_rows[1:])}</tbody></table>')
+        elif all(_LIST_ITEM.match(line) for line in lines):
+            tag = "ol" if lines[0][0].isdigit() else "ul"
+            items = "".join(f"<li>{render(_LIST_ITEM.sub('', line, count=1), True)}</li>" for line in lines)
+            parts.append(f"<{tag}>{items}</{tag}>")
+        else:
+            parts.append(render(" ".join(lines), False))
+    return "\n".join(parts)
 
 
 def render_drill(book_dir: Path = BOOK_DIR) -> str:
@@ -165,11 +193,8 @@ def render_drill(book_dir: Path = BOOK_DIR) -> str:
             try:
                 # The label stays on the first paragraph, as on the page: the paragraph is then
                 # the very message the chapter's catalog translates.
-                answer = "\n".join(
-                    mark(paragraph, markdown_to_html(paragraph, citation_page=page,
-                                                     bibfile=book_dir / "references.bib"),
-                         inline=False, page=page)
-                    for paragraph in paragraphs(f"{SHORT_ANSWER} {q.short_answer}"))
+                answer = translatable_html(f"{SHORT_ANSWER} {q.short_answer}", page=page,
+                                           bibfile=book_dir / "references.bib")
             except CitationError as err:
                 raise CitationError(f"{ch.slug}.md, short answer of {q.heading!r}: {err}") from err
             summary = mark(q.heading, markdown_to_html(q.heading, inline=True), inline=True)
