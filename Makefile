@@ -1,6 +1,7 @@
 # The two commands of the README, and the steps they share.
-#   make book   build the book (offline, strict) and print where the HTML is
+#   make book   build the book's English and Chinese editions (offline, strict), print where they are
 #   make test   run the whole test suite
+#   make translations   after editing a page: regenerate the catalogs, then translate what changed
 # Both create or reuse .venv and install what they need.
 
 SHELL := /bin/bash
@@ -15,11 +16,13 @@ VENDOR := book/_vendor/.fetched
 GPT2   := data/gpt2/.fetched
 JOBS   ?= auto
 
-.PHONY: book test exercises grade-demo clean
+.PHONY: book test exercises translations grade-demo clean
 
 book: $(STAMP) $(VENDOR) $(GPT2)
-	$(VENV)/bin/jupyter-book build book -W -n --keep-going
-	@echo "Book built: $(CURDIR)/book/_build/html/index.html"
+	$(PY) book/editions.py build
+
+translations: $(STAMP) $(VENDOR) $(GPT2)
+	$(PY) book/editions.py translations
 
 test: $(STAMP) $(VENDOR) $(GPT2)
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup

@@ -147,9 +147,10 @@ def translations() -> list[Path]:
     """Regenerate the .pot catalogs (``extract_templates``) and update the Chinese .po files
     with sphinx-intl: new messages appear untranslated, changed ones fuzzy, gone ones dropped."""
     extract_templates()
+    languages = [arg for edition in EDITIONS[1:] for arg in ("-l", edition)]
     subprocess.run([str(Path(sys.executable).parent / "sphinx-intl"), "update", "-p", str(GETTEXT),
-                    "-d", str(LOCALES), "-l", "zh_CN", "--line-width", "0", "--no-obsolete"], check=True)
-    return sorted((LOCALES / "zh_CN" / "LC_MESSAGES").rglob("*.po"))
+                    "-d", str(LOCALES), *languages, "--line-width", "0", "--no-obsolete"], check=True)
+    return sorted(po for edition in EDITIONS[1:] for po in (LOCALES / edition / "LC_MESSAGES").rglob("*.po"))
 
 
 def main(argv: list[str] | None = None) -> int:
