@@ -118,7 +118,33 @@ def _check_translations_applied(app: Sphinx, doctree) -> None:
                            msg[:80], location=node, type="qkv", subtype="i18n")
 
 
+def _glue_in_translated_messages() -> None:
+    """Let ``{glue:text}`` work inside translated paragraphs.
+
+    Sphinx parses each translation as a fresh little document, which does not hold the
+    notebook's glue data (myst-nb keeps it on the page's own document only while parsing it),
+    so the role would find no key. There the role becomes a reference to the page's own glue
+    data (``/<page>::<key>``), which myst-nb resolves after parsing from the page's stored outputs.
+    """
+    from myst_nb.ext.glue.roles import PasteTextRole
+
+    if getattr(PasteTextRole.run, "_qkv_translated", False):
+        return
+    original = PasteTextRole.run
+
+    def run(self):
+        if "nb_renderer" not in self.document and "::" not in self.text:
+            env = self.document.settings.env
+            key_format = self.text if ":" in self.text else f"{self.text}:s"  # "s": the role's default
+            self.text = f"/{env.doc2path(env.docname, False)}::{key_format}"
+        return original(self)
+
+    run._qkv_translated = True
+    PasteTextRole.run = run
+
+
 def setup(app: Sphinx) -> dict:
+    _glue_in_translated_messages()
     app.add_config_value("qkv_edition", "en", "html")
     app.add_config_value("qkv_other_edition", {}, "html")
     app.connect("html-page-context", _edition_link)
