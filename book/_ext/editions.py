@@ -99,23 +99,32 @@ def _translate_generated_html(app: Sphinx, exception) -> None:
 
 
 def _check_translations_applied(app: Sphinx, doctree) -> None:
-    """Warn where a catalog has a translation that Sphinx could not apply.
+    """Warn (so the strict build fails) wherever this edition would show English text.
 
+    Two cases: a message with no translation (the page changed and ``make translations`` was not
+    run, or the new messages are not translated yet), and a translation Sphinx could not apply.
     Sphinx parses each translation as markup and silently keeps the English text when the result
     is not the same kind of element: a heading translated as "2. 为什么…" parses as a numbered
-    list, not a title (write "2\\. 为什么…"). Untranslated text must never pass unnoticed.
+    list, not a title (write "2\\. 为什么…").
     """
     if app.config.qkv_edition == "en":
         return
     from sphinx.util.i18n import docname_to_domain
     from sphinx.util.nodes import extract_messages
 
-    catalog = _catalogs(app, only=docname_to_domain(app.env.docname, app.config.gettext_compact))
+    domain = docname_to_domain(app.env.docname, app.config.gettext_compact)
+    catalog = _catalogs(app, only=domain)
     for node, msg in extract_messages(doctree):
-        if node.get("translated") is False and catalog.get(msg):
+        if node.get("translated") is not False:
+            continue
+        if catalog.get(msg):
             logger.warning("the translation of %r could not be applied: it does not parse as the same kind of "
                            "element as the English (escape a leading '2.' as '2\\.', keep lists as lists)",
                            msg[:80], location=node, type="qkv", subtype="i18n")
+        else:
+            logger.warning("no translation for %r: run `make translations` and translate it in "
+                           "book/locales/%s/LC_MESSAGES/%s.po", msg[:80], app.config.language, domain,
+                           location=node, type="qkv", subtype="i18n")
 
 
 def _glue_in_translated_messages() -> None:
