@@ -67,12 +67,25 @@ def edition_config(edition: str) -> dict:
     if edition == "en":
         return yaml.safe_load((BOOK / "_config.yml").read_text(encoding="utf-8"))
     config = _relocated_config()
+    config["title"] = _translated(edition, config["title"])  # the sidebar's book title
     settings = config["sphinx"].setdefault("config", {})
     settings["language"] = edition
     settings["qkv_edition"] = edition
     english_root = "../" * len(html_dir(edition).relative_to(BUILD).parts) + "html"
     settings["qkv_other_edition"] = {"label": LABELS["en"], "root": english_root, "lang": "en"}
     return config
+
+
+def _translated(edition: str, text: str) -> str:
+    """``text``'s translation in ``edition``'s catalogs, or ``text`` when it has none."""
+    from babel.messages.pofile import read_po
+
+    for po in sorted((LOCALES / edition / "LC_MESSAGES").rglob("*.po")):
+        with po.open("rb") as fh:
+            message = read_po(fh).get(text)
+        if message is not None and message.string and not message.fuzzy:
+            return message.string
+    return text
 
 
 def _jupyter_book() -> str:
