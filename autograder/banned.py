@@ -6,8 +6,10 @@ entry also bans the method spelling ``x.X(...)``. Importing ``qkv`` is banned in
 every answer. Aliases (``import torch.nn.functional as F``, ``from torch import
 softmax as s``) and ``getattr(obj, "name")`` with a literal name are resolved.
 
-Known limit: this is static analysis. Names built at run time
-(``getattr(torch, "soft" + "max")``, ``eval``) are not seen.
+This is the first layer. Names built at run time (``getattr(torch, "soft" + "max")``, ``eval``,
+``vars(F)[...]``, ``torch.ops.aten...``) escape it; the second layer (``runtime_denials``, applied in
+the sandbox by sandbox_worker.py) blocks the torch operators and modules a banned name reaches,
+whatever the spelling, while the grader calls a learner's function.
 """
 
 from __future__ import annotations
@@ -17,6 +19,58 @@ import importlib
 from dataclasses import dataclass
 
 ALWAYS_BANNED_MODULES = ("qkv",)
+
+_SOFTMAX = ["softmax", "_softmax", "special_softmax"]
+_SDPA = ["scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+         "_scaled_dot_product_attention_math", "_scaled_dot_product_efficient_attention",
+         "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
+         "_scaled_dot_product_attention_math_for_mps", "_scaled_dot_product_fused_attention_overrideable"]
+# Only the fused operator: the module's slow path is made of allowed operators (linear, bmm, and
+# scaled_dot_product_attention, which the transformer chapter's own blocks may use); it is caught
+# as a torch function in the calling thread, and statically.
+_MHA = ["_native_multi_head_attention"]
+_LAYER_NORM = ["layer_norm", "native_layer_norm"]
+_BATCH_NORM = ["batch_norm", "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+               "_native_batch_norm_legit_functional", "_batch_norm_impl_index", "_batch_norm_with_update",
+               "_batch_norm_no_update"]
+_RMS_NORM = ["rms_norm", "_fused_rms_norm"]
+_DROPOUT = ["dropout", "dropout_", "native_dropout", "feature_dropout", "feature_dropout_", "alpha_dropout",
+            "alpha_dropout_", "feature_alpha_dropout", "feature_alpha_dropout_"]
+# The torch operators (aten op packets, every overload) each banned name reaches at run time. A
+# banned name that is not here (a module such as tiktoken, numpy.interp) is blocked as a module
+# import, or left to the static layer (see book/instructors.md, "Known limits").
+RUNTIME_OPS: dict[str, list[str]] = {
+    "torch.softmax": _SOFTMAX, "torch.nn.functional.softmax": _SOFTMAX, "torch.Tensor.softmax": _SOFTMAX,
+    "torch.special.softmax": _SOFTMAX, "torch.nn.Softmax": _SOFTMAX,
+    "torch.nn.functional.scaled_dot_product_attention": _SDPA,
+    "torch.nn.MultiheadAttention": _MHA, "torch.nn.functional.multi_head_attention_forward": _MHA,
+    "torch.tril": ["tril", "tril_"], "torch.Tensor.tril": ["tril", "tril_"],
+    "torch.triu": ["triu", "triu_"], "torch.Tensor.triu": ["triu", "triu_"],
+    "torch.repeat_interleave": ["repeat_interleave"], "torch.Tensor.repeat_interleave": ["repeat_interleave"],
+    "torch.nn.functional.layer_norm": _LAYER_NORM, "torch.nn.LayerNorm": _LAYER_NORM, "torch.layer_norm": _LAYER_NORM,
+    "torch.native_layer_norm": _LAYER_NORM,
+    "torch.nn.functional.batch_norm": _BATCH_NORM, "torch.nn.BatchNorm1d": _BATCH_NORM,
+    "torch.nn.BatchNorm2d": _BATCH_NORM, "torch.nn.BatchNorm3d": _BATCH_NORM, "torch.batch_norm": _BATCH_NORM,
+    "torch.native_batch_norm": _BATCH_NORM,
+    "torch.nn.functional.rms_norm": _RMS_NORM, "torch.nn.RMSNorm": _RMS_NORM, "torch.rms_norm": _RMS_NORM,
+    "torch.nn.functional.group_norm": ["group_norm", "native_group_norm"],
+    "torch.nn.GroupNorm": ["group_norm", "native_group_norm"], "torch.group_norm": ["group_norm", "native_group_norm"],
+    "torch.nn.functional.instance_norm": ["instance_norm"], "torch.nn.InstanceNorm1d": ["instance_norm"],
+    "torch.instance_norm": ["instance_norm"],
+    "torch.nn.Dropout": _DROPOUT, "torch.nn.Dropout1d": _DROPOUT, "torch.nn.Dropout2d": _DROPOUT,
+    "torch.nn.Dropout3d": _DROPOUT, "torch.nn.functional.dropout": _DROPOUT, "torch.nn.functional.dropout1d": _DROPOUT,
+    "torch.nn.functional.dropout2d": _DROPOUT, "torch.nn.functional.dropout3d": _DROPOUT, "torch.dropout": _DROPOUT,
+    "torch.Tensor.dropout": _DROPOUT, "torch.nn.functional.alpha_dropout": _DROPOUT,
+}
+# Modules whose import the sandbox refuses outright: not imported by torch itself, so an import
+# in the sandbox can only come from the learner.
+RUNTIME_MODULES = ("qkv", "tiktoken", "tokenizers", "sentencepiece", "transformers", "functorch")
+# Banned names the run-time layer does not cover (book/instructors.md, "Known limits"): torch imports
+# these modules itself, or they are built only from operators that are allowed in their exercise.
+STATIC_ONLY = ("torch.optim.lr_scheduler", "torch.autograd", "torch.func", "torch.Tensor.backward",
+               "torch.utils.flop_counter", "numpy.interp", "torch.nn.Transformer", "torch.nn.TransformerEncoder",
+               "torch.nn.TransformerEncoderLayer", "torch.nn.TransformerDecoder", "torch.nn.TransformerDecoderLayer",
+               "torch.nn.InstanceNorm2d", "torch.nn.InstanceNorm3d")
 
 
 @dataclass(frozen=True)
@@ -37,6 +91,17 @@ def banned_for(assignment: str) -> dict[str, list[str]]:
     except ImportError:
         return {}
     return dict(getattr(module, "BANNED", {}))
+
+
+def runtime_denials(banned: list[str]) -> tuple[dict[str, str], list[str]]:
+    """What the sandbox blocks while a function with the banned names ``banned`` runs:
+    (aten op packet -> the banned name it stands for, module names refused on import)."""
+    ops: dict[str, str] = {}
+    for name in banned:
+        for packet in RUNTIME_OPS.get(name, []):
+            ops.setdefault(packet, name)
+    modules = [m for m in RUNTIME_MODULES if m in ALWAYS_BANNED_MODULES or m in banned]
+    return ops, modules
 
 
 def _dotted(node: ast.AST, aliases: dict[str, str]) -> str | None:
@@ -97,7 +162,8 @@ def find(source: str, banned: list[str]) -> list[Hit]:
             literal = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             if fn in ("getattr", "builtins.getattr") and len(literal) >= 1 and literal[0] in short:
                 hits.append(Hit(short[literal[0]], node.lineno))
-            if fn in ("__import__", "importlib.import_module") and literal and literal[0].split(".")[0] in ALWAYS_BANNED_MODULES:
+            imports = fn in ("__import__", "importlib.import_module")
+            if imports and literal and literal[0].split(".")[0] in ALWAYS_BANNED_MODULES:
                 hits.append(Hit(literal[0], node.lineno))
     unique = {(h.name, h.line): h for h in hits}
     return sorted(unique.values(), key=lambda h: (h.line, h.name))

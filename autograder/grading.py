@@ -1,11 +1,19 @@
 """Grade a class: submissions folder in; gradebook, grades.csv, feedback and a report out.
 
+Before anyone is graded, the arguments are checked and the reference solution goes
+through the whole path below in a scratch course (the canary): it must score full marks,
+or the run stops and writes nothing.
+
 Pipeline per student:
-1. ``submissions.discover`` finds the notebook (or says why there is none);
+1. ``submissions.discover`` finds, unpacks and vets the notebook (or says why there is none);
 2. a worker process computes trusted verdicts (``verify.verify``): the learner's
    code runs only in a sandbox, the reference's tests run in the worker;
 3. the main process records them with nbgrader's own autograde (execution step
-   replaced by ``ApplyTrustedVerdicts``) and writes feedback with hidden tests removed.
+   replaced by ``ApplyTrustedVerdicts``) and writes feedback with hidden tests removed
+   and learner cells made inert (``feedback.py``).
+
+Any exception in any of these steps becomes that student's ``error`` row; the run and
+its output files always complete.
 
 Verdicts are cached by the hash of the reference and the submission, so a run
 killed at any point is simply run again: finished students are not re-verified
@@ -18,110 +26,346 @@ import hashlib
 import json
 import multiprocessing
 import os
-import re
 import shutil
+import sys
+import tempfile
+import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import nbformat
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.apps import NbGraderAPI
-from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades,
-                                    SaveAutoGrades)
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades, SaveAutoGrades
 from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
-from autograder.course import REPO_ROOT, SOLUTIONS, nbgrader_config, solution_notebook
+from autograder import nbgrader_course
+from autograder.course import SOLUTIONS, assignments, nbgrader_config, solution_notebook
+from autograder.feedback import FeedbackPageError, SanitizeLearnerCells, finish_page
+from autograder.learner_text import clean, one_line
 from autograder.preprocessors import ApplyTrustedVerdicts
-from autograder.report import CSV_FIELDS, Result, plot_distribution, write_csv, write_report  # noqa: F401
-from autograder.sandbox import Limits, bwrap_available
-from autograder.submissions import Submission, discover
-from autograder.verify import Verdicts, cache_key
-
+from autograder.report import Result, plot_distribution, write_csv, write_report
+from autograder.sandbox import InfrastructureError, Limits, SandboxUnavailable, platform_mode
+from autograder.submissions import Submission, discover, remove_tree
+from autograder.verdicts import Verdicts, cache_key
 
 # nbgrader 0.9.6's gradebook triggers SQLAlchemy autoflush warnings on every autograde; they
 # are upstream noise (the rows are written correctly) and would bury the progress bar.
 warnings.filterwarnings("ignore", category=SAWarning)
 
 
+# Seconds spent per phase in this process, for benchmarks/grading.py: "verification" (summed over
+# the workers), "recording" (nbgrader's autograde into the gradebook), "feedback" (nbgrader's feedback).
+PHASES: Counter = Counter()
+
+
 class GradingSetupError(RuntimeError):
-    """The run cannot start (unknown assignment, no sandbox, broken reference); nothing was graded."""
+    """The run cannot start (bad arguments, no sandbox, broken reference); nothing was graded."""
 
 
-def grade_class(assignment: str, submissions: Path, out: Path, *, solutions: Path = SOLUTIONS,
-                workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True) -> list[Result]:
+class CanaryFailed(GradingSetupError):
+    """The reference solution, graded as a submission, did not get full marks: the grader
+    cannot be trusted on this machine, so no student is graded and nothing is written."""
+
+
+CANARY_ID = "reference-canary"
+
+
+def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutions: Path = SOLUTIONS,
+                workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True,
+                course: Path | None = None, intake: Callable[[Path], list[Submission]] | None = None,
+                run_notes: Sequence[str] = ()) -> list[Result]:
     """Grade every submission of ``assignment``; write ``out/grades.csv``, ``out/feedback/``,
-    ``out/report.md`` and ``out/score-distribution.png``. One student's failure becomes an
-    ``error`` row with a message; the others are graded normally."""
-    if not bwrap_available():
-        raise GradingSetupError("bubblewrap (bwrap) and setpriv are needed to run learner code safely: "
-                                "apt-get install bubblewrap util-linux")
+    ``out/report.md`` and ``out/score-distribution.png``.
+
+    Raises GradingSetupError, before anything is written to ``out``, for bad arguments, a
+    missing sandbox, or a canary failure (the reference solution, sent through exactly the
+    path a submission takes, must score full marks). After that, one student's failure at
+    any step becomes an ``error`` row with a message; the others are graded normally and
+    the output files are always written.
+
+    ``course``: an nbgrader course folder to grade in place (``COURSE/submitted/<student>/<assignment>/``,
+    its gradebook and feedback folder; see ``nbgrader_course``) instead of ``out/course``.
+    ``intake``: finds the submissions in another layout (an LMS download), given a scratch folder;
+    ``submissions`` is then not read.
+    ``run_notes``: lines for the report about the run as a whole (files that mapped to no student)."""
     out = Path(out).resolve()
-    course = out / "course"
-    source_nb = _prepare_course(assignment, course, solutions)
-    verdict_dir = course / "verdicts"
-    verdict_dir.mkdir(exist_ok=True)
-    api = NbGraderAPI(config=_grading_config(course, verdict_dir))
-    max_score = _max_score(course, assignment)
+    in_place = course is not None
+    course = Path(course).resolve() if in_place else out / "course"
+    if in_place:
+        try:
+            nbgrader_course.check_course(course, assignment, solution_notebook(assignment, solutions))
+        except (nbgrader_course.CourseLayoutError, FileNotFoundError) as exc:
+            raise GradingSetupError(str(exc)) from None
+        submissions = course / "submitted"
+    submissions = Path(submissions) if submissions is not None else None
+    check_arguments(assignment, None if intake else submissions, out, solutions)
+    try:
+        platform_mode()  # root, or an ordinary user with user namespaces; else one line naming the fix
+    except SandboxUnavailable as exc:
+        raise GradingSetupError(str(exc)) from None
+    ctx = multiprocessing.get_context("spawn")  # workers must not inherit the main process's state
+    # Workers are started on demand, so a pool sized for the class costs one process for the canary.
+    with ProcessPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1), mp_context=ctx,
+                             initializer=_warm_worker) as pool:
+        with tempfile.TemporaryDirectory(prefix="qkv-grade-") as tmp:  # gone before anyone is graded
+            template = _course_template(assignment, solutions, course, Path(tmp))
+            _canary(assignment, solutions, template, pool, limits, out)
+            if not course.exists():  # first run: the prepared course is the one the canary passed in
+                shutil.copytree(template, course)
+        try:
+            return _grade_students(assignment, submissions, out, solutions, pool, limits, show_progress,
+                                   course=course, in_place=in_place, intake=intake, run_notes=run_notes)
+        finally:
+            if in_place:  # run as root on the instructor's course: hand back what was written
+                nbgrader_course.give_back_to_owner(course)
 
-    unpacked = out / ".unpacked"
-    shutil.rmtree(unpacked, ignore_errors=True)
-    entries = discover(Path(submissions), assignment, unpacked)
-    results: list[Result] = []
-    jobs: list[tuple[Submission, Path]] = []
-    for sub in entries:
-        problem = sub.problem or _notebook_problem(sub.notebook)
-        if problem:
-            results.append(Result(sub.student_id, assignment, 0.0, max_score, "error", problem))
-            continue
-        submitted = course / "submitted" / sub.student_id / assignment
-        shutil.rmtree(submitted, ignore_errors=True)
+
+def check_arguments(assignment: str, submissions: Path | None, out: Path, solutions: Path = SOLUTIONS) -> None:
+    """Raise GradingSetupError with one line naming the problem and the fix; touch nothing.
+    ``submissions`` None: they come from elsewhere (an LMS download, already read)."""
+    known = assignments(solutions)
+    if assignment not in known:
+        raise GradingSetupError(f"no assignment {assignment!r}: {solutions / assignment / (assignment + '.ipynb')} "
+                                f"does not exist (known: {', '.join(known) or 'none'})")
+    if submissions is None:
+        pass
+    elif not submissions.is_dir():
+        raise GradingSetupError(f"submissions folder {submissions} does not exist or is not a folder; "
+                                "give the folder holding one subfolder or .zip per student")
+    elif not os.access(submissions, os.R_OK | os.X_OK):
+        raise GradingSetupError(f"submissions folder {submissions} cannot be read; check its permissions")
+    elif out == submissions.resolve() or submissions.resolve() in out.parents:
+        raise GradingSetupError(f"--out {out} is inside the submissions folder {submissions}; "
+                                "choose an output folder outside it")
+    if out.exists():
+        if not out.is_dir():
+            raise GradingSetupError(f"--out {out} exists and is not a folder; choose a folder")
+        try:  # the only sure test of writability (root ignores permission bits; read-only mounts do not)
+            tempfile.TemporaryFile(dir=out).close()
+        except OSError as exc:
+            raise GradingSetupError(f"--out {out} is not writable ({exc.strerror}); "
+                                    "choose a folder you can write to") from None
+    elif not out.parent.is_dir():
+        raise GradingSetupError(f"the parent folder of --out {out} does not exist; create it first "
+                                f"(mkdir -p {out.parent}) or choose another --out")
+    elif not os.access(out.parent, os.W_OK | os.X_OK):
+        raise GradingSetupError(f"cannot create --out {out}: {out.parent} is not writable; "
+                                "choose a folder you can write to")
+
+
+class _Course:
+    """The per-student path shared by the canary and the class: admit a notebook into an
+    nbgrader course, verify it in a worker, record the verdicts with nbgrader."""
+
+    def __init__(self, assignment: str, course: Path, solutions: Path, feedback_root: Path, limits: Limits,
+                 in_place: bool = False):
+        self.assignment, self.course, self.feedback_root, self.limits = assignment, course, feedback_root, limits
+        self.in_place = in_place
+        self.source_nb = _prepare_course(assignment, course, solutions)
+        self.verdict_dir = course / "verdicts"
+        self.verdict_dir.mkdir(exist_ok=True)
+        self.api = NbGraderAPI(config=_grading_config(course, self.verdict_dir))
+        self.max_score = _max_score(course, assignment)
+
+    def error(self, sub: Submission, message: str) -> Result:
+        return _error(sub, self.assignment, self.max_score, message)
+
+    def admit(self, sub: Submission) -> Path:
+        """Copy the notebook to where nbgrader expects it (in place: leave it there); returns that path."""
+        if self.in_place:
+            return nbgrader_course.place_in_course(sub, self.course, self.assignment)
+        submitted = self.course / "submitted" / sub.student_id / self.assignment
+        remove_tree(submitted)
         submitted.mkdir(parents=True)
-        shutil.copyfile(sub.notebook, submitted / f"{assignment}.ipynb")
-        jobs.append((sub, submitted / f"{assignment}.ipynb"))
+        shutil.copyfile(sub.notebook, submitted / f"{self.assignment}.ipynb")
+        timestamp = sub.notebook.parent / nbgrader_course.TIMESTAMP  # nbgrader's layout: keep when it was submitted
+        if timestamp.is_file() and not timestamp.is_symlink():
+            shutil.copyfile(timestamp, submitted / nbgrader_course.TIMESTAMP)
+        return submitted / f"{self.assignment}.ipynb"
 
+    def _verdict_path(self, sub: Submission) -> Path:
+        return self.verdict_dir / f"{sub.student_id}.json"
+
+    def cached(self, sub: Submission, nb_path: Path) -> Verdicts | None:
+        return _cached_verdicts(self._verdict_path(sub), self.source_nb, nb_path)
+
+    def submit(self, pool: ProcessPoolExecutor, sub: Submission, nb_path: Path) -> Future:
+        return pool.submit(_verify_job, str(self.source_nb), str(nb_path), self.assignment, self.limits,
+                           str(self._verdict_path(sub)))
+
+    def record(self, sub: Submission, verdicts: Verdicts) -> Result:
+        """nbgrader's autograde and feedback for ``sub``; any failure is that student's error row."""
+        try:
+            return _record(self.api, self.course, self.assignment, sub, verdicts, self.max_score, self.feedback_root)
+        except Exception as exc:  # noqa: BLE001 (one student's recording never stops the run)
+            return self.error(sub, f"the grader could not record this submission ({type(exc).__name__}: "
+                                   f"{exc}); rerun the same command to retry")
+
+
+def _course_template(assignment: str, solutions: Path, course: Path, scratch: Path) -> Path:
+    """An nbgrader course under ``scratch`` with the assignment prepared and no students.
+
+    Copied from ``course`` when that one is already prepared from the current reference (its
+    files are only read), otherwise generated: nbgrader's generate_assignment is the slow part
+    of preparing a course, and a first run then reuses this one for the class."""
+    template = scratch / "template"
+    try:
+        reference = solution_notebook(assignment, solutions)
+    except FileNotFoundError as exc:
+        raise GradingSetupError(str(exc)) from None
+    stamp = course / f".{assignment}.source-sha256"
+    parts = [f"source/{assignment}", f"release/{assignment}", "gradebook.db", stamp.name]
+    current = (all((course / part).exists() for part in parts)
+               and stamp.read_text() == hashlib.sha256(reference.read_bytes()).hexdigest())
+    if current:
+        for part in parts:
+            if (course / part).is_dir():
+                shutil.copytree(course / part, template / part)
+            else:
+                template.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(course / part, template / part)
+    else:
+        _prepare_course(assignment, template, solutions)
+    return template
+
+
+def _canary(assignment: str, solutions: Path, template: Path, pool: ProcessPoolExecutor, limits: Limits,
+            out: Path) -> Result:
+    """Grade the reference solution, as a learner would hand it in, in a copy of ``template``.
+
+    Raises CanaryFailed unless it scores full marks. Nothing under ``out`` is touched."""
+    with tempfile.TemporaryDirectory(prefix="qkv-canary-") as tmp:
+        scratch = Path(tmp)
+        try:
+            shutil.copytree(template, scratch / "course")
+            course = _Course(assignment, scratch / "course", solutions, scratch / "feedback", limits)
+            folder = scratch / "submissions" / CANARY_ID
+            folder.mkdir(parents=True)
+            nbformat.write(_perfect_submission(course.course, course.source_nb, assignment),
+                           folder / f"{assignment}.ipynb")
+            [sub] = discover(scratch / "submissions", assignment, scratch / "unpacked")
+            if sub.problem:
+                result = course.error(sub, sub.problem)
+            else:
+                nb_path = course.admit(sub)
+                try:
+                    result = course.record(sub, course.submit(pool, sub, nb_path).result())
+                except Exception as exc:  # noqa: BLE001
+                    result = course.error(sub, f"{type(exc).__name__}: {exc}")
+        except GradingSetupError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (our own machinery failed: say so, grade nobody)
+            raise CanaryFailed(_canary_message(assignment, f"the trial run failed ({type(exc).__name__}: {exc})",
+                                               out)) from exc
+    failed = [msg for _, (earned, possible, msg) in (result.questions or {}).items() if earned < possible]
+    if result.status == "graded" and result.score == result.max_score and not failed:
+        return result
+    if result.status != "graded":
+        what = f"it could not be graded: {result.message}"
+    else:
+        what = f"it scored {result.score:g}/{result.max_score:g}" + (f": {failed[0]}" if failed else "")
+    raise CanaryFailed(_canary_message(assignment, what, out))
+
+
+def _canary_message(assignment: str, what: str, out: Path) -> str:
+    if any(s in what for s in ("could not start", "InfrastructureError", "sandbox", "bwrap", "killed by")):
+        fix = ("the sandbox does not work on this machine: check that `bwrap --unshare-pid --unshare-net "
+               "--ro-bind / / true` (add --unshare-user as an ordinary user) succeeds for this user, and that "
+               "the limits leave room to import torch")
+    elif "within" in what:
+        fix = "the reference ran out of time: rerun with a larger --timeout, or on a less loaded machine"
+    else:
+        fix = "rerun with --debug for details, and check the reference solution with `make test`"
+    return one_line(f"the reference solution of {assignment} did not get full marks when graded as a submission "
+                    f"(canary): {what}. {fix}. No student was graded and nothing was written to {out}.", 1000)
+
+
+def _perfect_submission(course: Path, source_nb: Path, assignment: str) -> nbformat.NotebookNode:
+    """The released notebook with every answer cell holding the reference's answer: what a
+    learner who got everything right hands in."""
+    reference = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source
+                 for c in nbformat.read(source_nb, as_version=4).cells
+                 if c.metadata.get("nbgrader", {}).get("solution")}
+    released = nbformat.read(course / "release" / assignment / f"{assignment}.ipynb", as_version=4)
+    for cell in released.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if cell.metadata.get("nbgrader", {}).get("solution") and gid in reference:
+            cell.source = reference[gid]
+    return released
+
+
+def _grade_students(assignment: str, submissions: Path | None, out: Path, solutions: Path,
+                    pool: ProcessPoolExecutor, limits: Limits, show_progress: bool, *, course: Path,
+                    in_place: bool, intake: Callable[[Path], list[Submission]] | None,
+                    run_notes: Sequence[str]) -> list[Result]:
+    course = _Course(assignment, course, solutions, out / "feedback", limits, in_place=in_place)
+    unpacked = out / ".unpacked"
+    remove_tree(unpacked)
+    if in_place:
+        entries = nbgrader_course.discover_submitted(course.course, assignment)
+    elif intake is not None:
+        entries = intake(unpacked)
+    else:
+        entries = discover(submissions, assignment, unpacked)
+    results: list[Result] = []
     bar = tqdm(total=len(entries), desc=f"grading {assignment}", unit="nb", disable=not show_progress)
-    for r in results:
-        bar.update(1)
-        bar.write(f"error: {r.student_id}: {r.message}")
 
-    def record(sub: Submission, verdicts: Verdicts | None, failure: str | None) -> None:
-        result = (_error(sub, assignment, max_score, failure) if failure
-                  else _record(api, course, assignment, sub, verdicts, max_score, out / "feedback"))
+    def finish(result: Result) -> None:
         results.append(result)
         bar.update(1)
-        bar.set_postfix_str(f"{result.student_id}: {result.status} {result.score:g}/{result.max_score:g}")
+        bar.set_postfix_str(one_line(f"{result.student_id}: {result.status} {result.score:g}/{result.max_score:g}"))
         if result.status == "error":
-            bar.write(f"error: {result.student_id}: {result.message}")
+            bar.write(one_line(f"error: {result.student_id}: {result.message}", 1000))
 
-    pending = []
-    for sub, nb_path in jobs:
-        cached = _cached_verdicts(verdict_dir / f"{sub.student_id}.json", source_nb, nb_path)
-        if cached is not None:
-            record(sub, cached, None)
-        else:
-            pending.append((sub, nb_path))
-    if pending:
-        n = max(1, min(workers or os.cpu_count() or 1, len(pending)))
-        ctx = multiprocessing.get_context("spawn")  # workers must not inherit the main process's state
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_warm_worker) as pool:
-            futures = {pool.submit(_verify_job, str(source_nb), str(nb_path), assignment, limits,
-                                   str(verdict_dir / f"{sub.student_id}.json")): sub for sub, nb_path in pending}
-            for future in as_completed(futures):
-                sub = futures[future]
-                try:
-                    verdicts, failure = future.result(), None
-                except Exception as exc:  # a grader bug or a broken pool must not stop the others
-                    verdicts, failure = None, f"the grader failed on this submission ({type(exc).__name__}: {exc})"
-                record(sub, verdicts, failure)
+    # Admit everyone first and start the verifications, then record cached verdicts while they run.
+    futures: dict[Future, Submission] = {}
+    cached: list[tuple[Submission, Verdicts]] = []
+    for sub in entries:
+        if sub.problem:
+            finish(course.error(sub, sub.problem))
+            continue
+        try:
+            nb_path = course.admit(sub)
+            verdicts = course.cached(sub, nb_path)
+            if verdicts is not None:
+                cached.append((sub, verdicts))
+            else:
+                futures[course.submit(pool, sub, nb_path)] = sub
+        except Exception as exc:  # noqa: BLE001 (a broken pool or a disk error: this student, not the run)
+            finish(course.error(sub, f"the grader could not take in this submission ({type(exc).__name__}: {exc}); "
+                                     "rerun the same command to retry"))
+    for sub, verdicts in cached:
+        finish(course.record(sub, verdicts))
+    for future in as_completed(futures):
+        sub = futures[future]
+        try:
+            verdicts = future.result()
+            PHASES["verification"] += verdicts.seconds
+        except InfrastructureError as exc:  # ours: no score, no cached verdict; a rerun grades them
+            finish(course.error(sub, f"not graded: the grader's sandbox failed ({exc}); this is not the "
+                                     "student's doing: rerun the same command to grade them"))
+            continue
+        except Exception as exc:  # noqa: BLE001 (a grader bug or a broken pool must not stop the others)
+            finish(course.error(sub, f"the grader failed on this submission ({type(exc).__name__}: {exc}); "
+                                     "rerun the same command to retry"))
+            continue
+        finish(course.record(sub, verdicts))
     bar.close()
-    shutil.rmtree(unpacked, ignore_errors=True)
+    remove_tree(unpacked)
 
     write_csv(results, out / "grades.csv")
-    plot = plot_distribution(results, out / "score-distribution.png")
-    write_report(results, assignment, out / "report.md", plot)
+    try:
+        plot = plot_distribution(results, out / "score-distribution.png")
+    except Exception as exc:  # noqa: BLE001 (a missing plot must not cost the report)
+        plot = None
+        print(f"warning: the score plot could not be drawn ({type(exc).__name__}: {exc})", file=sys.stderr)
+    write_report(results, assignment, out / "report.md", plot, run_notes=run_notes)
     return sorted(results, key=lambda r: r.student_id)
 
 
@@ -138,19 +382,47 @@ def _warm_worker() -> None:
 def _verify_job(source_nb: str, submission_nb: str, assignment: str, limits: Limits, verdict_path: str) -> Verdicts:
     from autograder.verify import verify
 
+    start = time.perf_counter()
     verdicts = verify(Path(source_nb), Path(submission_nb), assignment, limits)
-    tmp = Path(verdict_path).with_suffix(".tmp")
-    tmp.write_text(verdicts.to_json())
-    tmp.replace(verdict_path)  # atomic: a killed run leaves either no verdict or a whole one
-    return verdicts
+    stored = _store_verdicts(verdicts, Path(verdict_path))
+    stored.seconds = time.perf_counter() - start
+    return stored
+
+
+def _store_verdicts(verdicts: Verdicts, path: Path) -> Verdicts:
+    """Write ``verdicts`` with every text made clean (see ``learner_text.clean``): learner
+    messages may hold lone surrogates or escape sequences, and nbgrader writes these texts
+    into the graded notebook and the feedback page. Returns the clean verdicts."""
+    text = json.dumps(_clean_json(json.loads(verdicts.to_json())), indent=1)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)  # atomic: a killed run leaves either no verdict or a whole one
+    return Verdicts.from_json(text)
+
+
+def _clean_json(value):
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, list):
+        return [_clean_json(v) for v in value]
+    if isinstance(value, dict):
+        return {clean(k): _clean_json(v) for k, v in value.items()}
+    return value
 
 
 def _cached_verdicts(path: Path, source_nb: Path, submission_nb: Path) -> Verdicts | None:
+    """The verdicts of an earlier run for this very submission, or None. A cache file written
+    before its text was cleaned is cleaned and rewritten, so a rerun never trips on it."""
     try:
-        verdicts = Verdicts.from_json(path.read_text())
-    except (OSError, ValueError, KeyError, TypeError):
+        text = path.read_text(encoding="utf-8")
+        verdicts = Verdicts.from_json(text)
+        if verdicts.key != cache_key(source_nb, submission_nb):
+            return None
+        if json.dumps(_clean_json(json.loads(text)), indent=1) != text:
+            verdicts = _store_verdicts(verdicts, path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return verdicts if verdicts.key == cache_key(source_nb, submission_nb) else None
+    return verdicts
 
 
 # --------------------------------------------------------------------------- main-process side
@@ -160,8 +432,10 @@ def _grading_config(course: Path, verdict_dir: Path):
     c.Autograde.autograde_preprocessors = [ApplyTrustedVerdicts, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
     c.ApplyTrustedVerdicts.verdicts_dir = str(verdict_dir)
     # Stock feedback shows hidden-test source; ours removes it first.
-    c.GenerateFeedback.preprocessors = [ClearHiddenTests, GetGrades, CSSHTMLHeaderPreprocessor]
+    # Learner Markdown and raw cells are made inert before nbgrader's template renders them.
+    c.GenerateFeedback.preprocessors = [ClearHiddenTests, SanitizeLearnerCells, GetGrades, CSSHTMLHeaderPreprocessor]
     c.ClearHiddenTests.enforce_metadata = False
+    c.HTMLExporter.sanitize_html = True  # outputs too (ours only: learner outputs are cleared when recording)
     return c
 
 
@@ -197,7 +471,9 @@ def _error(sub: Submission, assignment: str, max_score: float, message: str) -> 
 
 def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdicts, max_score: float,
             feedback_root: Path) -> Result:
+    start = time.perf_counter()
     graded = api.autograde(assignment, sub.student_id, force=True, create=True)
+    PHASES["recording"] += time.perf_counter() - start
     if not graded["success"]:
         reason = _nbgrader_error(graded.get("log") or graded.get("error"))
         if "metadata" in reason:
@@ -206,16 +482,25 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
                        "exercise with the answers pasted in.")
         return _error(sub, assignment, max_score, "nbgrader could not record the grades: " + reason)
     score = _score(course, assignment, sub.student_id)
+    start = time.perf_counter()
     feedback = api.generate_feedback(assignment, sub.student_id, force=True)
     target = feedback_root / sub.student_id
-    shutil.rmtree(target, ignore_errors=True)
-    notes = [sub.note] if sub.note else []
+    remove_tree(target)
+    notes = sub.note.split("; ") if sub.note else []
+    late = nbgrader_course.late_note(course / "gradebook.db", assignment, sub.student_id)
+    if late:
+        notes.insert(0, late)
+    late = "; ".join(n for n in notes if n.startswith("late:"))
     if feedback["success"]:
         shutil.copytree(course / "feedback" / sub.student_id / assignment, target)
-        for page in target.glob("*.html"):
-            _offline_mathjax(page, feedback_root)
+        try:
+            for page in target.glob("*.html"):
+                finish_page(page, feedback_root)
+        except FeedbackPageError:
+            notes.append("feedback could not be generated safely and was withheld")
     else:
         notes.append("feedback could not be generated")
+    PHASES["feedback"] += time.perf_counter() - start
     banned = sorted({v.message for v in verdicts.tests.values() if v.banned})
     notes += [f"{gid}: {v.message}" for gid, v in verdicts.tests.items() if v.banned]
     notes += [f"{cell}: {err}" for cell, err in verdicts.cell_errors.items()
@@ -223,48 +508,7 @@ def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdi
     questions = {gid: (v.points if v.passed else 0.0, v.points, "" if v.passed else v.message)
                  for gid, v in verdicts.tests.items()}
     return Result(sub.student_id, assignment, score, max_score, "graded", "; ".join(notes),
-                  questions=questions, banned=bool(banned))
-
-
-# nbgrader's feedback template hard-codes MathJax 2 from a CDN (not even configurable), so
-# offline a learner sees raw TeX and the page reaches out to the network. Point it at the
-# book's vendored MathJax 3 instead, copied once next to the feedback pages.
-_MATHJAX_CDN = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*">\s*</script>')
-_VENDORED_MATHJAX = REPO_ROOT / "book" / "_vendor" / "mathjax"
-
-
-def _offline_mathjax(page: Path, feedback_root: Path) -> None:
-    html = page.read_text(encoding="utf-8")
-    if _VENDORED_MATHJAX.is_dir():
-        local = feedback_root / "_mathjax"
-        if not local.is_dir():
-            shutil.copytree(_VENDORED_MATHJAX, local)
-        tag = ('<script>window.MathJax = {tex: {inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]]}};</script>\n'
-               '<script src="../_mathjax/tex-mml-chtml.js"></script>')
-    else:
-        tag = "<!-- MathJax is not vendored yet (run `make book` once); formulas show as TeX -->"
-    page.write_text(_MATHJAX_CDN.sub(lambda _: tag, html), encoding="utf-8")
-
-
-def _notebook_problem(path: Path) -> str | None:
-    """Why ``path`` is not a gradable notebook, or None."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return f"{path.name} is not UTF-8 text; save it again from Jupyter"
-    except OSError as exc:
-        return f"{path.name} could not be read ({exc.strerror})"
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as exc:
-        return (f"{path.name} is not valid notebook JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-                "open it in Jupyter, save it again and resubmit")
-    try:
-        nb = nbformat.reads(text, as_version=4)
-        nbformat.validate(nb)
-    except Exception as exc:  # nbformat raises several unrelated types for malformed notebooks
-        return f"{path.name} is JSON but not a valid notebook ({_last_line(str(exc))})"
-    return None
+                  questions=questions, banned=bool(banned), late=late)
 
 
 def _score(course: Path, assignment: str, student_id: str) -> float:

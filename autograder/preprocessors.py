@@ -15,7 +15,7 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Unicode
 
-from autograder.verify import Verdicts
+from autograder.verdicts import Verdicts
 
 
 class ApplyTrustedVerdicts(NbGraderPreprocessor):
@@ -36,10 +36,12 @@ class ApplyTrustedVerdicts(NbGraderPreprocessor):
                     cell.outputs.append(new_output("stream", name="stdout", text=v.output))
                 if not v.passed:
                     name = "BannedCall" if v.banned else "TestFailed"
-                    cell.outputs.append(new_output("error", ename=name, evalue=v.message, traceback=[f"{name}: {v.message}"]))
+                    cell.outputs.append(new_output("error", ename=name, evalue=v.message,
+                                                   traceback=[f"{name}: {v.message}"]))
             elif meta.get("grade"):
-                cell.outputs.append(new_output("error", ename="NotGraded", evalue="the grader has no verdict for this cell",
-                                               traceback=["NotGraded: the grader has no verdict for this cell"]))
+                missing = "the grader has no verdict for this cell"
+                cell.outputs.append(new_output("error", ename="NotGraded", evalue=missing,
+                                               traceback=[f"NotGraded: {missing}"]))
             elif gid in verdicts.cell_errors:
                 note = f"Note from the grader: {verdicts.cell_errors[gid]}\n"
                 cell.outputs.append(new_output("stream", name="stdout", text=note))

@@ -33,7 +33,8 @@ def generate(assignment: str, out_dir: Path, solutions: Path = SOLUTIONS) -> Pat
         api = NbGraderAPI(config=nbgrader_config(root))
         result = api.generate_assignment(assignment, force=True, create=True)
         if not result["success"]:
-            raise ReleaseError(f"nbgrader could not generate {assignment!r}:\n{result.get('log') or result.get('error')}")
+            log = result.get("log") or result.get("error")
+            raise ReleaseError(f"nbgrader could not generate {assignment!r}:\n{log}")
         target = Path(out_dir) / assignment
         staged = Path(out_dir) / f".{assignment}.new"
         shutil.rmtree(staged, ignore_errors=True)
@@ -51,10 +52,6 @@ def _normalize(nb_path: Path) -> None:
     nb_path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def release_all(out_dir: Path = EXERCISES, solutions: Path = SOLUTIONS) -> list[Path]:
-    """Regenerate every assignment into ``out_dir``; return the written folders."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [generate(a, out_dir, solutions) for a in assignments(solutions)]
 
 
 def stale_exercises(exercises: Path = EXERCISES, solutions: Path = SOLUTIONS) -> list[str]:

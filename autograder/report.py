@@ -1,4 +1,9 @@
-"""What the instructor reads after a run: grades.csv, a score-distribution plot, report.md."""
+"""What the instructor reads after a run: grades.csv, a score-distribution plot, report.md.
+
+Every text field may hold learner-controlled text (error messages, file names), so each
+writer passes it through :mod:`autograder.learner_text`: the writers never fail on it
+and never let it act as markup or as a spreadsheet formula.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import matplotlib
+
+from autograder.learner_text import csv_cell, markdown_inline
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -27,19 +34,23 @@ class Result:
     # not in the CSV:
     questions: dict | None = None  # test grade_id -> (points earned, points possible, failure message)
     banned: bool = False
+    late: str = ""  # "late: submitted … after the due date", from nbgrader's timestamps or the LMS
 
 
-CSV_FIELDS = [f.name for f in fields(Result) if f.name not in ("questions", "banned")]
+CSV_FIELDS = [f.name for f in fields(Result) if f.name not in ("questions", "banned", "late")]
+CSV_MESSAGE_CHARS = 2000
+REPORT_MESSAGE_CHARS = 300
 
 
 def write_csv(results: list[Result], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
+    # errors="replace": the cells are already clean; this is the last line of defence.
+    with open(tmp, "w", newline="", encoding="utf-8", errors="replace") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        for r in sorted(results, key=lambda r: r.student_id):
-            row = {k: v for k, v in asdict(r).items() if k in CSV_FIELDS}
+        for r in sorted(results, key=lambda r: str(r.student_id)):
+            row = {k: csv_cell(v, CSV_MESSAGE_CHARS) for k, v in asdict(r).items() if k in CSV_FIELDS}
             row["score"], row["max_score"] = f"{r.score:g}", f"{r.max_score:g}"
             writer.writerow(row)
     tmp.replace(path)  # never leave a half-written grades.csv
@@ -69,10 +80,15 @@ def plot_distribution(results: list[Result], path: Path) -> Path | None:
     return path
 
 
-def write_report(results: list[Result], assignment: str, path: Path, plot: Path | None) -> None:
+def write_report(results: list[Result], assignment: str, path: Path, plot: Path | None,
+                 run_notes: list[str] | tuple[str, ...] = ()) -> None:
+    """``report.md``: counts, score summary, per-question pass rates, errors, late submissions,
+    files that mapped to no student (``run_notes``) and notes. Every student id and message is
+    one escaped, length-capped line (see ``learner_text``)."""
+    text = markdown_inline
     graded = [r for r in results if r.status == "graded"]
     errors = [r for r in results if r.status == "error"]
-    lines = [f"# Grading report: {assignment}", ""]
+    lines = [f"# Grading report: {text(assignment)}", ""]
     lines.append(f"{len(results)} submissions: {len(graded)} graded, {len(errors)} errors, "
                  f"{sum(r.banned for r in results)} with banned calls (scored 0 on those questions).")
     if graded:
@@ -85,22 +101,30 @@ def write_report(results: list[Result], assignment: str, path: Path, plot: Path 
         for q, (_, possible, _) in graded[0].questions.items():
             passed = sum(1 for r in graded if r.questions and r.questions[q][0] == possible)
             failures = Counter(_short(r.questions[q][2]) for r in graded if r.questions and r.questions[q][2])
-            common = f"{failures.most_common(1)[0][0]} ({failures.most_common(1)[0][1]})" if failures else ""
-            lines.append(f"| {q} | {possible:g} | {passed}/{len(graded)} | {common} |")
+            common = f"{text(failures.most_common(1)[0][0])} ({failures.most_common(1)[0][1]})" if failures else ""
+            lines.append(f"| {text(q)} | {possible:g} | {passed}/{len(graded)} | {common} |")
     if plot:
         lines += ["", f"![score distribution]({plot.name})"]
     if errors:
         lines += ["", "## Submissions that could not be graded", ""]
-        lines += [f"- **{r.student_id}**: {r.message}" for r in errors]
+        lines += [f"- **{text(r.student_id)}**: {text(r.message, REPORT_MESSAGE_CHARS)}" for r in errors]
+    late = [r for r in results if r.late]
+    if late:
+        lines += ["", "## Late submissions", ""]
+        lines += [f"- **{text(r.student_id)}**: {text(r.late, REPORT_MESSAGE_CHARS)}" for r in late]
+    if run_notes:  # file names from an LMS download: learner text
+        lines += ["", "## Files that map to no student", ""]
+        lines += [f"- {text(note, REPORT_MESSAGE_CHARS)}" for note in run_notes]
     flagged = [r for r in results if r.banned or (r.status == "graded" and r.message)]
     if flagged:
         lines += ["", "## Notes on graded submissions", ""]
-        lines += [f"- **{r.student_id}**: {r.message}" for r in flagged]
-    path.write_text("\n".join(lines) + "\n")
+        lines += [f"- **{text(r.student_id)}**: {text(r.message, REPORT_MESSAGE_CHARS)}" for r in flagged]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="replace")
 
 
 def _short(message: str) -> str:
-    message = message.replace("|", "/").replace("\n", " ")
+    """The diagnosis part of a failure message (the caller escapes it)."""
+    message = str(message)
     if ": " in message and "(" in message.split(": ", 1)[0]:
         message = message.split(": ", 1)[1]  # drop the call description, keep the diagnosis
     return message[:140]

@@ -1,49 +1,68 @@
 """The one way learner code is run: a bubblewrap sandbox around sandbox_worker.py.
 
-What the sandbox guarantees (each is tested by an attack in tests/test_attacks.py):
+What the sandbox guarantees (each is tested by an attack in tests/test_attacks.py and
+tests/test_sandbox.py):
 
 - no network: a new, empty network namespace;
-- the course folder is invisible: the root is an empty tmpfs and only the system,
-  the Python installation, the venv and the public ``qkv`` library are mounted,
-  read-only; solutions, the gradebook and other submissions are simply not there;
-- an empty scratch ``/tmp`` (tmpfs, size-capped) is the only writable place;
-- an unprivileged user (a uid in SANDBOX_UIDS, no capabilities) with limits on address space,
-  CPU seconds, file size (so output bytes) and processes;
-- every descendant dies with it: a new pid namespace whose init is bubblewrap,
-  and the whole process group is killed on close.
+- the course folder is invisible: the root is an empty, read-only tmpfs and only the system,
+  the Python installation, the venv and the public ``qkv`` library are mounted, read-only;
+  solutions, the gradebook and other submissions are simply not there;
+- each submission runs in a **learner process** of its own, pid 1 of a fresh pid namespace, with
+  its own empty size-capped ``/tmp`` and ``/dev/shm``, its own IPC namespace, no capabilities,
+  no_new_privs and a seccomp filter (``seccomp_filter.py``) that refuses namespaces, mounts,
+  ptrace, eBPF, io_uring, keyrings, System V IPC and the like; limits on address space, CPU
+  seconds, file size (so output bytes) and processes; everything it starts dies with it;
+- the learner process cannot reach the sandbox's control channel: it talks to the grader on a
+  socket made for it alone (handed to the grader by the zygote), and whether the sandbox is
+  reused is decided by the zygote's own checks, reported on a channel no learner process holds;
+- deadlines are fixed when a request is sent; a per-submission budget bounds the learner's total time.
 
-Speed: importing torch costs about a second, more than grading a notebook. In zygote
-mode the sandboxed worker imports it once and forks a fresh child per submission. The
-zygote keeps root inside the sandbox with only the setuid, setgid, kill, dac_override and
-fowner capabilities (no mount, no network, read-only files all the same); each child
-drops to the unprivileged uid before any learner code runs, so it can neither signal nor
-ptrace the zygote. After each child the zygote kills every process left in the namespace
-and wipes /tmp. A sandbox that hangs or leaves a survivor is discarded, not reused.
+Two ways to run, chosen at start-up (``platform_mode``):
+
+- **root**: bubblewrap runs as root; the zygote keeps only the capabilities it needs to set up
+  each learner process (setuid, setgid, setpcap, kill, sys_admin) and each learner process becomes
+  an unprivileged uid (one per grading worker, ``SANDBOX_UIDS``) before any learner code runs;
+- **user** (an ordinary user, where unprivileged user namespaces work): bubblewrap makes a user
+  namespace in which only the instructor's own uid is mapped, and forbids nested ones
+  (``--disable-userns``); the zygote keeps CAP_SYS_ADMIN *inside that namespace* only. The learner
+  process has the zygote's uid, so what keeps it from the zygote is the pid namespace (it cannot
+  name the zygote to signal or ptrace it), PR_SET_DUMPABLE=0 on the zygote, no capabilities and
+  the seccomp filter. Its processes count against the instructor's uid (see book/instructors.md).
+
+Where neither works, ``platform_mode`` raises SandboxUnavailable with one line naming the fix.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import getpass
 import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from autograder import wire
+from autograder import seccomp_filter, wire
 from autograder.course import REPO_ROOT
 
-HEADER_SIZE = 8
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 WIRE = Path(__file__).with_name("wire.py")
+CONTRACT = REPO_ROOT / "qkv" / "notebook_contract.py"
 INSIDE = "/opt/qkv-sandbox"
-# Sandboxes run as an unprivileged uid with no passwd entry. Each grading worker gets its own
-# uid, because the process limit (RLIMIT_NPROC) counts per uid: a submission that forks up to
-# the limit must not leave a sandbox running in parallel unable to start.
+# In root mode learner processes run as an unprivileged uid with no passwd entry. Each grading
+# worker gets its own uid, because the process limit (RLIMIT_NPROC) counts per uid: a submission
+# that forks up to the limit must not leave a sandbox running in parallel unable to start.
 SANDBOX_UIDS = range(61000, 62000)
+GRACE_SECONDS = 5.0  # beyond a learner's own deadline, for the reply to arrive on a busy machine
+CONTROL_SECONDS = 30.0  # the zygote's answers (fork, reap) never take long; it runs only our code
+ROOT_CAPS = "+setuid,+setgid,+setpcap,+kill,+sys_admin"
 
 
 def sandbox_uid() -> int:
@@ -53,25 +72,116 @@ def sandbox_uid() -> int:
 @dataclass(frozen=True)
 class Limits:
     memory_bytes: int = 4 * 2**30  # address space; torch alone maps about 1.5 GiB
-    cpu_seconds: int = 120  # the whole session
-    output_bytes: int = 8 * 2**20  # the learner's stdout/stderr log file
-    scratch_bytes: int = 64 * 2**20
+    cpu_seconds: int = 120  # per process
+    output_bytes: int = 8 * 2**20  # the learner's stdout/stderr log file, and any file it writes
+    scratch_bytes: int = 64 * 2**20  # its /tmp
+    shm_bytes: int = 16 * 2**20  # its /dev/shm (POSIX shared memory, semaphores)
     processes: int = 512  # counts threads too
     cell_seconds: float = 10.0
     call_seconds: float = 10.0
-    start_seconds: float = 60.0
+    start_seconds: float = 60.0  # the sandbox's start (it imports torch once)
+    submission_seconds: float = 120.0  # a learner's total wall-clock time, loads and calls together
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class InfrastructureError(RuntimeError):
+    """Our failure, not the learner's: the sandbox could not start, or died or misbehaved on a
+    channel no learner process holds. Never turned into a score: the student becomes an ``error``
+    and is graded on a rerun."""
+
+
+class SandboxUnavailable(InfrastructureError):
+    """No sandbox can run on this machine at all; the message is one line naming the fix."""
 
 
 class SandboxError(RuntimeError):
-    """The sandboxed process died, hung or spoke nonsense; the message says which."""
+    """The learner's process died, hung or sent something unreadable (its own doing)."""
+
+    def __init__(self, message: str, cell_index: int = -1):
+        super().__init__(message)
+        self.cell_index = cell_index  # the cell being loaded when it happened, -1 outside a load
 
 
 class ChildDied(SandboxError):
-    """The forked child serving one submission ended; the sandbox itself is still usable."""
+    """The learner process ended (os._exit, a crash, a limit) or broke the protocol."""
 
 
-def bwrap_available() -> bool:
-    return shutil.which("bwrap") is not None and shutil.which("setpriv") is not None
+class ChildTimeout(SandboxError):
+    """The learner process did not answer before its deadline and was killed."""
+
+    def __init__(self, message: str, seconds: float, cell_index: int = -1):
+        super().__init__(message, cell_index)
+        self.seconds = seconds
+
+
+class BudgetExceeded(ChildTimeout):
+    """The submission's whole time budget ran out."""
+
+
+class BannedAtRunTime(Exception):
+    """The learner's function reached a banned operator or module while the grader called it."""
+
+    def __init__(self, reached: list[str]):
+        super().__init__("; ".join(reached))
+        self.reached = reached
+
+
+class LearnerException(Exception):
+    """The learner's function raised ``type_name``: ``message`` (inside the sandbox)."""
+
+    def __init__(self, type_name: str, message: str, bases: list[str] | None = None):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name, self.message = type_name, message
+        self.bases = bases or [type_name]  # built-in classes in its hierarchy, nearest first
+
+
+# ----------------------------------------------------------------------------- which sandbox
+
+
+def _probe(argv: list[str]) -> str | None:
+    """None when ``argv`` (a tiny bubblewrap run) works, else bubblewrap's complaint."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if proc.returncode == 0:
+        return None
+    last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    return last if last.startswith("bwrap") else f"bwrap: {last}"
+
+
+@functools.lru_cache(maxsize=1)
+def platform_mode() -> str:
+    """"root" or "user" (see the module docstring); SandboxUnavailable with the fix otherwise."""
+    missing = [tool for tool in ("bwrap", "prlimit") + (("setpriv",) if os.geteuid() == 0 else ())
+               if shutil.which(tool) is None]
+    if missing:
+        raise SandboxUnavailable(f"cannot sandbox learner code: {', '.join(missing)} not found; "
+                                 "install them (as root: apt-get install bubblewrap util-linux)")
+    try:
+        seccomp_filter.program()
+    except Exception as exc:  # pyseccomp raises OSError/RuntimeError/ImportError depending on what is missing
+        raise SandboxUnavailable(f"cannot sandbox learner code: its seccomp filter cannot be built ({exc}); "
+                                 "install libseccomp (apt-get install libseccomp2) and pyseccomp") from None
+    namespaces = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--ro-bind", "/", "/", "--proc", "/proc",
+                  "--dev", "/dev", "--", "true"]
+    if os.geteuid() == 0:
+        problem = _probe(["bwrap", *namespaces])
+        if problem is None:
+            return "root"
+        raise SandboxUnavailable(f"cannot sandbox learner code: bubblewrap cannot create namespaces even as root "
+                                 f"({problem}); in a container, give it CAP_SYS_ADMIN (e.g. --privileged), "
+                                 "or grade on the host. Nothing was graded")
+    problem = _probe(["bwrap", "--unshare-user", "--disable-userns", "--cap-add", "CAP_SYS_ADMIN", *namespaces])
+    if problem is None:
+        return "user"
+    raise SandboxUnavailable(f"cannot sandbox learner code: as {getpass.getuser()} (not root) the sandbox needs "
+                             f"unprivileged user namespaces, and this machine refuses them ({problem}); grade as "
+                             "root, or allow them (sysctl user.max_user_namespaces=10000 "
+                             "kernel.unprivileged_userns_clone=1, or a container seccomp profile that permits them). "
+                             "Nothing was graded")
 
 
 def _ro_binds(paths: list[Path]) -> list[str]:
@@ -90,240 +200,370 @@ def _ro_binds(paths: list[Path]) -> list[str]:
     return args
 
 
-def command(limits: Limits, zygote: bool = False) -> list[str]:
-    """The full argv that starts sandbox_worker.py inside the sandbox."""
+def _mounts() -> list[Path]:
     python_home = Path(sys.base_prefix).resolve()
     venv = Path(sys.prefix).resolve()
-    system = [Path(p) for p in ("/usr", "/etc") if Path(p).exists()]
-    mounts = system + [python_home]
+    mounts = [Path(p) for p in ("/usr", "/etc") if Path(p).exists()] + [python_home]
     if venv != python_home:
         mounts.append(venv)
     mounts.append(REPO_ROOT / "qkv")  # the public course library (importing it in an answer is banned, not hidden)
-    uid = sandbox_uid()
+    return mounts
+
+
+def _under_tmp(paths: list[Path]) -> list[str]:
+    """The mounted paths that live under /tmp: each learner process binds them again in its own /tmp."""
+    return [str(p) for p in paths if Path(p).resolve().parts[:2] == ("/", "tmp") and len(Path(p).parts) > 2]
+
+
+def command(limits: Limits, mode: str, control_fd: int) -> list[str]:
+    """The full argv that starts the zygote inside the sandbox."""
+    mounts = _mounts()
     argv = ["bwrap"]
+    if mode == "user":
+        argv += ["--unshare-user", "--disable-userns", "--cap-add", "CAP_SYS_ADMIN"]
     for link in ("lib", "lib64", "bin", "sbin"):
         target = Path("/") / link
         if target.is_symlink():
             argv += ["--symlink", os.readlink(target), str(target)]
         elif target.exists():
             mounts.insert(0, target)
-    # The scratch /tmp first: a checkout or venv that lives under /tmp is then mounted on top
-    # of it (mounted after, it would be hidden by the tmpfs).
-    argv += ["--size", str(limits.scratch_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+    # The scratch /tmp first: a checkout or venv that lives under /tmp is then mounted on top of
+    # it (mounted after, it would be hidden by the tmpfs). The zygote never writes to it.
+    argv += ["--size", str(1 * 2**20), "--perms", "0755", "--tmpfs", "/tmp"]
     argv += _ro_binds(mounts)
     argv += ["--perms", "0755", "--dir", "/opt", "--perms", "0755", "--dir", INSIDE,
+             "--perms", "0755", "--dir", f"{INSIDE}/newtmp",
              "--ro-bind", str(WORKER), f"{INSIDE}/sandbox_worker.py",
              "--ro-bind", str(WIRE), f"{INSIDE}/wire.py",
+             "--ro-bind", str(CONTRACT), f"{INSIDE}/notebook_contract.py",
              "--proc", "/proc", "--dev", "/dev",
              "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
              "--die-with-parent", "--new-session", "--chdir", "/tmp",
              "--setenv", "HOME", "/tmp", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
              "--setenv", "MPLBACKEND", "Agg", "--setenv", "OMP_NUM_THREADS", "1",
              "--unsetenv", "JPY_PARENT_PID",
+             "--remount-ro", "/", "--remount-ro", "/dev",
              "--"]
-    if zygote:
-        # The zygote stays root inside the sandbox, with only the capabilities it needs to drop
-        # each child to the unprivileged uid and to kill what a child leaves behind. A child
-        # therefore cannot signal or ptrace it (another uid), and has no capabilities at all.
-        # (dac_override and fowner: to delete whatever a child left in /tmp, whatever its permissions.)
-        argv += ["setpriv", "--inh-caps=-all", "--bounding-set=-all,+setuid,+setgid,+kill,+dac_override,+fowner",
-                 "--no-new-privs"]
-    else:
-        argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    if mode == "root":
+        # The zygote stays root inside the sandbox with only what it needs to set up each learner
+        # process: namespaces and mounts (sys_admin), becoming the unprivileged uid (setuid, setgid,
+        # setpcap for the bounding set) and killing the learner process (kill).
+        argv += ["setpriv", "--inh-caps=-all", f"--bounding-set=-all,{ROOT_CAPS}", "--no-new-privs"]
     argv += ["prlimit", f"--as={limits.memory_bytes}", f"--cpu={limits.cpu_seconds}",
              f"--fsize={limits.output_bytes}", f"--nproc={limits.processes}", "--core=0",
              "--",
-             str(venv / "bin" / "python"), "-I", "-B", f"{INSIDE}/sandbox_worker.py"]
-    if zygote:
-        argv += ["--zygote", f"--uid={uid}"]
+             str(Path(sys.prefix).resolve() / "bin" / "python"), "-I", "-B", f"{INSIDE}/sandbox_worker.py",
+             f"--control-fd={control_fd}"]
     return argv
 
 
-class Sandbox:
-    """A running sandboxed worker. Use as a context manager; every call has a deadline."""
+# ----------------------------------------------------------------------------- framing with deadlines
 
-    def __init__(self, limits: Limits = Limits(), zygote: bool = False):
-        self.limits = limits
-        self.zygote = zygote
-        self.proc: subprocess.Popen | None = None
-        self.dead_reason: str | None = None
-        self.child_alive = False
 
-    def __enter__(self) -> "Sandbox":
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
-        self.proc = subprocess.Popen(command(self.limits, self.zygote), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-                                     start_new_session=True)
-        self.child_alive = not self.zygote
-        return self
+class _Eof(Exception):
+    pass
 
-    # ---------------------------------------------------------------- zygote mode
 
-    def fork(self) -> None:
-        """Zygote mode: start a fresh child (a fork of the warm process) for the next submission."""
-        if self.child_alive:
-            self.end_child()
-        self._write({"op": "fork"})
-        self.child_alive = True
+class _Late(Exception):
+    pass
 
-    def end_child(self) -> None:
-        """Zygote mode: end the current child and wait until the sandbox is clean again."""
-        if not self.child_alive:
-            return
-        self._write({"op": "exit"})
+
+def _recv(sock: socket.socket, n: int, deadline: float, fds: list[int] | None = None) -> bytes:
+    """Exactly ``n`` bytes before ``deadline``; descriptors sent along are appended to ``fds``."""
+    chunks, remaining = [], n
+    while remaining:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Late()
+        ready, _, _ = select.select([sock], [], [], left)
+        if not ready:
+            continue
         try:
-            self.read(time.monotonic() + 10)
-        except ChildDied:
-            pass  # the expected "child_exited"
+            if fds is not None:
+                data, got, _, _ = socket.recv_fds(sock, min(remaining, 1 << 20), 4)
+                fds.extend(got)
+            else:
+                data = sock.recv(min(remaining, 1 << 20))
+        except ConnectionError:
+            raise _Eof() from None
+        if not data:
+            raise _Eof()
+        chunks.append(data)
+        remaining -= len(data)
+    return b"".join(chunks)
+
+
+def _read_frame(sock: socket.socket, deadline: float, fds: list[int] | None = None) -> dict:
+    """One message; _Eof, _Late or wire.NotPlainData."""
+    length = wire.body_length(_recv(sock, wire.HEADER.size, deadline, fds))
+    return wire.loads(_recv(sock, length, deadline, fds))
+
+
+def wait_status_reason(status: int | None) -> str:
+    """Describe an os.waitpid status."""
+    if status is None:
+        return "the process ended"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return "the CPU-time limit was exceeded"
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        return f"the process was killed by {name}"
+    code = os.WEXITSTATUS(status)
+    return f"the process exited with status {code} (os._exit or a crash?)"
+
+
+# ----------------------------------------------------------------------------- the zygote
+
+
+class Sandbox:
+    """A running zygote. ``fork()`` gives a :class:`Child` for one submission; use as a context manager."""
+
+    def __init__(self, limits: Limits = Limits()):
+        self.limits = limits
+        self.proc: subprocess.Popen | None = None
+        self.control: socket.socket | None = None
+        self.broken: str | None = None  # why this sandbox may not be reused
+        self.current: Child | None = None
+        self._stderr = None
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def start(self) -> Sandbox:
+        mode = platform_mode()
+        ours, theirs = socket.socketpair()
+        self.control = ours
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sandbox; closed in close()
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
+        try:
+            self.proc = subprocess.Popen(command(self.limits, mode, theirs.fileno()), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=self._stderr, env=env,
+                                         pass_fds=[theirs.fileno()], start_new_session=True)
+        except OSError as exc:
+            theirs.close()
+            raise InfrastructureError(f"the sandbox could not start ({exc})") from None
+        theirs.close()
+        paths = _mounts()
+        self._send({"op": "init", "uid": sandbox_uid() if mode == "root" else None,
+                    "tmp_bytes": self.limits.scratch_bytes, "shm_bytes": self.limits.shm_bytes,
+                    "tmp_binds": _under_tmp(paths), "seccomp": base64.b64encode(seccomp_filter.program()).decode()})
+        reply = self._receive(time.monotonic() + self.limits.start_seconds, "start")
+        if reply.get("event") != "ready":
+            raise self._broken(f"the sandbox did not start: {reply.get('message', reply.get('event'))}")
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and self.broken is None
+
+    def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
+        try:
+            self._stderr.seek(0)
+            lines = self._stderr.read()[-4000:].decode(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+    def _broken(self, reason: str) -> InfrastructureError:
+        tail = self._stderr_tail()
+        self.broken = reason
+        return InfrastructureError(reason + (f" [{tail}]" if tail else ""))
+
+    def _send(self, message: dict) -> None:
+        if self.control is None:
+            raise self._broken("the sandbox is closed")
+        try:
+            self.control.sendall(wire.frame(message))
+        except OSError:
+            raise self._broken("the sandbox's control process ended unexpectedly") from None
+
+    def _receive(self, deadline: float, what: str, fds: list[int] | None = None) -> dict:
+        try:
+            return _read_frame(self.control, deadline, fds)
+        except _Eof:
+            code = self.proc.poll() if self.proc else None
+            raise self._broken(f"the sandbox's control process ended during {what}"
+                               + (f" (exit status {code})" if code is not None else "")) from None
+        except _Late:
+            raise self._broken(f"the sandbox's control process did not answer ({what})") from None
+        except wire.NotPlainData as exc:
+            raise self._broken(f"the sandbox's control process sent nonsense during {what} ({exc})") from None
+
+    def fork(self) -> Child:
+        """A fresh learner process, ready for one submission."""
+        if not self.alive:
+            raise InfrastructureError(f"the sandbox cannot be used ({self.broken or 'not running'})")
+        if self.current is not None:
+            self.current.end()
+        self._send({"op": "fork"})
+        fds: list[int] = []
+        try:
+            reply = self._receive(time.monotonic() + CONTROL_SECONDS, "fork", fds)
+        except InfrastructureError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        if reply.get("event") != "forked" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise self._broken(f"the sandbox could not start a learner process ({reply.get('message', reply)})")
+        child = Child(self, socket.socket(fileno=fds[0]))
+        self.current = child
+        child.wait_ready(time.monotonic() + CONTROL_SECONDS)
+        return child
+
+    def reap(self) -> dict:
+        """Kill the current learner process (if alive) and learn from the zygote how it ended and
+        whether the sandbox is clean. An unclean sandbox is marked broken (never reused)."""
+        self.current = None
+        self._send({"op": "reap", "wait": 10})
+        reply = self._receive(time.monotonic() + CONTROL_SECONDS, "reap")
+        if reply.get("event") != "reaped":
+            raise self._broken(f"unexpected answer from the sandbox ({str(reply)[:200]})")
+        if not reply.get("clean"):
+            self.broken = "a process survived the end of a learner process"
+        return reply
 
     def close(self) -> None:
         if self.proc is None:
             return
         try:
-            if self.proc.poll() is None:
-                self._write({"op": "exit"})
-                self.proc.wait(timeout=1)
-        except (OSError, subprocess.TimeoutExpired, SandboxError):
+            if self.proc.poll() is None and self.control is not None:
+                self.control.sendall(wire.frame({"op": "exit"}))
+                self.proc.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
             pass
         finally:
             try:  # the process group: bwrap and anything that escaped its session inside
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
             self.proc.wait()
-            for stream in (self.proc.stdin, self.proc.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+            self.proc = None
+            if self.current is not None:
+                self.current.sock.close()
+                self.current = None
+            for thing in (self.control, self._stderr):
+                if thing is not None:
+                    thing.close()
+            self.control = self._stderr = None
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None and self.dead_reason is None
 
-    # ---------------------------------------------------------------- protocol
+class Child:
+    """One learner process: load the learner's cells, call their functions. Every wait has a fixed
+    deadline; whatever goes wrong on this channel is the learner's doing (ChildDied, ChildTimeout),
+    except what the zygote reports about it (InfrastructureError)."""
 
-    def _write(self, message: dict) -> None:
-        body = wire.dumps(message)
+    def __init__(self, sandbox: Sandbox, sock: socket.socket):
+        self.sandbox, self.sock = sandbox, sock
+        self.ended: dict | None = None
+
+    # -- life cycle
+
+    def wait_ready(self, deadline: float) -> None:
         try:
-            self.proc.stdin.write(len(body).to_bytes(HEADER_SIZE, "big") + body)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            raise self._died("the sandboxed process ended unexpectedly") from None
+            hello = _read_frame(self.sock, deadline)
+        except (_Eof, _Late, wire.NotPlainData):
+            report = self.end()
+            raise self.sandbox._broken("a learner process failed to set up "
+                                       f"({wait_status_reason(report.get('status'))})") from None
+        if hello.get("event") != "ready":  # no learner code has run yet: this is our set-up failing
+            self.end()
+            raise self.sandbox._broken(f"a learner process failed to set up: {str(hello.get('message'))[:300]}")
 
-    def _died(self, reason: str) -> SandboxError:
-        self.dead_reason = reason
-        return SandboxError(reason)
+    def end(self) -> dict:
+        """Kill this learner process and everything it started; the zygote's report."""
+        if self.ended is None:
+            self.sock.close()
+            self.ended = self.sandbox.reap()
+        return self.ended
 
-    def _read_exact(self, n: int, deadline: float) -> bytes:
-        fd = self.proc.stdout.fileno()
-        chunks, remaining = [], n
-        while remaining:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise self._died("timeout")
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                code = self.proc.poll()
-                raise self._died(_exit_reason(code))
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+    def _failure(self, exc: BaseException, cell_index: int, seconds: float, budget: bool) -> SandboxError:
+        if isinstance(exc, _Late):
+            self.end()
+            if budget:
+                return BudgetExceeded("the submission's time budget ran out", seconds, cell_index)
+            return ChildTimeout(f"no answer within {seconds:g} s", seconds, cell_index)
+        report = self.end()
+        if isinstance(exc, wire.NotPlainData):
+            return ChildDied(f"it sent the grader something unreadable ({exc})", cell_index)
+        return ChildDied(wait_status_reason(report.get("status")), cell_index)
 
-    def read(self, deadline: float) -> dict:
-        length = int.from_bytes(self._read_exact(HEADER_SIZE, deadline), "big")
-        if length > wire.MAX_MESSAGE_BYTES:
-            raise self._died(f"the learner's code sent {length} bytes, over the {wire.MAX_MESSAGE_BYTES}-byte limit")
+    def _send(self, message: dict) -> None:
         try:
-            message = wire.loads(self._read_exact(length, deadline))
-        except (ValueError, wire.NotPlainData) as exc:
-            raise self._died(f"unreadable reply from the sandbox ({exc})") from None
-        if self.zygote and message.get("event") == "child_exited":
-            self.child_alive = False
-            status = message.get("status")
-            if not message.get("clean", False):
-                self.dead_reason = "a process survived the cleanup between submissions"
-            raise ChildDied(_wait_status_reason(status if isinstance(status, int) else -1))
-        return message
+            self.sock.sendall(wire.frame(message))
+        except OSError:
+            pass  # it ended: the next read sees the end and asks the zygote how
 
-    def load(self, cells: list[dict], on_event=None) -> tuple[list[dict | None], list[str]]:
+    def _read(self, deadline: float, budget_deadline: float, seconds: float, cell_index: int = -1) -> dict:
+        try:
+            return _read_frame(self.sock, min(deadline, budget_deadline))
+        except (_Eof, _Late, wire.NotPlainData) as exc:
+            raise self._failure(exc, cell_index, seconds, budget_deadline < deadline) from None
+
+    # -- requests
+
+    def load(self, cells: list[dict], cell_seconds: float, budget_deadline: float = float("inf"),
+             deny_modules: list[str] = ()) -> tuple[list[dict | None], list[str]]:
         """Execute ``cells`` in order. Returns (per-cell error or None, names of callables defined).
 
-        A cell that hangs past its deadline kills the sandbox: SandboxError names the cell index.
-        """
-        self._write({"op": "load", "cells": cells, "cell_timeout": self.limits.cell_seconds})
+        Each cell's deadline is fixed when it starts; events out of order count as the learner
+        tampering with its channel. A cell that hangs or kills the process raises ChildTimeout /
+        ChildDied carrying its index."""
+        self._send({"op": "load", "cells": cells, "cell_timeout": cell_seconds, "deny_modules": list(deny_modules)})
         errors: list[dict | None] = [None] * len(cells)
-        current = -1
-        start_deadline = time.monotonic() + self.limits.start_seconds  # torch import happens before cell 0
-        while True:
-            grace = self.limits.cell_seconds + 5
-            deadline = start_deadline if current < 0 else time.monotonic() + grace
-            try:
-                event = self.read(deadline)
-            except SandboxError as exc:
-                exc.cell_index = current
-                raise
-            kind = event.get("event")
-            if kind == "cell_start":
-                current = int(event.get("index", -1))
-            elif kind == "cell_done":
-                index = int(event.get("index", -1))
-                if 0 <= index < len(cells):
-                    errors[index] = event.get("error")
-            elif kind == "loaded":
-                names = [n for n in event.get("functions", []) if isinstance(n, str)]
-                return errors, names
+        wait = cell_seconds + GRACE_SECONDS
+        deadline = time.monotonic() + GRACE_SECONDS  # until the first cell starts: our own code
+        for index in range(len(cells)):
+            # Between cells only our code runs, but a thread a cell left behind may strike there:
+            # the previous cell answers for it (-1 before the first: our set-up).
+            start = self._read(deadline, budget_deadline, wait, index - 1)
+            if start != {"event": "cell_start", "index": index}:
+                raise self._failure(wire.NotPlainData("an out-of-order message"), index, wait, False)
+            deadline = time.monotonic() + wait
+            done = self._read(deadline, budget_deadline, wait, index)
+            if done.get("event") != "cell_done" or done.get("index") != index:
+                raise self._failure(wire.NotPlainData("an out-of-order message"), index, wait, False)
+            error, notes = done.get("error"), done.get("notes")
+            errors[index] = error if isinstance(error, dict) or error is None else {"type": "Error"}
+            if errors[index] is None and isinstance(notes, list) and notes:
+                errors[index] = {"type": "Note", "message": "; ".join(str(n)[:300] for n in notes[:5])}
+            deadline = time.monotonic() + GRACE_SECONDS
+        loaded = self._read(deadline, budget_deadline, wait, len(cells) - 1)
+        if loaded.get("event") != "loaded" or not isinstance(loaded.get("functions"), list):
+            raise self._failure(wire.NotPlainData("an out-of-order message"), len(cells) - 1, wait, False)
+        return errors, [n for n in loaded["functions"] if isinstance(n, str)]
 
-    def call(self, name: str, args: tuple, kwargs: dict):
+    def call(self, name: str, args: tuple, kwargs: dict, call_seconds: float,
+             budget_deadline: float = float("inf"), deny: tuple[dict, list] = ({}, [])):
         """Call the learner's ``name``; returns (value, mutated args, mutated kwargs) or raises.
 
-        Raises SandboxError when the process dies or hangs, LearnerException when
-        the learner's function raised, and wire.NotPlainData for a non-plain argument.
-        """
-        self._write({"op": "call", "name": name, "args": wire.encode(list(args)),
-                     "kwargs": wire.encode(dict(kwargs)), "timeout": self.limits.call_seconds})
-        reply = self.read(time.monotonic() + self.limits.call_seconds + 5)
+        ``deny`` is (aten op packet -> banned name, banned dotted names): the sandbox refuses them
+        during the call. Raises ChildDied / ChildTimeout when the process dies, hangs or garbles
+        the reply, BannedAtRunTime when a banned operator was reached, LearnerException when the
+        learner's function raised, and wire.NotPlainData for a non-plain argument."""
+        self._send({"op": "call", "name": name, "args": wire.encode(list(args)),
+                    "kwargs": wire.encode(dict(kwargs)), "timeout": call_seconds,
+                    "deny_ops": [[k, v] for k, v in deny[0].items()], "deny_functions": list(deny[1])})
+        wait = call_seconds + GRACE_SECONDS
+        reply = self._read(time.monotonic() + wait, budget_deadline, wait)
+        reached = reply.get("banned")
+        if isinstance(reached, list) and reached:
+            raise BannedAtRunTime([str(r)[:200] for r in reached[:20]])
         if reply.get("event") == "result":
             try:
                 return (wire.decode(reply.get("value")), wire.decode(reply.get("args", {"__dict__": []})),
                         wire.decode(reply.get("kwargs", {"__dict__": []})))
             except (wire.NotPlainData, ValueError, TypeError) as exc:
                 raise LearnerException("NotPlainData", f"returned data the grader cannot read ({exc})") from None
-        bases = [b for b in reply.get("bases", []) if isinstance(b, str)] if isinstance(reply.get("bases"), list) else []
-        raise LearnerException(str(reply.get("type", "Error")), str(reply.get("message", "")), bases)
-
-
-class LearnerException(Exception):
-    """The learner's function raised ``type_name``: ``message`` (inside the sandbox)."""
-
-    def __init__(self, type_name: str, message: str, bases: list[str] | None = None):
-        super().__init__(f"{type_name}: {message}")
-        self.type_name, self.message = type_name, message
-        self.bases = bases or [type_name]  # built-in classes in its hierarchy, nearest first
-
-
-def _wait_status_reason(status: int) -> str:
-    """Describe an os.waitpid status as _exit_reason does for a return code."""
-    if status < 0:
-        return "the process ended"
-    if os.WIFSIGNALED(status):
-        return _exit_reason(-os.WTERMSIG(status))
-    return _exit_reason(os.WEXITSTATUS(status))
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is None:
-        return "the sandboxed process closed its output"
-    if code < 0:
-        sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        return f"the process was killed by {sig}"
-    if code == 128 + signal.SIGXCPU:
-        return "the CPU-time limit was exceeded"
-    return f"the process exited with status {code} (os._exit or a crash?)"
+        if reply.get("event") != "error":
+            raise self._failure(wire.NotPlainData("an unexpected message"), -1, wait, False)
+        bases = reply.get("bases")
+        bases = [b for b in bases if isinstance(b, str)][:8] if isinstance(bases, list) else []
+        raise LearnerException(str(reply.get("type", "Error"))[:100], str(reply.get("message", ""))[:4000], bases)

@@ -2,9 +2,16 @@
 
 Both grade the same submissions of the attention assignment (correct, wrong and erroring,
 mixed) in this one invocation, and both write nbgrader gradebook entries and feedback.
-Prints notebooks per second for each and their ratio.
+Prints notebooks per second for each, their ratio, and where qkv's time goes: verification
+(sandboxed learner processes and the reference's tests, summed over the workers), recording
+(nbgrader's autograde into the gradebook) and feedback (nbgrader's feedback pages).
 
-    .venv/bin/python benchmarks/grading.py [--students 40] [--workers N]
+With ``--scaling``: qkv's grader alone on the same submissions with 1, 2, ... up to the
+machine's cores worker processes, each run from scratch (no verdict cache); prints
+notebooks/s, the speed-up over one worker, notebooks/s per core, and what the best rate means
+for a class of 1,000 learners x 9 chapters.
+
+    .venv/bin/python benchmarks/grading.py [--students 40] [--workers N] [--scaling]
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ sys.path.insert(0, str(REPO / "tests"))
 from notebook_tools import learner_notebook  # noqa: E402
 
 from autograder.course import SOLUTIONS, nbgrader_config  # noqa: E402
-from autograder.grading import grade_class  # noqa: E402
+from autograder.grading import PHASES, grade_class  # noqa: E402
 
 RIGHT = {"softmax": "reference", "scaled_dot_product_attention": "reference", "additive_attention": "reference"}
 KINDS = [
     RIGHT,
     {"softmax": "reference", "scaled_dot_product_attention":
-        "def scaled_dot_product_attention(q, k, v, mask=None):\n    w = softmax(q @ k.transpose(-2, -1))\n    return w @ v, w"},
+        "def scaled_dot_product_attention(q, k, v, mask=None):\n"
+        "    w = softmax(q @ k.transpose(-2, -1))\n    return w @ v, w"},
     {**RIGHT, "additive_attention": "def additive_attention(:\n    pass"},  # a syntax error
     {},  # not attempted: every test raises
 ]
@@ -71,11 +79,40 @@ def ours(subs: Path, work: Path, workers: int | None) -> float:
     return elapsed
 
 
+def scaling(subs: Path, work: Path, max_workers: int) -> list[tuple[int, float]]:
+    """(workers, notebooks/s) for 1 .. max_workers workers, each grading every submission afresh."""
+    n = sum(1 for _ in subs.iterdir())
+    rates = []
+    for workers in range(1, max_workers + 1):
+        rates.append((workers, n / ours(subs, work / f"scaling-{workers}", workers)))
+    return rates
+
+
+def print_scaling(rates: list[tuple[int, float]], n: int, learners: int = 1000, chapters: int = 9) -> None:
+    base = rates[0][1]
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (other work on the "
+          f"machine slows every row alike); {n} attention submissions per run")
+    print("workers  notebooks/s  speed-up  notebooks/s per core")
+    for workers, rate in rates:
+        print(f"{workers:>7}  {rate:>11.2f}  {rate / base:>7.2f}x  {rate / workers:>20.2f}")
+    workers, best = max(rates, key=lambda r: r[1])
+    total = learners * chapters
+    print(f"{learners} learners x {chapters} chapters = {total} notebooks: {total / best / 3600:.1f} h on this machine "
+          f"at {best:.2f} notebooks/s ({workers} workers), assuming every chapter grades like attention")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--students", type=int, default=40)
     parser.add_argument("--workers", type=int, default=None, help="qkv grader workers (default: cores)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="throughput against the number of workers, 1 .. --workers (default: cores)")
     args = parser.parse_args()
+    if args.scaling:
+        with tempfile.TemporaryDirectory(prefix="qkv-bench-") as tmp:
+            subs = make_class(Path(tmp) / "subs", args.students)
+            print_scaling(scaling(subs, Path(tmp), args.workers or os.cpu_count() or 1), args.students)
+        return
     with tempfile.TemporaryDirectory(prefix="qkv-bench-") as tmp:
         work = Path(tmp)
         subs = make_class(work / "subs", args.students)
@@ -87,6 +124,10 @@ def main() -> None:
     print(f"qkv grader (sandboxed, trusted verdicts, {args.workers or os.cpu_count()} workers): "
           f"{n / t_ours:.2f} notebooks/s ({t_ours:.1f} s for {n})")
     print(f"ratio qkv / stock: {t_stock / t_ours:.2f}x")
+    workers = args.workers or os.cpu_count()
+    print(f"qkv's time per notebook: verification {PHASES['verification'] / n:.2f} s (in {workers} workers "
+          f"in parallel), recording {PHASES['recording'] / n:.2f} s, feedback {PHASES['feedback'] / n:.2f} s "
+          "(both in the main process)")
 
 
 if __name__ == "__main__":

@@ -30,16 +30,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
 
 import nbformat
 
-from qkv.chapters import CHAPTERS, chapter as chapter_info
+from qkv.chapters import CHAPTERS
+from qkv.chapters import chapter as chapter_info
+from qkv.notebook_contract import (  # noqa: F401
+    SELF_CHECK_ROLE,
+    CellRunner,
+    function_of,
+    graded_function,
+    is_self_check_cell,
+    is_test_cell,
+    nbgrader,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-SELF_CHECK_ROLE = "self-check"  # cell metadata {"qkv": {"role": "self-check"}}: the `qkv.check()` cell
 STATUSES = ("passed", "failing", "not attempted")
 DEFAULT_STEP_TIMEOUT = 60.0  # seconds one cell or one test may run; the slowest reference test takes ~2 s
 MAX_RERUNS = 5
@@ -115,10 +124,6 @@ class Report:
                 "<table><thead><tr><th>function</th><th>status</th><th>diagnosis</th><th>reread</th></tr></thead>"
                 f"<tbody>{''.join(cells)}</tbody></table><p>{html.escape(self.summary())}</p>{notes}</div>")
 
-    def to_json(self) -> dict[str, Any]:
-        return {"chapter": self.chapter, "notes": self.notes,
-                "results": [r.__dict__ for r in self.results]}
-
 
 # ----------------------------------------------------------------------------- the book's sections
 
@@ -166,46 +171,7 @@ def graded_functions(chapter: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- notebook parts
-
-
-def _nbgrader(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
-
-
-def is_self_check_cell(cell) -> bool:
-    """A learner-side helper cell: the exercise's ``qkv.check(...)`` cell (metadata
-    ``{"qkv": {"role": "self-check"}}``) or a cell holding only ``import qkv`` and
-    ``qkv.check(...)`` / ``qkv.hint(...)`` calls with literal arguments (what the README tells
-    learners to type). The self-check never runs these (a check would check itself) and the
-    grader skips them too (autograder/verify.py): a skipped cell's code never runs, so this
-    can only ever remove a learner's own code from what is loaded."""
-    import ast
-
-    meta = cell.get("metadata", {}).get("qkv", {})
-    if isinstance(meta, dict) and meta.get("role") == SELF_CHECK_ROLE:
-        return True
-    if cell.get("cell_type") != "code":
-        return False
-    try:
-        body = ast.parse(cell.get("source", "")).body
-    except SyntaxError:
-        return False
-
-    def helper(node) -> bool:
-        if isinstance(node, ast.Import):
-            return all(a.name == "qkv" and a.asname is None for a in node.names)
-        call = node.value if isinstance(node, ast.Expr) else None
-        return (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                and isinstance(call.func.value, ast.Name) and call.func.value.id == "qkv"
-                and call.func.attr in ("check", "hint")
-                and all(isinstance(a, ast.Constant) for a in [*call.args, *(k.value for k in call.keywords)]))
-
-    return bool(body) and all(helper(n) for n in body) and any(not isinstance(n, ast.Import) for n in body)
-
-
-def is_test_cell(cell) -> bool:
-    meta = _nbgrader(cell)
-    return cell.get("cell_type") == "code" and bool(meta.get("grade")) and not meta.get("solution")
+# Cell roles, test naming and self-check cells live in qkv/notebook_contract.py, shared with the grader.
 
 
 @dataclass
@@ -216,30 +182,19 @@ class Visible:
     tests: list[tuple[str, str, str]]
 
     @classmethod
-    def from_notebook(cls, nb) -> "Visible":
+    def from_notebook(cls, nb) -> Visible:
         functions: list[str] = []
         tests: list[tuple[str, str, str]] = []
         for cell in nb.cells:
-            meta = _nbgrader(cell)
-            if cell.get("cell_type") != "code":
-                continue
-            if meta.get("solution") and meta.get("grade_id"):
-                functions.append(meta["grade_id"])
+            if graded_function(cell):
+                functions.append(graded_function(cell))
             elif is_test_cell(cell):
-                tid = meta.get("grade_id", f"test-{len(tests)}")
+                tid = nbgrader(cell).get("grade_id", f"test-{len(tests)}")
                 # Named test_<function>[_aspect]; a test named otherwise belongs to the answer above it.
                 owner = function_of(tid, functions) or (functions[-1] if functions else None)
                 if owner:
                     tests.append((tid, owner, cell.source))
         return cls(functions, tests)
-
-
-def function_of(test_id: str, functions: Iterable[str]) -> str | None:
-    """The graded function a test cell tests, from its name ``test_<function>[_aspect]``."""
-    for name in sorted(functions, key=len, reverse=True):  # longest first: test_merge_heads vs merge
-        if test_id == f"test_{name}" or test_id.startswith(f"test_{name}_"):
-            return name
-    return None
 
 
 def visible_tests(chapter: str, learner_nb=None) -> Visible:
@@ -259,7 +214,7 @@ def learner_code_cells(nb) -> list[tuple[str, str]]:
     for i, cell in enumerate(nb.cells):
         if cell.get("cell_type") != "code" or is_test_cell(cell) or is_self_check_cell(cell):
             continue
-        out.append((_nbgrader(cell).get("grade_id") or f"cell {i + 1}", cell.source))
+        out.append((nbgrader(cell).get("grade_id") or f"cell {i + 1}", cell.source))
     return out
 
 
@@ -297,49 +252,11 @@ def _exec(source: str, name: str, ns: dict) -> None:
     exec(compile(source, f"<{name}>", "exec"), ns)  # noqa: S102 - running the learner's own code is the point
 
 
-class _NoShell:
-    """Stands in for IPython in the checker's process: line magics and shell escapes
-    (``%matplotlib inline``, ``!ls``) do nothing; ``%%time``-like cell magics run their body."""
-
-    PASS_THROUGH = {"time", "capture", "timeit", "prun"}
-
-    def __init__(self, ns: dict):
-        self.ns = ns
-
-    def run_line_magic(self, *args, **kwargs):
-        return None
-
-    def system(self, *args, **kwargs):
-        return None
-
-    getoutput = system
-
-    def run_cell_magic(self, magic: str, line: str, cell: str):
-        if magic in self.PASS_THROUGH:
-            _exec_cell(cell, f"%%{magic}", self.ns)
-        return None
-
-
-def _exec_cell(source: str, name: str, ns: dict) -> None:
-    """Run a learner's cell; IPython syntax (magics, ``!``) is translated first when present."""
-    try:
-        code = compile(source, f"<{name}>", "exec")
-    except SyntaxError:
-        from IPython.core.inputtransformer2 import TransformerManager
-
-        translated = TransformerManager().transform_cell(source)
-        if translated == source:
-            raise
-        ns.setdefault("get_ipython", lambda: _NoShell(ns))
-        code = compile(translated, f"<{name}>", "exec")
-    exec(code, ns)  # noqa: S102 - running the learner's own code is the point
-
-
 def run_tests(ns: dict, tests: list[tuple[str, str, str]], step_timeout: float | None = None
               ) -> Iterator[tuple[str, str, str, str]]:
     """Run the test cells in ``ns``; yield (test id, function, status, diagnosis) for each."""
     for tid, function, source in tests:
-        with _alarm(step_timeout, f"{tid} did not finish within {step_timeout:g} s (an infinite loop?)"
+        with _Alarm(step_timeout, f"{tid} did not finish within {step_timeout:g} s (an infinite loop?)"
                     if step_timeout else ""):
             try:
                 _exec(source, tid, ns)
@@ -350,7 +267,7 @@ def run_tests(ns: dict, tests: list[tuple[str, str, str]], step_timeout: float |
         yield tid, function, status, diagnosis
 
 
-class _alarm:
+class _Alarm:
     """Raise StepTimeout in the main thread after ``seconds`` (no-op elsewhere or when None)."""
 
     def __init__(self, seconds: float | None, message: str):
@@ -413,6 +330,7 @@ def _worker() -> None:
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
     def send(**msg):
+        msg["t"] = time.monotonic()  # for benchmarks/selfcheck.py: the time after start-up
         proto.write(json.dumps(msg) + "\n")
         proto.flush()
 
@@ -425,11 +343,12 @@ def _worker() -> None:
         os.chdir(spec["cwd"])
         sys.path.insert(0, spec["cwd"])
     ns: dict = {"__name__": "__main__"}
+    runner = CellRunner(ns)  # magics behave as in JupyterLab and in the grader's sandbox
     for cid, source in spec["cells"]:
         send(kind="start", id=cid)
         try:
-            _exec_cell(source, cid, ns)
-            send(kind="cell", id=cid, error="")
+            notes = runner.run(source, f"<{cid}>")
+            send(kind="cell", id=cid, error="", notes=notes)
         except BaseException as exc:  # noqa: BLE001 - a learner cell may raise anything, even SystemExit
             send(kind="cell", id=cid, error=f"{type(exc).__name__}: {exc}")
     for tid, function, source in spec["tests"]:
@@ -509,6 +428,9 @@ def check_notebook(chapter: str, notebook: Path, *, step_timeout: float = DEFAUL
         run_tests_ = [t for t in tests if t[0] not in skip]
         messages, hung, why = _run_child(chapter, run_cells, run_tests_, notebook.parent.resolve(), step_timeout)
         for m in messages:
+            for text in m.get("notes", []) if m["kind"] == "cell" else []:
+                if f"{m['id']}: {text}" not in notes:
+                    notes.append(f"{m['id']}: {text}")
             if m["kind"] == "cell" and m["error"]:
                 note = f"{m['id']} raised {m['error']}"
                 if m["id"] in visible.functions:

@@ -68,3 +68,19 @@ def learner_notebook(assignment: str, answers: dict[str, str]) -> nbformat.Noteb
 
 def solution_cell_ids(assignment: str) -> list[str]:
     return list(reference_answers(assignment))
+
+
+def reference_namespace(assignment: str) -> dict:
+    """The names the reference solution defines: its locked setup cells and answer cells, executed
+    (what a learner's kernel holds after running a finished notebook, test cells aside)."""
+    import contextlib
+    import io
+
+    nb = nbformat.read(REPO / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    ns: dict = {"__name__": "__main__"}
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and (meta.get("solution") or (meta.get("locked") and not meta.get("grade"))):
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(cell.source, ns)  # noqa: S102 - the course's own reference solution
+    return ns

@@ -8,6 +8,7 @@ expected scores; the course folder must be unchanged; no process may outlive the
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import http.server
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from notebook_tools import REPO, learner_notebook
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
@@ -40,17 +40,83 @@ WRONG = {
 MARKER = Path("/tmp") / f"qkv-attack-{uuid.uuid4().hex}"  # attacks try to create this on the host
 
 
+def SOFTMAX_BY(expression: str) -> str:  # noqa: N802 - reads as a constructor of answers
+    return f"def softmax(x, dim=-1):\n    return {expression}"
+
+
+# Hold the channel and answer later requests with forged verdicts (#15 item 1).
+TAKEOVER = '''
+import json, os, socket, stat, struct, threading
+def _forge(fd):
+    s = socket.socket(fileno=os.dup(fd))
+    while True:
+        try:
+            s.recv(1 << 16)
+        except OSError:
+            return
+        forged = {"event": "result", "value": None, "args": {"__dict__": []}, "kwargs": {"__dict__": []}}
+        body = json.dumps(forged).encode()
+        s.sendall(struct.pack(">Q", len(body)) + body)
+def _is_socket(fd):
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+_fds = [fd for fd in range(3, 256) if _is_socket(fd)]
+if os.fork() == 0:
+    os.setsid()
+    for _fd in _fds:
+        threading.Thread(target=_forge, args=(_fd,), daemon=True).start()
+    threading.Event().wait()
+'''
+# Fill /tmp below a path too deep to delete by name, and /dev/shm (#15 item 4).
+DEEP_TMP = '''
+import os
+os.chdir("/tmp")
+for _ in range(300):
+    os.mkdir("d" * 200)
+    os.chdir("d" * 200)
+try:
+    open("filler", "wb").write(b"x" * (2**30))
+except OSError:
+    pass
+os.chdir("/tmp")
+try:
+    open("/dev/shm/filler", "wb").write(b"x" * (2**30))
+except OSError:
+    pass
+'''
+# Pin System V shared memory beyond the address-space limit (#15 item 4).
+SHM_PIN = '''
+import ctypes
+_libc = ctypes.CDLL(None, use_errno=True)
+for _ in range(3):
+    _id = _libc.shmget(0, 2 * 2**30, 0o1600)
+    if _id >= 0:
+        _addr = _libc.shmat(_id, None, 0)
+'''
+# Keep writing protocol messages, as the old grader renewed its deadline on each (#15 item 5).
+CHATTY = '''
+import json, os, stat, struct, time
+_fd = next(fd for fd in range(3, 256) if os.path.exists(f"/proc/self/fd/{fd}") and stat.S_ISSOCK(os.fstat(fd).st_mode))
+while True:
+    _body = json.dumps({"event": "cell_start", "index": 0}).encode()
+    os.write(_fd, struct.pack(">Q", len(_body)) + _body)
+    time.sleep(0.1)
+'''
+
+
 def with_cell(nb, source: str, position: int = 2):
     """Insert a learner-added code cell (no nbgrader metadata)."""
     nb.cells.insert(position, nbformat.v4.new_code_cell(source))
     return nb
 
 
-def _zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] = {}):
+def _zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None):
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
-        for name, target in symlinks.items():
+        for name, target in (symlinks or {}).items():
             info = zipfile.ZipInfo(name)
             info.external_attr = (0o120777 << 16)
             zf.writestr(info, target)
@@ -61,21 +127,23 @@ def _tree_digest(*folders: Path) -> str:
     for folder in folders:
         for p in sorted(folder.rglob("*")):
             if p.is_file() and "__pycache__" not in p.parts:
-                h.update(str(p.relative_to(folder)).encode())
+                h.update(os.fsencode(p.relative_to(folder)))
                 h.update(p.read_bytes())
     return h.hexdigest()
 
 
 def _sandbox_processes() -> list[str]:
-    from autograder.sandbox import SANDBOX_UIDS
+    """Processes of this checkout's sandboxes still alive (other checkouts on the machine may grade too)."""
+    from autograder.sandbox import WORKER
     found = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if d.stat().st_uid in SANDBOX_UIDS:
-                    found.append(f"{d.name}: {(d / 'cmdline').read_bytes()[:80]!r}")
+                cmdline = (d / "cmdline").read_bytes()
             except OSError:
-                pass
+                continue
+            if b"sandbox_worker.py" in cmdline and (sys.prefix.encode() in cmdline or str(WORKER).encode() in cmdline):
+                found.append(f"{d.name}: {cmdline[:120]!r}")
     return found
 
 
@@ -99,7 +167,7 @@ def solution_server():
     server.shutdown()
 
 
-def _build_class(root: Path, out: Path, url: str) -> Path:
+def _build_class(root: Path, out: Path, url: str, beacon: str) -> Path:
     subs = root / "submissions"
     subs.mkdir()
 
@@ -184,7 +252,8 @@ if os.fork() == 0:
         "os_exit": learner_notebook("attention", {**RIGHT, "scaled_dot_product_attention":
                                                   "import os\ndef scaled_dot_product_attention(q, k, v, mask=None):\n    os._exit(0)"}),
         "segfault": learner_notebook("attention", {**RIGHT, "additive_attention":
-                                                   "import ctypes\ndef additive_attention(*args):\n    return ctypes.string_at(0)"}),
+                                                   "import os\ndef additive_attention(*args):\n"
+                                                   "    os.abort()  # glibc ends in a fault: SIGSEGV"}),
         "memory_hog": learner_notebook("attention", {**RIGHT, "additive_attention":
                                                      "def additive_attention(*args):\n"
                                                      "    return torch.ones(30 * 2**30, dtype=torch.uint8)"}),
@@ -242,6 +311,33 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
         return e / e.sum(dim, keepdim=True)
 ''', position=len(learner_notebook("attention", {}).cells)),
         "kill_everything": with_cell(learner_notebook("attention", RIGHT), "import os, signal\nos.kill(-1, signal.SIGKILL)"),
+        # --- banned operations reached at run time (#10): spellings the static scan cannot see
+        "banned_assembled": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "getattr(torch, 'soft' + 'max')(x, dim)")}),
+        "banned_vars": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "vars(torch.nn.functional)['softmax'](x, dim)")}),
+        "banned_ops_aten": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "torch.ops.aten._softmax(x, dim, False)")}),
+        "banned_method": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "__import__('operator').methodcaller('soft' + 'max', dim)(x)")}),
+        "banned_in_thread": learner_notebook("attention", {**RIGHT, "softmax":
+                                                           "import threading\n"
+                                                           "def softmax(x, dim=-1):\n"
+                                                           "    box = []\n"
+                                                           "    t = threading.Thread(target=lambda: box.append("
+                                                           "getattr(x, 'soft' + 'max')(dim)))\n"
+                                                           "    t.start()\n    t.join()\n    return box[0]"}),
+        "banned_import": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "__import__('q' + 'kv.attention', fromlist=['x']).softmax(x, dim)")}),
+        "lifts_the_block": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "[o._destroy() for o in __import__('gc').get_objects() if type(o).__name__ == 'Library'] "
+            "and getattr(torch, 'soft' + 'max')(x, dim)")}),
+        # --- one learner process must not reach the next (#15 items 1 and 4)
+        "takeover": with_cell(learner_notebook("attention", {}), TAKEOVER),
+        "colluder": learner_notebook("attention", {}),
+        "deep_tmp": with_cell(learner_notebook("attention", RIGHT), DEEP_TMP),
+        "shm_pin": with_cell(learner_notebook("attention", RIGHT), SHM_PIN),
+        "chatty": with_cell(learner_notebook("attention", RIGHT), CHATTY),
         "tampered_tests": learner_notebook("attention", WRONG),
     }
     for cell in attacks["tampered_tests"].cells:  # rewrite every test cell to pass, and delete one
@@ -267,21 +363,49 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
     (subs / "no_notebook" / "answers.py").write_text("print('hi')")
     os.mkdir(os.fsencode(subs) + b"/bad\xffname")
     _zip(subs / "zipped_ok.zip", {"zipped_ok/attention.ipynb": good})
+    _hostile_uploads(subs, good)
+    _hostile_text(subs, beacon)
     return subs
 
 
 @pytest.fixture(scope="module")
-def attacked_run(tmp_path_factory, solution_server):
+def beacon():
+    """An HTTP server on loopback that records every request: a feedback page or report that
+    loads anything from it has let learner markup act."""
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def attacked_run(tmp_path_factory, solution_server, beacon):
     root = tmp_path_factory.mktemp("attacks")
     out = root / "out"
-    subs = _build_class(root, out, solution_server)
+    subs = _build_class(root, out, solution_server, beacon[0])
     watched = (REPO / "solutions" / "attention", REPO / "exercises" / "attention", subs)
     before = _tree_digest(*watched)
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", str(subs), "--out", str(out),
                            "--timeout", "4"], capture_output=True, text=True, timeout=1500)
     elapsed = time.monotonic() - started
-    rows = {r["student_id"]: r for r in csv.DictReader(open(out / "grades.csv"))} if (out / "grades.csv").exists() else {}
+    rows = {}
+    if (out / "grades.csv").exists():
+        with open(out / "grades.csv") as fh:
+            rows = {r["student_id"]: r for r in csv.DictReader(fh)}
     time.sleep(5)  # long enough for the detached process to have acted, had it survived
     return {"proc": proc, "rows": rows, "out": out, "before": before, "after": _tree_digest(*watched),
             "elapsed": elapsed, "leftovers": _sandbox_processes()}
@@ -396,6 +520,31 @@ def test_hidden_failures_name_the_misconception_not_the_inputs(attacked_run):
     assert "without the 1/√d_k scale" in html
 
 
+@pytest.mark.parametrize("student, fragment", [
+    ("banned_assembled", "calls torch.softmax (reached at run time"),
+    ("banned_vars", "calls torch.nn.functional.softmax (reached at run time"),
+    ("banned_ops_aten", "aten::_softmax"),
+    ("banned_method", "calls torch.Tensor.softmax (reached at run time"),
+    ("banned_in_thread", "reached at run time as aten::"),
+    ("banned_import", "imports qkv at run time"),
+    ("lifts_the_block", "gc.get_objects"),
+])
+def test_banned_operations_reached_at_run_time_score_zero(attacked_run, student, fragment):
+    score, status, message = _row(attacked_run, student)
+    assert (score, status) == (0, "graded") and fragment in message, message
+    html = (attacked_run["out"] / "feedback" / student / "attention.html").read_text()
+    assert "Scored 0: your code" in html
+
+
+@pytest.mark.parametrize("student, score", [("takeover", 0), ("colluder", 0), ("deep_tmp", MAX), ("shm_pin", MAX),
+                                            ("chatty", MAX)])
+def test_no_submission_reaches_another(attacked_run, student, score):
+    """Whatever order the workers took them in, the attackers' own scores are their answers'
+    (none for the channel thieves), and the honest students around them are exact
+    (test_honest_submissions_get_exactly_their_scores)."""
+    assert _row(attacked_run, student)[:2] == (score, "graded")
+
+
 def test_course_folder_unchanged_and_no_process_survives(attacked_run):
     assert attacked_run["after"] == attacked_run["before"]
     assert not MARKER.exists()
@@ -414,7 +563,260 @@ def test_summary_and_report(attacked_run):
     out, stdout = attacked_run["out"], attacked_run["proc"].stdout
     graded = sum(r["status"] == "graded" for r in attacked_run["rows"].values())
     errors = len(attacked_run["rows"]) - graded
-    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 2 rejected cheats" in stdout
+    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 9 rejected cheats" in stdout
     assert (out / "score-distribution.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "| test_softmax |" in report and "builtin_calls" in report
+
+
+
+# --------------------------------------------------------------------------------------------
+# One bad upload is one error row; learner text is data (issue 15, items 2 and 6).
+# Written as a learner who has read autograder/submissions.py, report.py, feedback.py and
+# grading.py: each upload aims at a step that used to raise, or at a writer that used to
+# copy learner text as it came.
+
+ESC = "\x1b"
+FORGED = ("grader skipped\n\n## Score set to 0 by the instructor\n\n---\n| forged | table |\n"
+          "![pixel]({beacon}/report.png) <script>alert(1)</script> <img src=x onerror=alert(1)> "
+          "[appeal your grade](http://evil.example) www.evil.example " + ESC + "[2J" + ESC + "[31mRED\a \udcff")
+FAKE_BANNER = ('<div class="panel panel-default"><div class="panel-heading"><h4>attention '
+               "(Score: 11.0 / 11.0) verified by the instructor</h4></div></div>")
+SCRIPTS = ("<script>window.__pwned = 1; document.title = 'pwned'; fetch('{b}/script')</script>\n"
+           "<img src=x onerror=\"window.__pwned = 1; new Image().src = '{b}/onerror'\">\n"
+           "<svg onload=\"window.__pwned = 1\"><script>window.__pwned = 1</script></svg>\n"
+           "<iframe src=\"{b}/iframe\"></iframe><object data=\"{b}/object\"></object>\n"
+           "<link rel=\"stylesheet\" href=\"{b}/link.css\"><style>@import url({b}/import.css); "
+           "body {{ background: url({b}/bg.png) }}</style>\n"
+           "<meta http-equiv=\"refresh\" content=\"0; url={b}/refresh\"><base href=\"{b}/base/\">\n"
+           "<form action=\"{b}/form\"><input name=\"x\" autofocus onfocus=\"window.__pwned = 1\"></form>\n"
+           "<a href=\"javascript:window.__pwned = 1\">open</a>\n")
+SVG = ('<svg xmlns="http://www.w3.org/2000/svg" onload="window.__pwned = 1"><script>window.__pwned = 1</script>'
+       '<image href="{b}/svg-image.png"/></svg>')
+HOSTILE_FEEDBACK = ["html_markdown", "html_raw", "html_in_error"]
+
+
+def _notebook_json(inject: str) -> bytes:
+    """A correct submission whose notebook metadata carries ``inject`` as raw JSON text."""
+    nb = learner_notebook("attention", RIGHT)
+    nb.metadata["payload"] = "__PAYLOAD__"
+    return nbformat.writes(nb).replace('"__PAYLOAD__"', inject, 1).encode()
+
+
+def _crafted_zip(path: Path, name: str, data: bytes, *, compression=zipfile.ZIP_STORED, flags: int = 0,
+                 method: int | None = None, corrupt: bool = False, keep: float = 1.0,
+                 raw_name: bytes | None = None) -> None:
+    """A zip holding one member, its headers or data altered the way a hand-made archive can
+    be: flag bits (encryption, UTF-8 names), the compression method, damaged data, a cut-off
+    end, a name in bytes the zip module cannot decode."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        zf.writestr(name, data)
+    raw = bytearray(buf.getvalue())
+    central = raw.rfind(b"PK\x01\x02")
+    for offset in (6, central + 8):  # general-purpose flags, little-endian 16 bits
+        raw[offset:offset + 2] = (int.from_bytes(raw[offset:offset + 2], "little") | flags).to_bytes(2, "little")
+    if method is not None:  # compression method: local header offset 8, central directory offset 10
+        raw[8:10] = raw[central + 10:central + 12] = method.to_bytes(2, "little")
+    if corrupt:
+        start = 30 + int.from_bytes(raw[26:28], "little") + int.from_bytes(raw[28:30], "little")
+        raw[start:start + 8] = b"\xff" * 8
+    if raw_name is not None:
+        assert len(raw_name) == len(name.encode())
+        raw = bytearray(bytes(raw).replace(name.encode(), raw_name))
+    path.write_bytes(bytes(raw[: int(len(raw) * keep)]))
+
+
+def _hostile_uploads(subs: Path, good: bytes) -> None:
+    def folder(student: str, data: bytes, name: bytes = b"attention.ipynb") -> None:
+        (subs / student).mkdir(exist_ok=True)
+        with open(os.fsencode(subs / student) + b"/" + name, "wb") as fh:
+            fh.write(data)
+
+    # JSON that parses, or nearly, but overwhelms a decoder or validator downstream.
+    folder("deep_nesting", _notebook_json("[" * 200_000 + "]" * 200_000))     # RecursionError in json
+    folder("nesting_500", _notebook_json("[" * 500 + "]" * 500))              # json copes; jsonschema would not
+    folder("huge_int", _notebook_json("9" * 50_000))                          # over Python's int-string limit
+    folder("huge_float", _notebook_json("1e999999"))                          # inf once parsed
+    folder("long_float", _notebook_json("0." + "1" * 200_000))
+    folder("nan_constant", _notebook_json("NaN"))
+    folder("many_brackets", _notebook_json("[" + "[]," * 1_100_000 + "[]]"))  # a million objects to build
+    # The zip cap applies to a notebook handed in as a file (sparse: no disk is used).
+    (subs / "huge_folder").mkdir()
+    with open(subs / "huge_folder" / "attention.ipynb", "wb") as fh:
+        fh.truncate(60 * 2**20)
+    # Zip members the zip module cannot read.
+    _crafted_zip(subs / "zip_encrypted.zip", "attention.ipynb", good, flags=0x01)
+    _crafted_zip(subs / "zip_strong_crypto.zip", "attention.ipynb", good, flags=0x41)
+    _crafted_zip(subs / "zip_ppmd.zip", "attention.ipynb", good, method=98)
+    _crafted_zip(subs / "zip_deflate64.zip", "attention.ipynb", good, method=9)
+    _crafted_zip(subs / "zip_bad_crc.zip", "attention.ipynb", good, corrupt=True)
+    _crafted_zip(subs / "zip_bad_deflate.zip", "attention.ipynb", good, compression=zipfile.ZIP_DEFLATED,
+                 corrupt=True)
+    _crafted_zip(subs / "zip_cut.zip", "attention.ipynb", good, compression=zipfile.ZIP_DEFLATED, keep=0.6)
+    _zip(subs / "zip_deep.zip", {"/".join(["d"] * 40) + "/attention.ipynb": good})
+    # Text that cannot be encoded: a lone surrogate in a cell, in file names, in a member name.
+    folder("surrogate_cell", nbformat.writes(with_cell(learner_notebook("attention", RIGHT), "note = 'SURROGATE'"))
+           .replace("SURROGATE", "\\udcff").encode())
+    folder("surrogate_names", good, b"copy\xff.ipynb")
+    folder("surrogate_names", good, b"other.ipynb")
+    _crafted_zip(subs / "surrogate_member.zip", "attention.ipynb", good, flags=0x800,
+                 raw_name=b"\xed\xb3\xbfention.ipynb")
+
+
+def _hostile_text(subs: Path, beacon: str) -> None:
+    def put(student: str, nb) -> None:
+        (subs / student).mkdir()
+        nbformat.write(nb, subs / student / "attention.ipynb")
+
+    # A message that reaches the notes ("grader skipped" is the filter), forging report lines.
+    put("forged_note", with_cell(learner_notebook("attention", RIGHT),
+                                 f"raise RuntimeError({FORGED.format(beacon=beacon)!r})",
+                                 position=len(learner_notebook("attention", {}).cells)))
+    # Archive member names that forge report lines and drive the instructor's terminal.
+    good = nbformat.writes(learner_notebook("attention", RIGHT)).encode()
+    _zip(subs / "forged_names.zip", {  # (no "/" in a member name: it would only make folders)
+        "a\n\n## Forged heading by the instructor\n![x](beacon.png) [link](javascript:alert(1)).ipynb": good,
+        f"{ESC}]0;owned\a{ESC}[2J{ESC}[1;31m=HYPERLINK(\"x\")<img src=x onerror=alert(1)>.ipynb": good})
+    # Feedback HTML: learner Markdown, raw cells and error text that try to act as markup.
+    markdown = learner_notebook("attention", RIGHT)
+    cell = nbformat.v4.new_markdown_cell(SCRIPTS.format(b=beacon) + "\n\n" + FAKE_BANNER
+                                         + f"\n\n![beacon]({beacon}/markdown.png) ![svg](attachment:evil.svg) "
+                                           "and some math $x_1$")
+    cell.attachments = {"evil.svg": {"image/svg+xml": base64.b64encode(SVG.format(b=beacon).encode()).decode()}}
+    markdown.cells.insert(1, cell)
+    markdown.cells.insert(2, nbformat.v4.new_markdown_cell(  # a renderer error must not let raw HTML through
+        f"![gone](attachment:missing.png) <script>window.__pwned = 1</script><img src={beacon}/gone.png>"))
+    put("html_markdown", markdown)
+    raw = learner_notebook("attention", RIGHT)
+    raw.cells.insert(1, nbformat.v4.new_raw_cell(SCRIPTS.format(b=beacon) + FAKE_BANNER,
+                                                metadata={"raw_mimetype": "text/html"}))
+    raw.cells.insert(2, nbformat.v4.new_raw_cell(FAKE_BANNER + SCRIPTS.format(b=beacon)))
+    put("html_raw", raw)
+    put("html_in_error", learner_notebook("attention", {**RIGHT, "additive_attention":
+                                          "def additive_attention(*args, **kwargs):\n"
+                                          f"    raise ValueError({(SCRIPTS.format(b=beacon) + FAKE_BANNER)!r})"}))
+
+
+@pytest.mark.parametrize("student, fragment", [
+    ("deep_nesting", "nested too deeply"), ("nesting_500", "nested more than 100 levels"),
+    ("huge_int", "a number with 50000 characters"), ("huge_float", "too large for a notebook"),
+    ("long_float", "a number with 200002 characters"), ("nan_constant", "NaN, which is not JSON"),
+    ("many_brackets", "too large to grade"), ("huge_folder", "over the 50 MiB limit"),
+    ("zip_encrypted", "password-protected"), ("zip_strong_crypto", "password-protected"),
+    ("zip_ppmd", "compression method"), ("zip_deflate64", "compression method"),
+    ("zip_bad_crc", "damaged"), ("zip_bad_deflate", "damaged"), ("zip_cut", "damaged"),
+    ("zip_deep", "nested more than 32 folders"),
+    ("surrogate_cell", "not valid Unicode"), ("surrogate_names", "several other notebooks"),
+    ("surrogate_member", "not valid UTF-8"),
+])
+def test_each_hostile_upload_is_one_error_row(attacked_run, student, fragment):
+    score, status, message = _row(attacked_run, student)
+    assert (score, status) == (0, "error") and fragment in message, message
+    assert "Traceback" not in message and "\n" not in message
+    assert f"error: {student}:" in attacked_run["proc"].stdout
+
+
+def test_hostile_uploads_leave_no_traceback_and_no_leftovers(attacked_run):
+    printed = attacked_run["proc"].stdout + attacked_run["proc"].stderr
+    assert "Traceback" not in printed
+    assert not (attacked_run["out"] / ".unpacked").exists()
+
+
+def test_learner_text_in_the_csv_is_one_clean_line(attacked_run):
+    raw = (attacked_run["out"] / "grades.csv").read_bytes()
+    raw.decode("utf-8")  # strict: a lone surrogate could not have been written
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8"))))
+    assert len(raw.decode("utf-8").splitlines()) == len(rows)  # no cell spans two lines
+    for row in rows:
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@")), cell
+            assert not any(ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 for ch in cell), cell
+    score, status, note = _row(attacked_run, "forged_note")
+    assert (score, status) == (MAX, "graded")  # the raising cell is learner noise; the answers are right
+    assert "grader skipped" in note and "Score set to 0 by the instructor" in note and "\ufffd" in note
+    _, status, names = _row(attacked_run, "forged_names")
+    assert status == "error" and "Forged heading by the instructor" in names and ESC not in names
+
+
+def test_learner_text_cannot_forge_the_report(attacked_run, beacon):
+    from markdown_it import MarkdownIt
+
+    text = (attacked_run["out"] / "report.md").read_text(encoding="utf-8")
+    for student in ("forged_note", "forged_names", "surrogate_names"):
+        assert len([ln for ln in text.splitlines() if student in ln]) == 1, student
+    assert ESC not in text and "\a" not in text
+    # Rendered as GitHub and JupyterLab would (GFM with bare-URL autolinks), learner text is text.
+    html = MarkdownIt("gfm-like").render(text)
+    from bs4 import BeautifulSoup
+    soup = BeautifulSoup(html, "html.parser")
+    assert [h.get_text() for h in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6"])] == [
+        "Grading report: attention", "Submissions that could not be graded", "Notes on graded submissions"]
+    assert [img["src"] for img in soup.find_all("img")] == ["score-distribution.png"]
+    assert soup.find_all(["a", "script", "hr", "iframe", "form", "style"]) == []
+    assert len(soup.find_all("table")) == 1 and all(len(tr.find_all(["td", "th"])) == 4 for tr in soup.find_all("tr"))
+    notes = [li.get_text() for li in soup.find_all("li") if li.get_text().startswith("forged_note")]
+    assert len(notes) == 1 and "## Score set to 0 by the instructor" in notes[0] and "<script>" in notes[0]
+
+
+def test_learner_text_cannot_drive_the_terminal(attacked_run):
+    stdout = attacked_run["proc"].stdout
+    assert ESC not in stdout and "\a" not in stdout and "\udcff" not in stdout
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("error: forged_names:")]
+    assert len(lines) == 1 and "Forged heading by the instructor" in lines[0]
+    assert not any(ln.startswith(("## Forged", "![x]")) for ln in stdout.splitlines())
+
+
+@pytest.mark.parametrize("student, score", [("html_markdown", MAX), ("html_raw", MAX), ("html_in_error", MAX - 3)])
+def test_hostile_feedback_is_graded_normally(attacked_run, student, score):
+    assert _row(attacked_run, student)[:2] == (score, "graded")
+
+
+@pytest.mark.parametrize("student", HOSTILE_FEEDBACK)
+def test_feedback_html_carries_no_learner_markup(attacked_run, student):
+    from bs4 import BeautifulSoup
+
+    page = attacked_run["out"] / "feedback" / student / "attention.html"
+    soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+    first = soup.head.find(True)
+    assert first.name == "meta" and first.get("http-equiv") == "Content-Security-Policy"
+    assert "default-src 'none'" in first["content"] and "script-src 'self'" in first["content"]
+    scripts = soup.find_all("script")
+    assert all(s.get("src", "").startswith("../_mathjax/") or s.get("type") == "text/x-mathjax-config"
+               for s in scripts), [str(s)[:120] for s in scripts]
+    for tag in soup.find_all(True):
+        assert not [a for a in tag.attrs if a.lower().startswith("on")], str(tag)[:200]
+        for attr in ("src", "href", "data", "action"):
+            value = str(tag.get(attr, ""))
+            assert not value.startswith(("http:", "https:", "//", "javascript:")), str(tag)[:200]
+    body = soup.body
+    assert body.find_all(["iframe", "object", "embed", "form", "input", "style", "link", "meta", "base", "svg"]) == []
+    # The fake banner is shown as text, never as our score panel.
+    headings = [h.get_text(" ", strip=True) for h in soup.select(".panel-heading h4")]
+    assert headings and all("verified by the instructor" not in h for h in headings)
+    assert "verified by the instructor" in body.get_text()
+
+
+@pytest.mark.browser
+def test_hostile_feedback_runs_no_script_and_fetches_nothing_in_chromium(attacked_run, beacon):
+    from playwright.sync_api import sync_playwright
+
+    url, hits = beacon
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        for student in HOSTILE_FEEDBACK:
+            page = browser.new_page()
+            dialogs, loaded = [], []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.on("requestfinished", lambda r: loaded.append(r.url))
+            page.goto((attacked_run["out"] / "feedback" / student / "attention.html").as_uri())
+            page.wait_for_selector("mjx-container", timeout=60_000)  # our own script still runs
+            page.wait_for_timeout(1000)
+            assert page.evaluate("window.__pwned") is None, student
+            assert page.title() == "attention" and dialogs == [], student
+            assert [u for u in loaded if not u.startswith(("file:", "data:"))] == [], student
+            page.close()
+        browser.close()
+    assert hits == []

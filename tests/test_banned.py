@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from notebook_tools import reference_answers
 
 from autograder.banned import banned_for, find
 from autograder.course import assignments
-from notebook_tools import reference_answers
 
 SOFTMAX = ["torch.softmax", "torch.nn.functional.softmax", "torch.Tensor.softmax"]
 
@@ -36,9 +36,29 @@ def test_honest_code_is_not_flagged(source):
     assert find(source, SOFTMAX) == []
 
 
-def test_known_limit_runtime_names_are_not_seen():
-    """Documented limit: a name assembled at run time escapes static detection."""
+def test_the_static_layer_does_not_see_names_built_at_run_time():
+    """A name assembled at run time escapes this first layer; the sandbox's run-time layer refuses
+    the operator it reaches (tests/test_attacks.py, test_banned_operations_reached_at_run_time...)."""
     assert find("getattr(torch, 'soft' + 'max')(x, -1)", SOFTMAX) == []
+
+
+@pytest.mark.parametrize("assignment", assignments())
+def test_every_banned_name_has_a_run_time_layer_or_is_a_known_limit(assignment):
+    from autograder.banned import RUNTIME_MODULES, RUNTIME_OPS, STATIC_ONLY
+
+    for names in banned_for(assignment).values():
+        for name in names:
+            assert name in RUNTIME_OPS or name.split(".")[0] in RUNTIME_MODULES or name in STATIC_ONLY, name
+
+
+def test_run_time_operators_exist_in_this_torch():
+    """A misspelt operator would silently block nothing: the first operator of each entry is real."""
+    import torch
+
+    from autograder.banned import RUNTIME_OPS
+
+    for name, packets in RUNTIME_OPS.items():
+        assert hasattr(torch.ops.aten, packets[0]), (name, packets[0])
 
 
 @pytest.mark.parametrize("assignment", assignments())

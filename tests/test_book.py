@@ -1,4 +1,4 @@
-"""The built book: strict build, offline assets only, embedded widget state, the course map."""
+"""The built book: strict build, offline assets only, static widgets, the course map."""
 
 from __future__ import annotations
 
@@ -40,36 +40,32 @@ def test_no_page_loads_an_external_script_or_stylesheet(built_book):
     assert offenders == []
 
 
-def test_mathjax_and_widget_manager_come_from_vendored_copies(built_book):
+def test_mathjax_comes_from_the_vendored_copy(built_book):
     soup = BeautifulSoup((built_book / "chapters" / "attention.html").read_text(), "html.parser")
     srcs = [s.get("src", "").split("?")[0] for s in soup.find_all("script") if s.get("src")]
-    for needed in ("../_static/mathjax/tex-mml-chtml.js", "../_static/embed-amd.js", "../_static/require.js"):
+    for needed in ("../_static/mathjax/tex-mml-chtml.js", "../_static/qkv-frames.js"):
         assert needed in srcs
         assert (built_book / "chapters" / needed).resolve().is_file()
     fonts = list((built_book / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
     assert len(fonts) > 10
 
 
-def test_widget_state_is_embedded_with_the_default_figure(built_book):
+def test_widgets_are_static_views_with_their_default_figure(built_book):
     soup = BeautifulSoup((built_book / "chapters" / "attention.html").read_text(), "html.parser")
-    state_tags = soup.find_all("script", type="application/vnd.jupyter.widget-state+json")
-    assert len(state_tags) == 1
-    state = json.loads(state_tags[0].string)["state"]
-    views = [json.loads(t.string)["model_id"] for t in soup.find_all("script", type="application/vnd.jupyter.widget-view+json")]
-    assert len(views) >= 2 and all(v in state for v in views)
-    outputs = [m for m in state.values() if m["model_name"] == "OutputModel"]
-    assert len(outputs) >= 2
-    assert all(any("image/png" in o.get("data", {}) for o in m["state"]["outputs"]) for m in outputs)
-    names = {m["model_name"] for m in state.values()}
-    assert {"DropdownModel", "FloatLogSliderModel"} <= names
+    assert not soup.find_all("script", type="application/vnd.jupyter.widget-view+json")
+    widgets = soup.select(".qkv-static-widget")
+    assert len(widgets) == 2
+    for widget in widgets:
+        assert widget.select(".qkv-controls select, .qkv-controls input")
+        assert widget.select_one(".qkv-frame img")["src"].startswith("data:image/png;base64,")
+        assert widget.find("script", class_="qkv-data")
 
 
 def test_every_written_chapter_has_executed_output(built_book):
     for slug in available_slugs():
         soup = BeautifulSoup((built_book / "chapters" / f"{slug}.html").read_text(), "html.parser")
         assert soup.select(".cell_output"), slug
-        views = soup.find_all("script", type="application/vnd.jupyter.widget-view+json")
-        assert views, f"{slug} has no widget"
+        assert soup.select(".qkv-static-widget"), f"{slug} has no widget"
         assert "Traceback" not in soup.get_text(), f"{slug} shows a traceback"
 
 

@@ -24,7 +24,7 @@ def page(built_book, tmp_path_factory):
         pg.on("request", lambda r: external.append(r.url) if not r.url.startswith(("file://", "data:", "blob:")) else None)
         pg.goto((built_book / "chapters" / "attention.html").as_uri())
         pg.wait_for_selector("mjx-container", timeout=30_000)
-        pg.wait_for_selector(".widget-output img", timeout=30_000)
+        pg.wait_for_selector(".qkv-static-widget .qkv-frame img", timeout=30_000)
         pg.wait_for_function("() => !document.querySelector('.MathJax_Processing') && document.querySelectorAll('mjx-container').length > 5")
         pg.failed_requests, pg.external_requests = failed, external
         yield pg
@@ -45,12 +45,13 @@ def test_figures_are_present(page):
     assert all(figures.nth(i).evaluate("img => img.naturalWidth > 100") for i in range(figures.count()))
 
 
-def test_widgets_rendered_from_embedded_state(page, artifacts):
-    assert page.locator(".widget-dropdown select").count() >= 1
-    assert page.locator(".widget-slider").count() >= 1
-    assert page.locator(".widget-output img").count() >= 2
-    assert page.locator(".widget-dropdown select").first.input_value() == "7:it"
-    page.locator(".widget-dropdown").first.screenshot(path=str(artifacts / "attention-widget.png"))
+def test_widgets_rendered_as_static_views(page, artifacts):
+    assert page.locator(".qkv-static-widget select").count() >= 1
+    assert page.locator('.qkv-static-widget input[type="range"]').count() >= 1
+    assert page.locator(".qkv-static-widget .qkv-frame img").count() >= 2
+    select = page.locator(".qkv-static-widget select").first
+    assert select.locator("option:checked").inner_text() == "7:it"
+    page.locator(".qkv-static-widget").first.screenshot(path=str(artifacts / "attention-widget.png"))
 
 
 def test_page_made_no_network_requests(page):

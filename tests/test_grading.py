@@ -130,3 +130,16 @@ def test_feedback_pages_work_offline_with_vendored_mathjax(graded_class):
         page.wait_for_selector("mjx-container", timeout=30_000)  # the learner sees typeset math
         assert page.locator("mjx-container").count() >= 3
         browser.close()
+
+
+def test_the_canary_passes_silently_and_leaves_no_trace(graded_class):
+    """A normal run checks the reference first (one summary line) and grades nobody else for it."""
+    from nbgrader.api import Gradebook
+
+    proc, rows, out = graded_class
+    assert "reference solution checked first: full marks" in proc.stdout
+    assert "canary" not in proc.stdout + proc.stderr
+    assert not [s for s in rows if "canary" in s]
+    with Gradebook(f"sqlite:///{out / 'course' / 'gradebook.db'}") as gb:
+        assert sorted(s.id for s in gb.students) == sorted(s for s, r in rows.items() if r["status"] == "graded")
+    assert not (out / "feedback" / "reference-canary").exists()

@@ -21,7 +21,10 @@ import math
 import numpy as np
 import torch
 
-from qkv.checks.core import CheckFailed, call_learner, expect_close
+from qkv.checks import sections
+from qkv.checks.core import CheckFailed, call_learner, expect_close, explain_points, fail, report_all
+from qkv.checks.graded import check_of
+from qkv.checks.registry import Diag, Property, declare
 
 IGNORE = -100
 Z_BOUND = 5.0  # standard deviations allowed in the statistical checks
@@ -70,12 +73,15 @@ def _call_mlm(mlm_mask, input_ids, special_ids, pad_id, mask_id, vocab_size, rat
     return corrupted, labels
 
 
+@check_of("mlm_mask")
 def check_mlm_mask_properties(mlm_mask, input_ids, special_ids, pad_id, mask_id, vocab_size, rate=0.15, seed=0) -> None:
-    """Labels, untouched positions, never-selected special tokens and padding, random ids in range."""
+    """Labels, untouched positions, never-selected special tokens and padding, random ids in range.
+    Every broken property is reported, not only the first."""
     original = input_ids.clone()
     corrupted, labels = _call_mlm(mlm_mask, input_ids, special_ids, pad_id, mask_id, vocab_size, rate, seed)
     if not torch.equal(input_ids, original):
-        raise CheckFailed("mlm_mask modified input_ids in place; work on a copy (input_ids.clone()).")
+        raise fail("mlm_mask", "mlm_mask modified input_ids in place; work on a copy (input_ids.clone()).")
+    problems: list[str] = []
     if rate < 1 and not (labels == IGNORE).any():
         if torch.equal(labels, input_ids):
             why = "labels equal input_ids everywhere."
@@ -83,29 +89,30 @@ def check_mlm_mask_properties(mlm_mask, input_ids, special_ids, pad_id, mask_id,
             why = "unselected labels are 0, but 0 is a real token id ([PAD] here)."
         else:
             why = "no label is -100."
-        raise CheckFailed(f"mlm_mask: {why} Labels must be -100 (the ignore_index of F.cross_entropy) on every "
-                          "position that was not selected, so that the loss covers only the selected ~15%.")
+        problems.append(Diag(f"{why} Labels must be -100 (the ignore_index of F.cross_entropy) on every position "
+                             "that was not selected, so that the loss covers only the selected ~15%.", sections.MLM))
     selected = labels != IGNORE
     if not torch.equal(labels[selected], input_ids[selected]):
-        raise CheckFailed("mlm_mask: at a selected position the label must be the ORIGINAL token id (what the model "
-                          "must predict), not the corrupted one; elsewhere -100.")
+        problems.append(Diag("at a selected position the label must be the ORIGINAL token id (what the model must "
+                             "predict), not the corrupted one; elsewhere -100.", sections.MLM))
     is_pad = input_ids == pad_id
     is_special = torch.isin(input_ids, torch.tensor(special_ids, dtype=input_ids.dtype)) & ~is_pad
     if (selected & is_pad).any():
-        raise CheckFailed(f"mlm_mask: {int((selected & is_pad).sum())} padding position(s) were selected. "
-                          "Padding is not text: it must never be selected (label -100, id unchanged).")
+        problems.append(Diag(f"{int((selected & is_pad).sum())} padding position(s) were selected. Padding is not "
+                             "text: it must never be selected (label -100, id unchanged).", sections.MLM))
     if (selected & is_special).any():
-        raise CheckFailed(f"mlm_mask: {int((selected & is_special).sum())} special token(s) ([CLS], [SEP], ...) were "
-                          "selected. Special tokens must never be selected: exclude them before drawing.")
+        problems.append(Diag(f"{int((selected & is_special).sum())} special token(s) ([CLS], [SEP], ...) were "
+                             "selected. Special tokens must never be selected: exclude them before drawing.", sections.MLM))
     changed = corrupted != input_ids
     if (changed & ~selected).any():
-        raise CheckFailed(f"mlm_mask: {int((changed & ~selected).sum())} unselected position(s) were changed. Only "
-                          "selected positions (label != -100) may be corrupted, and every corrupted position, including the "
-                          "ones given a random id, needs its label.")
+        problems.append(Diag(f"{int((changed & ~selected).sum())} unselected position(s) were changed. Only selected "
+                             "positions (label != -100) may be corrupted, and every corrupted position, including the "
+                             "ones given a random id, needs its label.", sections.MLM))
     out_of_range = (corrupted < 0) | (corrupted >= vocab_size)
     if out_of_range.any():
-        raise CheckFailed(f"mlm_mask: corrupted ids must lie in [0, vocab_size={vocab_size}); found "
-                          f"{corrupted[out_of_range][:3].tolist()}.")
+        problems.append(f"corrupted ids must lie in [0, vocab_size={vocab_size}); found "
+                        f"{corrupted[out_of_range][:3].tolist()}.")
+    report_all("mlm_mask", problems)
 
 
 def mlm_fractions(input_ids, corrupted, labels, mask_id) -> dict[str, float]:
@@ -122,6 +129,7 @@ def mlm_fractions(input_ids, corrupted, labels, mask_id) -> dict[str, float]:
     }
 
 
+@check_of("mlm_mask")
 def check_mlm_mask_proportions(mlm_mask, input_ids, special_ids, pad_id, mask_id, vocab_size, rate=0.15, seed=0) -> None:
     """Selection rate ≈ rate among eligible tokens; 80/10/10 within Z_BOUND binomial standard deviations."""
     corrupted, labels = _call_mlm(mlm_mask, input_ids, special_ids, pad_id, mask_id, vocab_size, rate, seed)
@@ -158,9 +166,10 @@ def check_mlm_mask_proportions(mlm_mask, input_ids, special_ids, pad_id, mask_id
         why = "no random replacements: 10% of the selected tokens must get a uniformly random id in [0, vocab_size)."
     else:
         why = "expected 80% [MASK] / 10% random / 10% kept among the selected tokens."
-    raise CheckFailed(f"mlm_mask: among {n} selected tokens the split is {split}: {why}")
+    raise fail("mlm_mask", Diag(f"among {n} selected tokens the split is {split}: {why}", sections.MLM))
 
 
+@check_of("mlm_mask")
 def check_mlm_mask_seeded(mlm_mask, input_ids, special_ids, pad_id, mask_id, vocab_size, rate=0.15) -> None:
     """Same seed -> identical outputs; different seed -> different outputs; rate 0 and 1 are exact."""
     first = _call_mlm(mlm_mask, input_ids, special_ids, pad_id, mask_id, vocab_size, rate, 1234)
@@ -215,9 +224,10 @@ def schedule_variants(steps, peak, warmup, total) -> list[tuple[torch.Tensor, st
                 "lr(total_steps) must be exactly 0."))
     out.append((np.where(s >= total, 0.0, np.where(s < warmup, peak * s / w, peak)),
                 "there is no decay: after warm-up the lr must fall linearly to 0 at total_steps."))
-    return [(torch.from_numpy(v), m) for v, m in out]
+    return [(torch.from_numpy(v), Diag(m, sections.WARMUP)) for v, m in out]
 
 
+@check_of("linear_warmup_decay")
 def check_linear_warmup_decay(fn, peak_lr: float, warmup_steps: int, total_steps: int) -> None:
     """Every step from 0 to total_steps + 3 against the interpolation oracle."""
     steps = list(range(total_steps + 4))
@@ -235,18 +245,28 @@ def check_linear_warmup_decay(fn, peak_lr: float, warmup_steps: int, total_steps
                  atol=1e-12 + 1e-9 * abs(peak_lr), rtol=1e-9)
 
 
+@check_of("linear_warmup_decay")
 def check_schedule_known_values(fn) -> None:
-    """peak 1, warm-up 4, total 12: lr(0) = 0, lr(2) = 0.5, lr(4) = 1, lr(8) = 0.5, lr(12) = lr(13) = 0."""
-    for step, want, why in [(0, 0.0, "lr(0) must be 0: warm-up starts from zero."),
-                            (2, 0.5, "halfway through warm-up the lr is half the peak."),
-                            (4, 1.0, "lr(warmup_steps) must be peak_lr."),
-                            (8, 0.5, "halfway through the decay the lr is half the peak."),
-                            (12, 0.0, "lr(total_steps) must be 0."),
-                            (13, 0.0, "after total_steps the lr stays 0 (never negative).")]:
+    """peak 1, warm-up 4, total 12: lr(0) = 0, lr(2) = 0.5, lr(4) = 1, lr(8) = 0.5, lr(12) = lr(13) = 0.
+
+    Every point is evaluated; a known wrong schedule that explains the failing points is named
+    (the off-by-one warm-up explains lr(0) = 0.25 better than "lr(0) must be 0" does)."""
+    known = [(0, 0.0, "lr(0) must be 0: warm-up starts from zero."),
+             (2, 0.5, "halfway through warm-up the lr is half the peak."),
+             (4, 1.0, "lr(warmup_steps) must be peak_lr."),
+             (8, 0.5, "halfway through the decay the lr is half the peak."),
+             (12, 0.0, "lr(total_steps) must be 0."),
+             (13, 0.0, "after total_steps the lr stays 0 (never negative).")]
+    points = []
+    for step, want, why in known:
         got = call_learner(fn, step, 1.0, 4, 12, name="linear_warmup_decay")
-        if not isinstance(got, (int, float, torch.Tensor, np.floating)) or abs(float(got) - want) > 1e-12:
-            raise CheckFailed(f"linear_warmup_decay({step}, peak_lr=1.0, warmup_steps=4, total_steps=12) = {got!r}, "
-                              f"expected {want}: {why}")
+        if not isinstance(got, (int, float, torch.Tensor, np.floating)):
+            raise fail(f"linear_warmup_decay({step}, peak_lr=1.0, warmup_steps=4, total_steps=12)",
+                       f"must return a number, got {type(got).__name__}.")
+        points.append((f"lr({step})", float(got), want, why))
+    variants = [(v.tolist(), m) for v, m in schedule_variants([s for s, _, _ in known], 1.0, 4, 12)]
+    report_all("linear_warmup_decay(step, peak_lr=1.0, warmup_steps=4, total_steps=12)",
+               explain_points(points, variants, tol=1e-12))
 
 
 # ----------------------------------------------------------------------------- chunks
@@ -289,6 +309,7 @@ def _as_pairs(got, what):
     return pairs
 
 
+@check_of("sliding_window_chunks")
 def check_sliding_window_chunks(fn, n_tokens: int, window: int, stride: int) -> None:
     what = f"sliding_window_chunks(n_tokens={n_tokens}, window={window}, stride={stride})"
     got = _as_pairs(call_learner(fn, n_tokens, window, stride, name="sliding_window_chunks"), what)
@@ -297,24 +318,37 @@ def check_sliding_window_chunks(fn, n_tokens: int, window: int, stride: int) -> 
         return
     for wrong, message in chunk_variants(n_tokens, window, stride):
         if got == wrong:
-            raise CheckFailed(f"{what}: {message}")
+            raise fail(what, Diag(message, sections.LONG_DOCS))
+    problems = []
     covered = set()
     for s, e in got:
         covered.update(range(s, e))
     if covered != set(range(n_tokens)):
         missing = sorted(set(range(n_tokens)) - covered)
-        raise CheckFailed(f"{what}: tokens {missing[:5]} are in no chunk (every token must be covered).")
+        problems.append(f"tokens {missing[:5]} are in no chunk (every token must be covered).")
     if any(e - s > window for s, e in got):
-        raise CheckFailed(f"{what}: a chunk is longer than window = {window}.")
-    raise CheckFailed(f"{what}: expected {want[:4]}{' ...' if len(want) > 4 else ''}, got {got[:4]}{' ...' if len(got) > 4 else ''}.")
+        problems.append(f"a chunk is longer than window = {window}.")
+    starts = [s for s, _ in got]
+    if len(starts) > 1 and any(b - a != stride for a, b in zip(starts, starts[1:])):
+        steps = sorted({b - a for a, b in zip(starts, starts[1:])})
+        problems.append(f"consecutive chunks start {steps} apart; they must start `stride` = {stride} apart.")
+    if any(e - s < window and e != n_tokens for s, e in got):
+        problems.append(f"a chunk that does not reach the end is shorter than window = {window}: end = "
+                        "min(start + window, n_tokens), [start, end) excludes end.")
+    if got and got[0][0] != 0:
+        problems.append("the first chunk must start at token 0.")
+    report_all(what, problems)
+    raise fail(what, f"expected {want[:4]}{' ...' if len(want) > 4 else ''}, got {got[:4]}{' ...' if len(got) > 4 else ''}.")
 
 
+@check_of("sliding_window_chunks")
 def check_chunks_known_value(fn) -> None:
     """(10, 4, 3) -> [(0, 4), (3, 7), (6, 10)] and (11, 4, 3) -> [(0, 4), (3, 7), (6, 10), (9, 11)]."""
     check_sliding_window_chunks(fn, 10, 4, 3)
     check_sliding_window_chunks(fn, 11, 4, 3)
 
 
+@check_of("sliding_window_chunks")
 def check_chunks_reject_gaps(fn) -> None:
     """stride > window would skip tokens: the function must raise ValueError."""
     try:
@@ -369,6 +403,7 @@ def merge_variants(chunk_preds, chunks, n_tokens) -> list[tuple[torch.Tensor, st
     ]
 
 
+@check_of("merge_chunk_predictions")
 def check_merge_chunk_predictions(fn, chunk_preds, chunks, n_tokens) -> None:
     got = call_learner(fn, chunk_preds, chunks, n_tokens, name="merge_chunk_predictions")
     want = oracle_merge(chunk_preds, chunks, n_tokens).to(chunk_preds[0].dtype)
@@ -376,6 +411,7 @@ def check_merge_chunk_predictions(fn, chunk_preds, chunks, n_tokens) -> None:
     expect_close(got, want, what=what, diagnoses=lambda: merge_variants(chunk_preds, chunks, n_tokens))
 
 
+@check_of("merge_chunk_predictions")
 def check_merge_known_value(fn) -> None:
     """Chunks (0, 4) and (2, 6): tokens 0-2 come from chunk 0, tokens 3-5 from chunk 1."""
     preds, chunks = [torch.zeros(4, 1), torch.ones(4, 1)], [(0, 4), (2, 6)]
@@ -384,6 +420,73 @@ def check_merge_known_value(fn) -> None:
                  diagnoses=lambda: [(w.float(), m) for w, m in merge_variants(preds, chunks, 6)],
                  what="merge_chunk_predictions(chunks [(0, 4), (2, 6)], 6 tokens); token 2 has context (2 left, 1 right) "
                       "in chunk 0 and (0, 3) in chunk 1, so it comes from chunk 0; token 3 from chunk 1")
+
+
+def _merge_row_sources(p) -> str | None:
+    """Each token's row must come from a chunk that contains it, at row i − start; say where yours come from."""
+    preds, chunks, n = p.get("chunk_preds"), p.get("chunks"), p.get("n_tokens")
+    if preds is None:
+        return None
+    got = p.call(preds, chunks, n)
+    if not isinstance(got, torch.Tensor) or got.shape[0] != n:
+        return None
+    offsets = set()
+    for i in range(n):
+        row = got[i].double()
+        for c, (s, e) in enumerate(chunks):
+            for r in range(preds[c].shape[0]):
+                if torch.allclose(row, preds[c][r].double()):
+                    if s <= i < e and r == i - s:
+                        break
+                    offsets.add(r - (i - s))
+            else:
+                continue
+            break
+    offsets.discard(0)
+    if len(offsets) == 1:
+        d = offsets.pop()
+        return Diag(f"some tokens took the row {abs(d)} position{'s' if abs(d) > 1 else ''} "
+                    f"{'after' if d > 0 else 'before'} theirs: token i's row inside chunk (start, end) is i − start "
+                    "(an off-by-one in the row index).", sections.LONG_DOCS)
+    return None
+
+
+def _mean_pool_padding(p) -> str | None:
+    """The result must not depend on the vectors at padding positions."""
+    hidden, mask = p.get("hidden"), p.get("attention_mask")
+    if hidden is None or mask is None or mask.bool().all():
+        return None
+    a = p.call(hidden, mask)
+    b = p.call(hidden.masked_fill(~mask.bool()[..., None], 5.0), mask)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and \
+            not torch.allclose(a.double(), b.double(), atol=1e-3, equal_nan=True):
+        return Diag("changing only the vectors at padding positions changed your result: padding leaks into the "
+                    "mean. Zero the padding vectors (or select the real ones) before summing, and divide by the "
+                    "number of real tokens.", sections.POOLING)
+    return None
+
+
+def _cls_position(p) -> str | None:
+    hidden = p.get("hidden")
+    got = p.call(hidden)
+    if not isinstance(got, torch.Tensor) or got.shape != hidden[:, 0].shape:
+        return None
+    for j in range(1, hidden.shape[1]):
+        if torch.allclose(got.double(), hidden[:, j].double()):
+            return Diag(f"you took position {j}; [CLS] is position 0 of every sequence: hidden[:, 0].", sections.POOLING)
+    return None
+
+
+declare("mlm_mask", chapter="bert", args=("input_ids", "special_ids", "pad_id", "mask_id", "vocab_size", "rate",
+                                          "generator"))
+declare("linear_warmup_decay", chapter="bert", args=("step", "peak_lr", "warmup_steps", "total_steps"))
+declare("sliding_window_chunks", chapter="bert", args=("n_tokens", "window", "stride"))
+declare("merge_chunk_predictions", chapter="bert", args=("chunk_preds", "chunks", "n_tokens"),
+        properties=(Property("token i's row comes from row i − start of a chunk containing it", _merge_row_sources),))
+declare("cls_pool", chapter="bert", args=("hidden",),
+        properties=(Property("the row of position 0", _cls_position),))
+declare("mean_pool", chapter="bert", args=("hidden", "attention_mask"),
+        properties=(Property("independent of the padding vectors", _mean_pool_padding),))
 
 
 def random_chunk_predictions(chunks, n_classes: int, *, seed: int = 0, dtype=torch.float32):
@@ -417,6 +520,7 @@ def oracle_mean_pool(hidden, attention_mask) -> torch.Tensor:
     return torch.stack(rows).to(hidden.dtype)
 
 
+@check_of("cls_pool")
 def check_cls_pool(fn, hidden) -> None:
     got = call_learner(fn, hidden, name="cls_pool")
     h = hidden.double()
@@ -427,6 +531,7 @@ def check_cls_pool(fn, hidden) -> None:
     ])
 
 
+@check_of("mean_pool")
 def check_mean_pool(fn, hidden, attention_mask) -> None:
     got = call_learner(fn, hidden, attention_mask, name="mean_pool")
     h, keep = hidden.double(), attention_mask.bool().unsqueeze(-1)

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from qkv.checks.core import CheckFailed, Diagnosis, call_learner, expect_close
+from qkv.checks import sections
+from qkv.checks.core import NAMED, PATTERN, CheckFailed, Diagnosis, call_learner, expect_close, fail, last_call
+from qkv.checks.patterns import shape_mismatch
+from qkv.checks.graded import check_of
+from qkv.checks.properties import masked_keys_get_zero
+from qkv.checks.registry import Diag, Property, declare
 
 # ----------------------------------------------------------------------------- oracles
 
@@ -51,22 +56,24 @@ def oracle_attention_mask(q_lengths, k_lengths, t_q: int, t_k: int, causal: bool
 
 # ----------------------------------------------------------------------------- shared messages
 
-POLARITY = ("the mask polarity is inverted: True means 'may attend' (a real token, or a key that is "
-            "not in the future), as in F.scaled_dot_product_attention. "
-            "(nn.MultiheadAttention uses the opposite convention; this exercise does not.)")
-AFTER_SOFTMAX = ("the mask was applied after the softmax: masked weights are zero but the others no longer "
-                 "sum to 1. Fill masked logits before the softmax.")
-FULL_ROW_NAN = ("a fully masked row gave NaN: a softmax over a row of -inf is exp(-inf - (-inf)) = 0/0. "
-                "Give rows with no allowed key zero weights.")
-FULL_ROW_UNIFORM = ("a fully masked row came out uniform (1/T_k per key): with a finite fill value every "
-                    "logit of that row is equal, so softmax spreads the weight over padding. Set such rows to zero.")
-FP16_MINUS_1E9 = ("-1e9 does not fit in float16 (its largest magnitude is 65504): it overflows to -inf "
-                  "(or masked_fill refuses it). Use torch.finfo(logits.dtype).min, the most negative finite "
-                  "number of the input's dtype.")
-STRICT_TRIANGLE = ("off by one: the diagonal must be True. Position i may attend to itself (j <= i); "
-                   "with a strict triangle (j < i) the first token has no key at all.")
-QUERIES_NOT_KEYS = ("you masked queries (rows, dim -2) instead of keys (columns, dim -1). Padding must stop "
-                    "every query from looking at pad *keys*: mask [..., i, j] where key j is padding.")
+POLARITY = Diag("the mask polarity is inverted: True means 'may attend' (a real token, or a key that is "
+                "not in the future), as in F.scaled_dot_product_attention. "
+                "(nn.MultiheadAttention uses the opposite convention; this exercise does not.)", sections.MASK_POLARITY)
+AFTER_SOFTMAX = Diag("the mask was applied after the softmax: masked weights are zero but the others no longer "
+                     "sum to 1. Fill masked logits before the softmax.", sections.MINUS_INF)
+FULL_ROW_NAN = Diag("a fully masked row gave NaN: a softmax over a row of -inf is exp(-inf - (-inf)) = 0/0. "
+                    "Give rows with no allowed key zero weights.", sections.MINUS_INF)
+FULL_ROW_UNIFORM = Diag("a fully masked row came out uniform (1/T_k per key): with a finite fill value every "
+                        "logit of that row is equal, so softmax spreads the weight over padding. Set such rows to zero.",
+                        sections.MINUS_INF)
+FP16_MINUS_1E9 = Diag("-1e9 does not fit in float16 (its largest magnitude is 65504): it overflows to -inf "
+                      "(or masked_fill refuses it). Use torch.finfo(logits.dtype).min, the most negative finite "
+                      "number of the input's dtype.", sections.MINUS_INF)
+STRICT_TRIANGLE = Diag("off by one: the diagonal must be True. Position i may attend to itself (j <= i); "
+                       "with a strict triangle (j < i) the first token has no key at all.", sections.CAUSAL)
+QUERIES_NOT_KEYS = Diag("you masked queries (rows, dim -2) instead of keys (columns, dim -1). Padding must stop "
+                        "every query from looking at pad *keys*: mask [..., i, j] where key j is padding.",
+                        sections.MASK_KEYS)
 
 
 def _expect_bool(actual, shape: tuple, what: str) -> None:
@@ -76,7 +83,8 @@ def _expect_bool(actual, shape: tuple, what: str) -> None:
         raise CheckFailed(f"{what}: expected a bool mask (True = may attend), got dtype {actual.dtype}. "
                           "A comparison such as a < b already gives a bool tensor.")
     if tuple(actual.shape) != shape:
-        raise CheckFailed(f"{what}: expected shape {shape}, got {tuple(actual.shape)}.")
+        why = shape_mismatch(tuple(actual.shape), shape, last_call().args if last_call() else {})
+        raise fail(what, f"expected shape {shape}, got {tuple(actual.shape)}" + (f": {why}" if why else "."), level=PATTERN)
 
 
 # ----------------------------------------------------------------------------- padding_mask
@@ -86,12 +94,14 @@ def padding_mask_diagnoses(lengths: torch.Tensor, max_len: int) -> list[Diagnosi
     pos = torch.arange(max_len)[None, :]
     n = lengths[:, None]
     return [
-        (pos >= n, "the polarity is inverted: True must mark the real tokens (j < length), False the padding."),
+        (pos >= n, Diag("the polarity is inverted: True must mark the real tokens (j < length), False the padding.",
+                        sections.MASK_POLARITY)),
         (pos <= n, "off by one: positions start at 0, so a sequence of length n has real tokens at 0 … n-1 (j < n)."),
         (pos < n - 1, "off by one: a sequence of length n has n real tokens, at positions 0 … n-1 (j < n)."),
     ]
 
 
+@check_of("padding_mask")
 def check_padding_mask(padding_mask, lengths: torch.Tensor, max_len: int) -> None:
     """Compare ``padding_mask(lengths, max_len)`` with an explicit loop."""
     got = call_learner(padding_mask, lengths, max_len, name="padding_mask")
@@ -110,13 +120,14 @@ def causal_mask_diagnoses(n: int) -> list[Diagnosis]:
     ones = torch.ones(n, n, dtype=torch.bool)
     return [
         (torch.tril(ones, diagonal=-1), STRICT_TRIANGLE),
-        (torch.triu(ones), "this is the transpose: row i is the query and may see keys j <= i (the lower "
-                           "triangle); the upper triangle lets every token see the future."),
+        (torch.triu(ones), Diag("this is the transpose: row i is the query and may see keys j <= i (the lower "
+                                "triangle); the upper triangle lets every token see the future.", sections.CAUSAL)),
         (torch.triu(ones, diagonal=1), POLARITY),
         (ones, "every entry is True: nothing is masked, so every token sees the future."),
     ]
 
 
+@check_of("causal_mask")
 def check_causal_mask(causal_mask, n: int) -> None:
     """Compare ``causal_mask(n)`` with ``torch.tril`` of ones."""
     got = call_learner(causal_mask, n, name="causal_mask")
@@ -142,6 +153,7 @@ def masked_softmax_diagnoses(logits: torch.Tensor, mask: torch.Tensor) -> list[D
     ]
 
 
+@check_of("masked_softmax")
 def check_masked_softmax(masked_softmax, logits: torch.Tensor, mask: torch.Tensor) -> None:
     """Compare ``masked_softmax(logits, mask)`` with a float64 ``-inf`` softmax whose NaN rows become 0."""
     what = f"masked_softmax(logits {tuple(logits.shape)} {str(logits.dtype).removeprefix('torch.')}, mask {tuple(mask.shape)})"
@@ -149,7 +161,7 @@ def check_masked_softmax(masked_softmax, logits: torch.Tensor, mask: torch.Tenso
         got = call_learner(masked_softmax, logits, mask, name="masked_softmax")
     except CheckFailed as failure:
         if "without overflow" in str(failure.__cause__) and logits.dtype in (torch.float16, torch.bfloat16):
-            raise CheckFailed(f"{what}: {FP16_MINUS_1E9} (error: {failure.__cause__})") from failure.__cause__
+            raise fail(what, Diag(f"{FP16_MINUS_1E9} (error: {failure.__cause__})", FP16_MINUS_1E9.reread)) from failure.__cause__
         raise
     expected = oracle_masked_softmax(logits, mask)
     keep = mask.expand(logits.shape)
@@ -158,21 +170,21 @@ def check_masked_softmax(masked_softmax, logits: torch.Tensor, mask: torch.Tenso
         if dead.any() and torch.isnan(got[dead]).any():
             extra = (" (If you filled with -1e9: in float16 it becomes -inf too. Use torch.finfo(logits.dtype).min.)"
                      if logits.dtype == torch.float16 else "")
-            raise CheckFailed(f"{what}: {FULL_ROW_NAN}{extra}")
+            raise fail(what, Diag(f"{FULL_ROW_NAN}{extra}", FULL_ROW_NAN.reread))
         if logits.dtype == torch.float16 and torch.isnan(got).any() and not torch.isnan(expected).any():
-            raise CheckFailed(f"{what}: NaN in float16. {FP16_MINUS_1E9}")
+            raise fail(what, Diag(f"NaN in float16. {FP16_MINUS_1E9}", FP16_MINUS_1E9.reread))
     try:
         expect_close(got, expected, what=what, diagnoses=lambda: masked_softmax_diagnoses(logits, mask))
     except CheckFailed as failure:
-        if "values differ" in str(failure) and isinstance(got, torch.Tensor):
+        if failure.level < NAMED and isinstance(got, torch.Tensor):
             leak = got.detach().double().masked_fill(keep, 0.0).abs().nan_to_num(0.0)
             if (leak[~dead] > 1e-3).any() if (~dead).any() else False:
                 low = logits.double().masked_fill(~keep, float("inf")).min().item()
-                raise CheckFailed(
-                    f"{what}: masked keys received weight (up to {leak.max().item():.3g}). A fixed fill value such "
+                raise fail(what, Diag(
+                    f"masked keys received weight (up to {leak.max().item():.3g}). A fixed fill value such "
                     f"as -1000 or -1e4 is not 'small enough' when real logits go as low as {low:.4g}: use "
-                    "torch.finfo(logits.dtype).min (masked_fill replaces the logit, it does not add to it)."
-                ) from None
+                    "torch.finfo(logits.dtype).min (masked_fill replaces the logit, it does not add to it).",
+                    sections.MINUS_INF)) from None
         raise
 
 
@@ -214,14 +226,16 @@ def attention_mask_diagnoses(q_lengths, k_lengths, t_q, t_k, causal) -> list[Dia
                                                "mask their rows too when q_lengths is given."))
     if causal:
         cases += [(v(*args, strict=True), STRICT_TRIANGLE),
-                  (v(*args, force_causal=False), "causal=True but no causal mask was applied: query i must not "
-                                                 "see keys j > i.")]
+                  (v(*args, force_causal=False), Diag("causal=True but no causal mask was applied: query i must not "
+                                                      "see keys j > i.", sections.CAUSAL))]
     elif t_q == t_k:
-        cases.append((v(*args, force_causal=True), "a causal mask was applied although causal=False. Only decoder "
-                                                   "self-attention is causal; encoder and cross-attention are not."))
+        cases.append((v(*args, force_causal=True), Diag("a causal mask was applied although causal=False. Only "
+                                                        "decoder self-attention is causal; encoder and "
+                                                        "cross-attention are not.", sections.MASK_PLACES)))
     return [(m, msg) for m, msg in cases if m.shape[-2:] == (t_q, t_k)]
 
 
+@check_of("attention_mask")
 def check_attention_mask(attention_mask, q_lengths, k_lengths, t_q: int, t_k: int, causal: bool = False) -> None:
     """Compare ``attention_mask(q_lengths, k_lengths, t_q, t_k, causal)`` with an explicit triple loop."""
     got = call_learner(attention_mask, q_lengths, k_lengths, t_q, t_k, causal, name="attention_mask")
@@ -236,6 +250,7 @@ def check_attention_mask(attention_mask, q_lengths, k_lengths, t_q: int, t_k: in
                  diagnoses=lambda: attention_mask_diagnoses(q_lengths, k_lengths, t_q, t_k, causal))
 
 
+@check_of("attention_mask")
 def check_attention_mask_drives_sdpa(attention_mask, seed: int = 0) -> None:
     """Property: with the learner's decoder self-attention mask, torch's fused attention leaves
     the outputs of real positions 0..t-1 unchanged when a later token t is edited."""
@@ -249,8 +264,79 @@ def check_attention_mask_drives_sdpa(attention_mask, seed: int = 0) -> None:
     out = torch.nn.functional.scaled_dot_product_attention(x, x, x, attn_mask=mask)
     out_edited = torch.nn.functional.scaled_dot_product_attention(edited, edited, edited, attn_mask=mask)
     if not torch.allclose(out[:, :, :3], out_edited[:, :, :3]):
-        raise CheckFailed("attention_mask(..., causal=True): editing token 3 changed the outputs of tokens 0-2: "
-                          "your decoder mask lets earlier positions see a later token.")
+        raise fail("attention_mask(..., causal=True)", Diag("editing token 3 changed the outputs of tokens 0-2: your "
+                                                            "decoder mask lets earlier positions see a later token.",
+                                                            sections.CAUSAL))
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def _padding_counts(p) -> str | None:
+    """Row b of a padding mask holds lengths[b] True values, all before the False ones."""
+    lengths, max_len = p.get("lengths"), p.get("max_len")
+    got = p.call(lengths, max_len)
+    if not isinstance(got, torch.Tensor) or got.dtype != torch.bool or tuple(got.shape) != (len(lengths), max_len):
+        return None
+    counts = got.sum(-1)
+    want = lengths.clamp(0, max_len)
+    if torch.equal(counts, want):
+        return None
+    if torch.equal(counts, max_len - want):
+        return Diag("each row has max_len − lengths[b] True values: you marked the padding, not the real tokens. "
+                    "Row b must be True at positions 0 … lengths[b] − 1.", sections.MASK_POLARITY)
+    diff = (counts - want).unique().tolist()
+    if len(diff) == 1:
+        k = diff[0]
+        return (f"every row has {abs(k)} True value{'s' if abs(k) > 1 else ''} too {'many' if k > 0 else 'few'}: row b "
+                "must have exactly lengths[b] True values (positions 0 … lengths[b] − 1): an off-by-one in the comparison.")
+    return "row b must have exactly lengths[b] True values (the real tokens); yours have other counts."
+
+
+def _masked_softmax_properties(p) -> str | None:
+    """Masked keys get 0; changing a masked logit changes nothing; rows with an allowed key sum to 1."""
+    logits, mask = p.get("logits"), p.get("mask")
+    got = p.call(logits, mask)
+    if not isinstance(got, torch.Tensor) or got.shape != logits.shape:
+        return None
+    keep = mask.expand(logits.shape)
+    found = masked_keys_get_zero(got.nan_to_num(0.0), keep)
+    if found:
+        return found
+    moved = logits.masked_fill(~keep, 3.0)   # a masked logit that would win if it counted
+    again = p.call(moved, mask)
+    if isinstance(again, torch.Tensor) and again.shape == got.shape and not torch.allclose(
+            again.double(), got.double(), atol=1e-3, equal_nan=True):
+        return Diag("changing the logits of masked keys changed your result: masked keys still count in the "
+                    "softmax. Replace their logits (masked_fill) before the softmax instead of adding to them or "
+                    "masking afterwards.", sections.MINUS_INF)
+    live = keep.any(-1)
+    sums = got.double().sum(-1)
+    if live.any() and not torch.allclose(sums[live], torch.ones_like(sums[live]), atol=1e-2):
+        return Diag("each row with at least one allowed key must sum to 1 over the keys; yours does not (the "
+                    "weights were changed after the softmax without renormalising, or the softmax used the "
+                    "wrong axis).", sections.MINUS_INF)
+    return None
+
+
+def _padding_self_check(fn) -> None:
+    check_padding_mask(fn, torch.tensor([3, 1]), 4)
+    check_padding_mask(fn, torch.tensor([5, 2, 0]), 5)
+
+
+def _causal_self_check(fn) -> None:
+    check_causal_mask(fn, 4)
+    check_causal_mask(fn, 1)
+
+
+declare("padding_mask", chapter="masking", args=("lengths", "max_len"), self_check=_padding_self_check,
+        properties=(Property("row b has lengths[b] True values", _padding_counts),))
+declare("causal_mask", chapter="masking", args=("n",), self_check=_causal_self_check)
+declare("masked_softmax", chapter="masking", args=("logits", "mask"),
+        properties=(Property("masked keys get 0 and do not influence the rest; live rows sum to 1",
+                             _masked_softmax_properties),))
+declare("attention_mask", chapter="masking", args=("q_lengths", "k_lengths", "t_q", "t_k", "causal"),
+        helpers=("padding_mask", "causal_mask"))
 
 
 def random_lengths(batch: int, max_len: int, gen: torch.Generator, *, min_len: int = 0) -> torch.Tensor:

@@ -16,7 +16,12 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from qkv.checks.core import CheckFailed, Diagnosis, call_learner, expect_close, expect_pair
+from qkv.checks import sections
+from qkv.checks.core import PATTERN, CheckFailed, Diagnosis, call_learner, expect_close, expect_pair, fail
+from qkv.checks.graded import check_of
+from qkv.checks.patterns import number_mismatch
+from qkv.checks.properties import logit_scale, masked_keys_get_zero, recover_weights, rows_sum_to_one, scale_diagnosis
+from qkv.checks.registry import Diag, Property, declare
 
 # ----------------------------------------------------------------------------- oracles
 
@@ -69,9 +74,9 @@ def _masked_attention64(q, k, v, allowed):
 
 # ----------------------------------------------------------------------------- misconceptions
 
-TILE_MESSAGE = ("KV heads are repeated in the wrong order: you tiled them (x.repeat / torch.cat of copies gives "
-                "heads 0,1,…,0,1,…). Each KV head must serve a block of consecutive query heads: "
-                "0,0,…,1,1,… like torch.repeat_interleave along dim=1.")
+TILE_MESSAGE = Diag("KV heads are repeated in the wrong order: you tiled them (x.repeat / torch.cat of copies gives "
+                    "heads 0,1,…,0,1,…). Each KV head must serve a block of consecutive query heads: "
+                    "0,0,…,1,1,… like torch.repeat_interleave along dim=1.", sections.GQA)
 
 
 def _tile(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -87,12 +92,15 @@ def gqa_diagnoses(q, k, v, mask=None) -> list[Diagnosis]:
     ki, vi = oracle_repeat_kv(k, group), oracle_repeat_kv(v, group)
     out = [(_masked_attention64(q, kt, vt, allowed), TILE_MESSAGE)]
     unscaled = _masked_attention64(q * math.sqrt(q.shape[-1]), ki, vi, allowed)
-    out.append((unscaled, "your result equals grouped attention without the 1/√d scale on the logits."))
+    out.append((unscaled, Diag("your result equals grouped attention without the 1/√d scale on the logits.",
+                               sections.WHY_SQRT_DK)))
     if mask is not None:
         free = torch.ones_like(allowed)
-        out.append((_masked_attention64(q, ki, vi, free), "the mask was ignored: masked keys still receive weight."))
+        out.append((_masked_attention64(q, ki, vi, free), Diag("the mask was ignored: masked keys still receive weight.",
+                                                               sections.MASK_KEYS)))
         out.append((_masked_attention64(q, ki, vi, ~allowed),
-                    "the mask polarity is inverted: True means 'may attend', so fill the positions where mask is False."))
+                    Diag("the mask polarity is inverted: True means 'may attend', so fill the positions where mask "
+                         "is False.", sections.MASK_POLARITY)))
     return out
 
 
@@ -120,6 +128,7 @@ def mean_pool_diagnoses(w_kv: torch.Tensor, n_heads: int, n_groups: int) -> list
 # ----------------------------------------------------------------------------- checks
 
 
+@check_of("repeat_kv")
 def check_repeat_kv(repeat_kv, x: torch.Tensor, n_rep: int) -> None:
     """Compare ``repeat_kv(x, n_rep)`` with ``torch.repeat_interleave(x, n_rep, dim=1)``."""
     got = call_learner(repeat_kv, x, n_rep, name="repeat_kv")
@@ -136,6 +145,7 @@ def check_repeat_kv(repeat_kv, x: torch.Tensor, n_rep: int) -> None:
                  diagnoses=lambda: [(_tile(x, n_rep).double(), TILE_MESSAGE)])
 
 
+@check_of("grouped_query_attention")
 def check_gqa(gqa, q, k, v, mask=None) -> None:
     """Compare ``grouped_query_attention(q, k, v[, mask])`` with torch's fused attention (enable_gqa=True)."""
     args = (q, k, v) if mask is None else (q, k, v, mask)
@@ -143,10 +153,11 @@ def check_gqa(gqa, q, k, v, mask=None) -> None:
     what = f"grouped_query_attention(q{tuple(q.shape)}, k{tuple(k.shape)}, v{tuple(v.shape)}" + (
         f", mask{tuple(mask.shape)})" if mask is not None else ")")
     if isinstance(got, tuple):
-        raise CheckFailed(f"{what}: return only the output tensor (B, H, T, d), not a tuple.")
+        raise fail(what, "return only the output tensor (B, H, T, d), not a tuple.")
     expect_close(got, oracle_gqa(q, k, v, mask), what=what, diagnoses=lambda: gqa_diagnoses(q, k, v, mask))
 
 
+@check_of("grouped_query_attention")
 def check_gqa_equals_mha(gqa, q, k, v) -> None:
     """With as many KV heads as query heads, GQA is plain multi-head attention (no grouping at all)."""
     if k.shape[1] != q.shape[1]:
@@ -156,6 +167,7 @@ def check_gqa_equals_mha(gqa, q, k, v) -> None:
     expect_close(got, want, what=f"grouped_query_attention with H_kv = H = {q.shape[1]} (must equal MHA)")
 
 
+@check_of("grouped_query_attention")
 def check_gqa_equals_mqa(gqa, q, k, v) -> None:
     """With one KV head, every query head attends over the same keys and values (MQA)."""
     if k.shape[1] != 1:
@@ -167,6 +179,7 @@ def check_gqa_equals_mqa(gqa, q, k, v) -> None:
     expect_close(got, want, what=f"grouped_query_attention with H_kv = 1 (must equal MQA)")
 
 
+@check_of("kv_cache_bytes")
 def check_kv_cache_bytes(kv_cache_bytes, n_layers, n_kv_heads, d_head, seq_len, batch=1, bytes_per_element=2,
                          expected=None) -> None:
     """Compare with the KV-cache formula (or a known ``expected`` value); diagnose a missing 2 and bits vs bytes."""
@@ -198,10 +211,14 @@ def check_kv_cache_bytes(kv_cache_bytes, n_layers, n_kv_heads, d_head, seq_len, 
         wrong.append((want / bytes_per_element, "your result counts elements, not bytes: multiply by bytes_per_element."))
     for value, message in wrong:
         if math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-9):
-            raise CheckFailed(f"{what}: {message}")
-    raise CheckFailed(f"{what}: expected {want:,} bytes, got {got:,}.")
+            raise fail(what, Diag(message, sections.KV_BYTES))
+    why = number_mismatch(got, want, {"n_layers": n_layers, "n_kv_heads": n_kv_heads, "d_head": d_head,
+                                      "seq_len": seq_len, "batch": batch, "bytes_per_element": bytes_per_element})
+    raise CheckFailed(f"{what}: expected {want:,} bytes, got {got:,}: {why}", reason=f"the number of bytes is wrong: {why}",
+                      what=what, detail=f"expected {want:,} bytes, got {got:,}: {why}", level=PATTERN)
 
 
+@check_of("mean_pool_kv_heads")
 def check_mean_pool(mean_pool_kv_heads, w_kv: torch.Tensor, n_heads: int, n_groups: int) -> None:
     """Compare with an explicit loop that averages the row blocks of the heads of each group."""
     got = call_learner(mean_pool_kv_heads, w_kv, n_heads, n_groups, name="mean_pool_kv_heads")
@@ -229,15 +246,16 @@ def decode_diagnoses(q_t, k_t, v_t, cache_k, cache_v) -> list[Diagnosis]:
     tiled = _masked_attention64(q_t, _tile(torch.cat([cache_k, k_t], 2), group), _tile(torch.cat([cache_v, v_t], 2), group),
                                 torch.ones(1, cache_k.shape[2] + 1, dtype=torch.bool))
     return [
-        (before, "off by one: you attended over the cache *before* appending the new key and value, so the new "
-                 "token does not see itself. Append first, then attend (the last row of a causal mask includes "
-                 "the diagonal)."),
-        (only_new, "the cache was ignored: the new query attended only to its own key and value. It must attend "
-                   "over every cached token plus itself."),
+        (before, Diag("off by one: you attended over the cache *before* appending the new key and value, so the new "
+                      "token does not see itself. Append first, then attend (the last row of a causal mask includes "
+                      "the diagonal).", sections.KV_CACHE)),
+        (only_new, Diag("the cache was ignored: the new query attended only to its own key and value. It must attend "
+                        "over every cached token plus itself.", sections.KV_CACHE)),
         (tiled, TILE_MESSAGE),
     ]
 
 
+@check_of("decode_step")
 def check_decode_step(decode_step, q_t, k_t, v_t, cache_k, cache_v) -> None:
     """One step: the output equals attention over cache + new token; the caches grow by one, in order."""
     result = call_learner(decode_step, q_t, k_t, v_t, cache_k, cache_v, name="decode_step")
@@ -259,6 +277,7 @@ def check_decode_step(decode_step, q_t, k_t, v_t, cache_k, cache_v) -> None:
                  diagnoses=lambda: decode_diagnoses(q_t, k_t, v_t, cache_k, cache_v))
 
 
+@check_of("decode_step")
 def check_decode_matches_full(decode_step, q, k, v) -> None:
     """Decode T tokens one by one from an empty cache; outputs must equal full causal attention."""
     b, n_heads, t, d = q.shape
@@ -293,6 +312,121 @@ def check_decode_matches_full(decode_step, q, k, v) -> None:
 
     expect_close(got, want, what=f"{t} cached decoding steps vs full causal attention over the sequence",
                  diagnoses=diagnoses)
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def _weights_findings(weights, q, k_all, mask) -> str | None:
+    """Rows sum to 1, masked keys get 0, softmax of q kᵀ/√d with each query head paired with its KV head."""
+    group = q.shape[1] // k_all.shape[1]
+    keep = None if mask is None else mask.bool().expand(weights.shape)
+    found = rows_sum_to_one(weights, keep) or (masked_keys_get_zero(weights, keep) if keep is not None else None)
+    if found:
+        return found
+    raw = q.double() @ oracle_repeat_kv(k_all.double(), group).transpose(-2, -1)
+    s = logit_scale(weights, raw, keep)
+    if s is None and group > 1 and logit_scale(weights, q.double() @ _tile(k_all.double(), group).transpose(-2, -1), keep):
+        return TILE_MESSAGE
+    return scale_diagnosis(s, q.shape[-1], {"d": q.shape[-1], "S": k_all.shape[-2], "T": q.shape[-2],
+                                            "H": q.shape[1]})
+
+
+def _gqa_properties(p) -> str | None:
+    """The attention weights, recovered by attending over one-hot values, are a proper softmax."""
+    q, k, mask = p.get("q"), p.get("k"), p.get("mask")
+    weights = recover_weights(lambda eye: p.call(q, k, eye) if mask is None else p.call(q, k, eye, mask),
+                              k.shape[-2], k)
+    if weights is None or tuple(weights.shape) != (*q.shape[:-1], k.shape[-2]):
+        return None
+    return _weights_findings(weights, q, k, mask)
+
+
+def _decode_properties(p) -> str | None:
+    """The new token attends over every cached token and itself, with a proper softmax."""
+    q_t, k_t, cache_k, cache_v = p.get("q_t"), p.get("k_t"), p.get("cache_k"), p.get("cache_v")
+    if q_t is None or cache_k is None:
+        return None
+    s = cache_k.shape[2]
+    eye = torch.eye(s + 1, dtype=q_t.dtype).expand(*cache_v.shape[:2], s + 1, s + 1)
+    result = p.call(q_t, k_t, eye[:, :, s:].contiguous(), cache_k, eye[:, :, :s].contiguous())
+    if not (isinstance(result, tuple) and len(result) == 3 and isinstance(result[0], torch.Tensor)):
+        return None
+    weights = result[0].double()
+    if tuple(weights.shape) != (*q_t.shape[:-1], s + 1):
+        return None
+    if s > 0 and torch.allclose(weights[..., s], torch.zeros_like(weights[..., s])):
+        return Diag("the new token got no weight on itself: its key and value must be appended to the cache *before* "
+                    "attending, so that it attends over the cached tokens and itself.", sections.KV_CACHE)
+    if s > 0 and torch.allclose(weights[..., :s], torch.zeros_like(weights[..., :s])):
+        return Diag("the cached tokens got no weight: the new query must attend over every cached token plus "
+                    "itself (attend over the grown cache, without a causal mask).", sections.KV_CACHE)
+    return _weights_findings(weights, q_t, torch.cat([cache_k, k_t], dim=2), None)
+
+
+def _kv_bytes_properties(p) -> str | None:
+    """The size is proportional to each of layers, KV heads, d_head, tokens, batch and bytes per element."""
+    names = ("n_layers", "n_kv_heads", "d_head", "seq_len", "batch", "bytes_per_element")
+    args = [p.get(n) for n in names]
+    if any(a is None for a in args):
+        return None
+    args = [a if a else 1 for a in args]
+    base = p.call(*args)
+    if isinstance(base, torch.Tensor):
+        base = base.item()
+    ignored = []
+    for i, n in enumerate(names):
+        doubled = list(args)
+        doubled[i] = args[i] * 2
+        got = p.call(*doubled)
+        got = got.item() if isinstance(got, torch.Tensor) else got
+        if isinstance(got, (int, float)) and isinstance(base, (int, float)) and base and not math.isclose(got, 2 * base):
+            ignored.append(f"`{n}`" + (" is ignored" if math.isclose(got, base) else f" scales it by {got / base:.3g}"))
+    if ignored:
+        return Diag("the cache size is proportional to each argument (doubling any of them doubles the bytes), but "
+                    f"in yours {', '.join(ignored)}.", sections.KV_BYTES)
+    return None
+
+
+def _mean_pool_properties(p) -> str | None:
+    """With one group per head nothing changes; with one group every head is averaged."""
+    w, n_heads = p.get("w_kv"), p.get("n_heads")
+    if w is None or not n_heads:
+        return None
+    same = p.call(w, n_heads, n_heads)
+    if isinstance(same, torch.Tensor) and same.shape == w.shape and not torch.allclose(same.double(), w.double(), atol=1e-5):
+        return Diag("with n_groups = n_heads every head is its own group, so the weight must come back unchanged; "
+                    "yours changes it (rows of different heads are mixed: group g holds heads g·G … g·G + G − 1, a "
+                    "block of consecutive rows).", sections.MEAN_POOL)
+    return None
+
+
+def _repeat_self_check(fn) -> None:
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    check_repeat_kv(fn, x, 2)
+    check_repeat_kv(fn, x, 1)
+
+
+def _gqa_self_check(fn) -> None:
+    q, k, v = random_gqa_inputs(2, 8, 2, 5, 5, 16, seed=0)
+    check_gqa(fn, q, k, v)
+    check_gqa(fn, q, k, v, torch.ones(5, 5, dtype=torch.bool).tril())
+
+
+declare("repeat_kv", chapter="mqa_gqa", args=("x", "n_rep"), self_check=_repeat_self_check)
+declare("grouped_query_attention", chapter="mqa_gqa", args=("q", "k", "v", "mask"), helpers=("repeat_kv",),
+        self_check=_gqa_self_check,
+        properties=(Property("the weights (attending over one-hot values) are a masked softmax of q kᵀ/√d with the "
+                             "right KV head per query head", _gqa_properties),))
+declare("kv_cache_bytes", chapter="mqa_gqa",
+        args=("n_layers", "n_kv_heads", "d_head", "seq_len", "batch", "bytes_per_element"),
+        properties=(Property("proportional to every argument", _kv_bytes_properties),))
+declare("mean_pool_kv_heads", chapter="mqa_gqa", args=("w_kv", "n_heads", "n_groups"),
+        properties=(Property("n_groups = n_heads leaves the weight unchanged", _mean_pool_properties),))
+declare("decode_step", chapter="mqa_gqa", args=("q_t", "k_t", "v_t", "cache_k", "cache_v"),
+        helpers=("grouped_query_attention",),
+        properties=(Property("the new token attends over the cache and itself with a proper softmax",
+                             _decode_properties),))
 
 
 def random_gqa_inputs(batch: int, n_heads: int, n_kv_heads: int, t: int, s: int, d: int, *,

@@ -15,7 +15,12 @@ import numbers
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from qkv.checks.core import CheckFailed, Diagnosis, call_learner, expect_close, expect_pair
+from qkv.checks import sections
+from qkv.checks.core import PATTERN, CheckFailed, call_learner, expect_close, expect_pair, fail
+from qkv.checks.graded import check_of
+from qkv.checks.patterns import number_mismatch
+from qkv.checks.properties import masked_keys_get_zero, rows_sum_to_one
+from qkv.checks.registry import CrashHint, Diag, Property, declare
 
 # ----------------------------------------------------------------------------- oracles
 
@@ -71,17 +76,18 @@ def oracle_flops(T: int, d_model: int, n_heads: int, d_head: int | None = None) 
 
 # ----------------------------------------------------------------------------- misconceptions
 
-NO_TRANSPOSE_SPLIT = ("you reshaped straight to (B, H, T, d_head) (or to (B, T, H, d_head) without the transpose): "
-                      "that cuts the flattened (T, d_model) block into H pieces, so a head gets several positions' "
-                      "features. Reshape to (B, T, H, d_head) first, then swap the T and H axes.")
-INTERLEAVED_SPLIT = ("head h got every H-th feature (features interleaved across heads). Head h must own the "
-                     "contiguous block of features h·d_head … (h+1)·d_head − 1: reshape the last axis as (H, d_head).")
-MISSING_TRANSPOSE_SPLIT = ("you returned (B, T, H, d_head): the split is right but the transpose is missing; "
-                           "move the head axis in front of T, giving (B, H, T, d_head).")
-NO_TRANSPOSE_MERGE = ("heads merged in the wrong order: you reshaped (B, H, T, d_head) straight to (B, T, d_model), "
-                      "which mixes the H and T axes. Swap H and T back first, then reshape.")
-INTERLEAVED_MERGE = ("the heads' features are interleaved: the result must be [head 0 | head 1 | …], each head's "
-                     "d_head features side by side; put H before d_head when you flatten.")
+NO_TRANSPOSE_SPLIT = Diag("you reshaped straight to (B, H, T, d_head) (or to (B, T, H, d_head) without the transpose): "
+                          "that cuts the flattened (T, d_model) block into H pieces, so a head gets several positions' "
+                          "features. Reshape to (B, T, H, d_head) first, then swap the T and H axes.", sections.MHA_COMPUTED)
+INTERLEAVED_SPLIT = Diag("head h got every H-th feature (features interleaved across heads). Head h must own the "
+                         "contiguous block of features h·d_head … (h+1)·d_head − 1: reshape the last axis as (H, d_head).",
+                         sections.MHA_COMPUTED)
+MISSING_TRANSPOSE_SPLIT = Diag("you returned (B, T, H, d_head): the split is right but the transpose is missing; "
+                               "move the head axis in front of T, giving (B, H, T, d_head).", sections.MHA_COMPUTED)
+NO_TRANSPOSE_MERGE = Diag("heads merged in the wrong order: you reshaped (B, H, T, d_head) straight to (B, T, d_model), "
+                          "which mixes the H and T axes. Swap H and T back first, then reshape.", sections.MHA_COMPUTED)
+INTERLEAVED_MERGE = Diag("the heads' features are interleaved: the result must be [head 0 | head 1 | …], each head's "
+                         "d_head features side by side; put H before d_head when you flatten.", sections.MHA_COMPUTED)
 
 
 def _split_variant(x, n_heads, mistake):
@@ -141,12 +147,13 @@ def mha_diagnoses(*args, mask=None) -> list[tuple[str, tuple]]:
     d_model, n_heads = args[0].shape[-1], args[7]
     d_head = d_model // n_heads
     cases = [
-        ("you forgot the output projection: after merging the heads, apply out_proj_weight (and out_proj_bias) "
-         "to mix the heads' outputs.", dict(out_proj=False)),
-        (f"the logits were divided by √d_model = {math.sqrt(d_model):.3g}; each head's q and k have d_head = "
-         f"{d_head} components, so divide by √d_head = {math.sqrt(d_head):.3g}.", dict(scale="d_model")),
-        (f"the logits were not scaled: divide each head's q @ kᵀ by √d_head = {math.sqrt(d_head):.3g}.",
-         dict(scale=None)),
+        (Diag("you forgot the output projection: after merging the heads, apply out_proj_weight (and out_proj_bias) "
+              "to mix the heads' outputs.", sections.MHA_COMPUTED), dict(out_proj=False)),
+        (Diag(f"the logits were divided by √d_model = {math.sqrt(d_model):.3g}; each head's q and k have d_head = "
+              f"{d_head} components, so divide by √d_head = {math.sqrt(d_head):.3g}.", sections.WHY_SQRT_DK),
+         dict(scale="d_model")),
+        (Diag(f"the logits were not scaled: divide each head's q @ kᵀ by √d_head = {math.sqrt(d_head):.3g}.",
+              sections.WHY_SQRT_DK), dict(scale=None)),
         ("split without transpose: you reshaped the projections straight to (B, H, T, d_head), which mixes "
          "positions and features across heads. Reshape to (B, T, H, d_head), then swap T and H.",
          dict(split="no_transpose", merge="no_transpose")),
@@ -164,9 +171,9 @@ def mha_diagnoses(*args, mask=None) -> list[tuple[str, tuple]]:
     ]
     if mask is not None:
         cases += [
-            ("the mask polarity is inverted: True means 'may attend', so fill the logits where the mask is False.",
-             dict(mask_mode="inverted")),
-            ("the mask was ignored: masked keys still receive weight.", dict(mask_mode="ignored")),
+            (Diag("the mask polarity is inverted: True means 'may attend', so fill the logits where the mask is False.",
+                  sections.MASK_POLARITY), dict(mask_mode="inverted")),
+            (Diag("the mask was ignored: masked keys still receive weight.", sections.MASK_KEYS), dict(mask_mode="ignored")),
         ]
     return [(msg, mha_variant(*args, mask, **kw)) for msg, kw in cases]
 
@@ -191,23 +198,14 @@ def flops_diagnoses(T: int, d_model: int, n_heads: int, d_head: int | None = Non
 # ----------------------------------------------------------------------------- checks
 
 
-def _view_advice(failure: CheckFailed) -> CheckFailed:
-    cause = failure.__cause__
-    if isinstance(cause, RuntimeError) and "view" in str(cause):
-        return CheckFailed(f"{failure} — a transposed tensor is not contiguous: use .reshape (or .contiguous().view).")
-    return failure
-
-
+@check_of("split_heads")
 def check_split_heads(split_heads, x: torch.Tensor, n_heads: int) -> None:
     """Compare ``split_heads(x, n_heads)`` with slicing the features into heads."""
-    try:
-        got = call_learner(split_heads, x, n_heads, name="split_heads")
-    except CheckFailed as failure:
-        raise _view_advice(failure) from failure.__cause__
+    got = call_learner(split_heads, x, n_heads, name="split_heads")
     B, T, d = x.shape
     what = f"split_heads(x of shape {tuple(x.shape)}, n_heads={n_heads})"
     if isinstance(got, torch.Tensor) and tuple(got.shape) == (B, T, n_heads, d // n_heads) and T != n_heads:
-        raise CheckFailed(f"{what}: {MISSING_TRANSPOSE_SPLIT}")
+        raise fail(what, MISSING_TRANSPOSE_SPLIT)
     expect_close(got, oracle_split_heads(x, n_heads), what=what, atol=0, rtol=0, diagnoses=lambda: [
         (_split_variant(x, n_heads, "no_transpose"), NO_TRANSPOSE_SPLIT),
         (_split_variant(x, n_heads, "interleaved"), INTERLEAVED_SPLIT),
@@ -215,12 +213,10 @@ def check_split_heads(split_heads, x: torch.Tensor, n_heads: int) -> None:
     ])
 
 
+@check_of("merge_heads")
 def check_merge_heads(merge_heads, x: torch.Tensor) -> None:
     """Compare ``merge_heads(x)`` with concatenating the heads' features."""
-    try:
-        got = call_learner(merge_heads, x, name="merge_heads")
-    except CheckFailed as failure:
-        raise _view_advice(failure) from failure.__cause__
+    got = call_learner(merge_heads, x, name="merge_heads")
     what = f"merge_heads(x of shape {tuple(x.shape)})"
     expect_close(got, oracle_merge_heads(x), what=what, atol=0, rtol=0, diagnoses=lambda: [
         (_merge_variant(x, "no_transpose"), NO_TRANSPOSE_MERGE),
@@ -228,6 +224,7 @@ def check_merge_heads(merge_heads, x: torch.Tensor) -> None:
     ])
 
 
+@check_of("merge_heads")
 def check_round_trip(split_heads, merge_heads, x: torch.Tensor, n_heads: int) -> None:
     """merge_heads(split_heads(x)) must give x back exactly."""
     split = call_learner(split_heads, x, n_heads, name="split_heads")
@@ -235,12 +232,13 @@ def check_round_trip(split_heads, merge_heads, x: torch.Tensor, n_heads: int) ->
     expect_close(back, x, what=f"merge_heads(split_heads(x of shape {tuple(x.shape)}, {n_heads}))", atol=0, rtol=0)
 
 
+@check_of("multi_head_attention")
 def check_mha(mha, query, key, value, in_w, in_b, out_w, out_b, n_heads: int, mask=None) -> None:
     """Compare ``multi_head_attention`` with nn.MultiheadAttention (copied weights); diagnose classic mistakes."""
     args = (query, key, value, in_w, in_b, out_w, out_b, n_heads)
     result = call_learner(mha, *args, *(() if mask is None else (mask,)), name="multi_head_attention")
-    out, weights = expect_pair(result, what="multi_head_attention")
     want_out, want_w = oracle_mha(*args, mask)
+    out, weights = expect_pair(result, what="multi_head_attention", shapes=(want_out.shape, want_w.shape))
     what = (f"multi_head_attention(query{tuple(query.shape)}, key{tuple(key.shape)}, n_heads={n_heads}"
             + (f", mask{tuple(mask.shape)})" if mask is not None else ")"))
     B, T_q, T_k = query.shape[0], query.shape[1], key.shape[1]
@@ -277,6 +275,7 @@ def random_mha_inputs(batch: int, t_q: int, t_k: int, d_model: int, *, dtype=tor
     return query, key, value, in_w, in_b, out_w, out_b
 
 
+@check_of("attention_flops")
 def check_attention_flops(attention_flops, T: int, d_model: int, n_heads: int, d_head: int | None = None) -> None:
     """Compare ``attention_flops`` with FlopCounterMode over an explicit computation."""
     args = (T, d_model, n_heads) if d_head is None else (T, d_model, n_heads, d_head)
@@ -293,9 +292,12 @@ def check_attention_flops(attention_flops, T: int, d_model: int, n_heads: int, d
     for wrong, message in flops_diagnoses(T, d_model, n_heads, d_head):
         if got == wrong:
             raise CheckFailed(f"{what} = {got}: {message}")
-    raise CheckFailed(f"{what} = {got}, expected {want} (torch.utils.flop_counter counts {want}).")
+    why = number_mismatch(got, want, {"T": T, "d_model": d_model, "n_heads": n_heads, "d_head": d_head or d_model // n_heads})
+    raise CheckFailed(f"{what} = {got}, expected {want} (torch.utils.flop_counter counts {want}): {why}",
+                      reason=f"the count differs from the expected one: {why}", what=what, detail=why, level=PATTERN)
 
 
+@check_of("attention_flops")
 def check_attention_flops_known_values(attention_flops) -> None:
     """T=4, d_model=8, 2 heads: projections 4·(2·4·8·8) = 2048, QKᵀ and weights·V 2·(2·2·4·4·4) = 512."""
     for args, want in [((4, 8, 2), 2560), ((1, 1, 1), 12), ((4, 8, 2, 8), 5120)]:
@@ -305,6 +307,88 @@ def check_attention_flops_known_values(attention_flops) -> None:
                 if got == wrong:
                     raise CheckFailed(f"attention_flops{args} = {got}: {message}")
             raise CheckFailed(f"attention_flops{args} = {got}, expected {want}.")
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def _mha_call(p, query, key, value, mask):
+    args = (query, key, value, p.get("in_w"), p.get("in_b"), p.get("out_w"), p.get("out_b"), p.get("n_heads"))
+    return p.call(*args, *(() if mask is None else (mask,)))
+
+
+def _mha_properties(p) -> str | None:
+    """Weights: rows sum to 1, masked keys 0. Permuting the keys and values together must not change
+    the output (attention works on sets); positions mixed with features break that."""
+    query, key, value, mask = p.get("query"), p.get("key"), p.get("value"), p.get("mask")
+    result = _mha_call(p, query, key, value, mask)
+    if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(r, torch.Tensor) for r in result)):
+        return None
+    out, weights = result
+    B, T_q, T_k = query.shape[0], query.shape[1], key.shape[1]
+    if tuple(weights.shape) == (B, T_q, T_k):
+        keep = None if mask is None else mask.bool().expand(B, T_q, T_k)
+        found = rows_sum_to_one(weights, keep) or (masked_keys_get_zero(weights, keep) if keep is not None else None)
+        if found:
+            return found
+    if mask is not None or T_k < 2:
+        return None
+    perm = torch.roll(torch.arange(T_k), 1)
+    moved = _mha_call(p, query, key[:, perm], value[:, perm], None)
+    if isinstance(moved, tuple) and isinstance(moved[0], torch.Tensor) and moved[0].shape == out.shape and \
+            not torch.allclose(moved[0].double(), out.double(), atol=1e-4, rtol=1e-3):
+        return Diag("reordering the keys and values together changed your output, but attention treats them as a "
+                    "set: positions got mixed with features or heads (a reshape straight to (B, H, T, d_head) "
+                    "without the transpose, or a merge that skips swapping H and T back).", sections.MHA_COMPUTED)
+    return None
+
+
+def _flops_properties(p) -> str | None:
+    """With d_head = d_model / n_heads, the count does not depend on the number of heads."""
+    T, d_model, d_head = p.get("T"), p.get("d_model"), p.get("d_head")
+    if d_head is not None or d_model % 2 or T is None:
+        return None
+    one = p.call(T, d_model, 1)
+    two = p.call(T, d_model, 2)
+    if isinstance(one, torch.Tensor):
+        one = one.item()
+    if isinstance(two, torch.Tensor):
+        two = two.item()
+    if isinstance(one, (int, float)) and isinstance(two, (int, float)) and one != two:
+        return Diag(f"with d_head = d_model / n_heads the cost does not depend on the number of heads, but yours "
+                    f"gives {one} for 1 head and {two} for 2 heads: some term uses d_model where the per-head width "
+                    "d_head belongs (or counts the heads twice).", sections.HEAD_DIM)
+    return None
+
+
+def _split_self_check(fn) -> None:
+    check_split_heads(fn, torch.arange(2 * 3 * 8, dtype=torch.float32).reshape(2, 3, 8), 2)
+    check_split_heads(fn, torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(0)), 4)
+
+
+def _merge_self_check(fn) -> None:
+    check_merge_heads(fn, torch.randn(2, 3, 5, 4, generator=torch.Generator().manual_seed(1)))
+    check_merge_heads(fn, torch.randn(1, 4, 4, 2, generator=torch.Generator().manual_seed(2)))
+
+
+_MASK_HEAD_AXIS = CrashHint(
+    r"The size of tensor a \(\d+\) must match the size of tensor b \(\d+\) at non-singleton dimension",
+    lambda m, call: ("the mask has no head axis: the scores are (B, H, T_q, T_k), and broadcasting lines a 3-dim "
+                     "mask (B, ·, T_k) up from the right, so its batch axis meets the heads. Give the mask a head "
+                     "axis: mask[:, None] (or mask.unsqueeze(1)).")
+    if isinstance(call.args.get("mask"), torch.Tensor) and call.args["mask"].dim() == 3 else None)
+
+declare("split_heads", chapter="multihead", args=("x", "n_heads"), self_check=_split_self_check)
+declare("merge_heads", chapter="multihead", args=("x",), self_check=_merge_self_check)
+declare("multi_head_attention", chapter="multihead",
+        args=("query", "key", "value", "in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias",
+              "n_heads", "mask"),
+        helpers=("split_heads", "merge_heads"),
+        properties=(Property("weights sum to 1 and skip masked keys; keys and values are a set", _mha_properties),),
+        crash_hints=(_MASK_HEAD_AXIS,))
+declare("attention_flops", chapter="multihead", args=("T", "d_model", "n_heads", "d_head"),
+        properties=(Property("the cost does not depend on the number of heads when d_head = d_model / n_heads",
+                             _flops_properties),))
 
 
 # ----------------------------------------------------------------------------- learner guidance

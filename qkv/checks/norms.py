@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import torch
 
+from qkv.checks import sections
 from qkv.checks.core import CheckFailed, Diagnosis, NotAttempted, call_learner, expect_close, expect_pair
+from qkv.checks.graded import check_of
+from qkv.checks.properties import normalised_axes
+from qkv.checks.registry import Diag, Property, declare
 
 # ----------------------------------------------------------------------------- oracles
 
@@ -119,7 +123,7 @@ def layer_norm_diagnoses(x, normalized_shape, weight=None, bias=None, eps=1e-5) 
         cases.append((_ln_variant(x, normalized_shape, weight, bias, eps, dims=(-1,)),
                       f"you normalized over the last dim only; normalized_shape has {k} dims, so the statistics "
                       f"are taken over the last {k} dims together."))
-    return [(w, m) for w, m in cases if w is not None and w.shape == x.shape]
+    return [(w, Diag(m, sections.NORM_AXES)) for w, m in cases if w is not None and w.shape == x.shape]
 
 
 def _bn_variant(x, running_mean, running_var, weight, bias, training, momentum, eps, *, unbiased_norm=False,
@@ -180,12 +184,13 @@ def batch_norm_diagnoses(x, running_mean, running_var, weight=None, bias=None, t
             ("in eval mode you normalized with the batch statistics; eval mode uses running_mean and running_var.",
              _bn_variant(*args, stats_mode="batch")),
         ]
-    return cases
+    return [(Diag(m, sections.NORM_AXES if "axis" in m else sections.BATCHNORM), r) for m, r in cases]
 
 
 # ----------------------------------------------------------------------------- checks
 
 
+@check_of("layer_norm")
 def check_layer_norm(layer_norm, x, normalized_shape, weight=None, bias=None, eps=1e-5) -> None:
     """Compare ``layer_norm(x, normalized_shape, weight, bias, eps)`` with torch.nn.LayerNorm."""
     got = call_learner(layer_norm, x, normalized_shape, weight, bias, eps, name="layer_norm")
@@ -194,6 +199,7 @@ def check_layer_norm(layer_norm, x, normalized_shape, weight=None, bias=None, ep
                  diagnoses=lambda: layer_norm_diagnoses(x, normalized_shape, weight, bias, eps))
 
 
+@check_of("rms_norm")
 def check_rms_norm(rms_norm, x, weight=None, eps=1e-6) -> None:
     """Compare ``rms_norm(x, weight, eps)`` with torch.nn.RMSNorm."""
     got = call_learner(rms_norm, x, weight, eps, name="rms_norm")
@@ -239,6 +245,7 @@ def _compare_bn(name, what, got, want, cases) -> None:
                      diagnoses=lambda i=i: [(res[i].double(), msg) for msg, res in cases() if res is not None])
 
 
+@check_of("batch_norm")
 def check_batch_norm(batch_norm, x, running_mean, running_var, weight=None, bias=None, training=True,
                      momentum=0.1, eps=1e-5) -> None:
     """Compare ``batch_norm(...)`` and the running statistics it returns with torch.nn.BatchNorm1d."""
@@ -256,6 +263,7 @@ def check_batch_norm(batch_norm, x, running_mean, running_var, weight=None, bias
     _compare_bn("batch_norm", what, got, want, cases)
 
 
+@check_of("batch_norm")
 def check_batch_norm_single_value_raises(batch_norm) -> None:
     """Training mode with one value per channel must raise ValueError, as nn.BatchNorm1d does."""
     x = torch.randn(1, 4, generator=torch.Generator().manual_seed(0))
@@ -276,6 +284,7 @@ def check_batch_norm_single_value_raises(batch_norm) -> None:
                           "(this is why a batch of one decoding step cannot use BatchNorm in training mode).")
 
 
+@check_of("masked_batch_norm")
 def check_masked_batch_norm(masked_batch_norm, x, mask, running_mean, running_var, weight=None, bias=None,
                             training=True, momentum=0.1, eps=1e-5) -> None:
     """Compare with nn.BatchNorm1d applied to the real tokens x[mask]; pad outputs must be 0."""
@@ -307,6 +316,157 @@ def check_masked_batch_norm(masked_batch_norm, x, mask, running_mean, running_va
                 got[0][mask.bool()].double(), want[0][mask.bool()].double(), atol=1e-3, rtol=1e-3):
             raise CheckFailed(f"{what}: the real tokens are right, but the padding positions of the output must be 0.")
     _compare_bn("masked_batch_norm", what, got, want, cases)
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def _wrong_axes(found: list[str], want: str, candidates: dict[str, tuple[int, ...]]) -> list[str] | None:
+    """The axis sets the output is (wrongly) normalised over, or None when only the right one is.
+    Normalising over a subset of the right axes also makes the output normalised over the right
+    ones, so a subset found normalised is a mistake even when ``want`` is found too."""
+    subsets = [f for f in found if f != want and set(candidates[f]) < set(candidates[want])]
+    if want in found and not subsets:
+        return None
+    return subsets or [f for f in found if f != want]
+
+
+def _axes_message(found: list[str], want: str, what: str) -> str:
+    if found:
+        return (f"your {what} output is normalised over {found[0]}, but it must be normalised over {want}: the "
+                "statistics are taken over the wrong axes.")
+    return (f"your {what} output is not normalised over {want} (mean 0 and variance 1 there before the gain and "
+            "bias): the mean or the variance is computed wrongly (or over the wrong axes).")
+
+
+def _layer_norm_properties(p) -> str | None:
+    """Without gain and bias, the output has mean 0 and variance 1 over the normalised dims; eps matters."""
+    x, shape = p.get("x"), p.get("normalized_shape")
+    if x is None or shape is None:
+        return None
+    k = len(_shape(shape))
+    x64 = x.double()
+    eps = 1e-12
+    got = p.call(x64, shape, None, None, eps)
+    if not isinstance(got, torch.Tensor) or got.shape != x.shape:
+        return None
+    dims = tuple(range(x.dim() - k, x.dim()))
+    if any(x.shape[d] < 2 for d in dims) or (x64.var(dims) < 1e-6).any():
+        return None
+    candidates = {f"the last {k} dim(s) {dims}": dims, "the last dim only": (x.dim() - 1,), "the batch dim 0": (0,)}
+    if x.dim() > k:
+        candidates["all the other dims (BatchNorm's axes)"] = tuple(range(x.dim() - k))
+    found = normalised_axes(got, candidates)
+    want = f"the last {k} dim(s) {dims}"
+    wrong = _wrong_axes(found, want, candidates)
+    if wrong is not None:
+        return Diag(_axes_message(wrong, want, "LayerNorm"), sections.NORM_AXES)
+    a = p.call(x64, shape, None, None, 1e-5)
+    b = p.call(x64, shape, None, None, 10.0)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.allclose(a, b, atol=1e-6):
+        return Diag("your layer_norm ignores eps: changing eps from 1e-5 to 10 did not change the result. eps goes "
+                    "inside the square root: (x − mean) / sqrt(var + eps).", sections.NORM_AXES)
+    return None
+
+
+def _rms_norm_properties(p) -> str | None:
+    """Without a gain, the output has mean square 1 over the last dim; it is not centred; eps matters."""
+    x = p.get("x")
+    if x is None:
+        return None
+    x64 = x.double()
+    got = p.call(x64, None, 1e-12)
+    if not isinstance(got, torch.Tensor) or got.shape != x.shape or x.shape[-1] < 2:
+        return None
+    candidates = {"the last dim": (x.dim() - 1,)}
+    candidates.update({f"dim {d}": (d,) for d in range(x.dim() - 1)})
+    found = normalised_axes(got, candidates, center=False)
+    if "the last dim" not in found:
+        return Diag(_axes_message(found, "the last dim", "RMSNorm").replace(
+            "mean 0 and variance 1", "mean square 1"), sections.RMSNORM)
+    a, b = p.call(x64, None, 1e-6), p.call(x64, None, 10.0)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.allclose(a, b, atol=1e-6):
+        return Diag("your rms_norm ignores eps: changing eps from 1e-6 to 10 did not change the result. eps goes "
+                    "inside the square root: x / sqrt(mean(x²) + eps).", sections.RMSNORM)
+    return None
+
+
+def _batch_norm_properties(p) -> str | None:
+    """Eval returns the running statistics unchanged; training output is normalised per channel over the
+    batch axes; momentum 0 keeps the running statistics, momentum 1 replaces them by the batch's."""
+    x, rm, rv = p.get("x"), p.get("running_mean"), p.get("running_var")
+    if x is None or rm is None or x.shape[0] * (x.numel() // (x.shape[0] * x.shape[1])) < 2:
+        return None
+    x64, rm64, rv64 = x.double(), rm.double(), rv.double()
+    ev = p.call(x64, rm64, rv64, None, None, False, 0.1, 1e-5)
+    if isinstance(ev, tuple) and len(ev) == 3 and all(isinstance(t, torch.Tensor) for t in ev[1:]):
+        if not (torch.equal(ev[1], rm64) and torch.equal(ev[2], rv64)):
+            return Diag("in eval mode the running statistics must come back unchanged (only training updates them).",
+                        sections.BATCHNORM)
+    tr = p.call(x64, rm64, rv64, None, None, True, 0.1, 1e-12)
+    if not (isinstance(tr, tuple) and len(tr) == 3 and isinstance(tr[0], torch.Tensor) and tr[0].shape == x.shape):
+        return None
+    batch_dims = (0,) if x.dim() == 2 else (0, 2)
+    want = f"the batch axes {batch_dims} of each channel"
+    candidates = {want: batch_dims, "the channels of each sample (LayerNorm's axis)": (1,), "dim 0 only": (0,)}
+    if x.dim() == 3:
+        candidates["dim 2 only"] = (2,)
+    found = normalised_axes(tr[0], candidates)
+    wrong = _wrong_axes(found, want, candidates)
+    if wrong is not None:
+        return Diag(_axes_message(wrong, want, "training-mode BatchNorm"), sections.NORM_AXES)
+    keep = p.call(x64, rm64, rv64, None, None, True, 0.0, 1e-5)
+    if isinstance(keep, tuple) and len(keep) == 3 and isinstance(keep[1], torch.Tensor) and \
+            not torch.allclose(keep[1], rm64, atol=1e-9):
+        return Diag("with momentum = 0 the running statistics must not move (new = (1 − momentum)·old + "
+                    "momentum·batch); yours moved: the momentum convention is inverted or the update is wrong.",
+                    sections.BATCHNORM)
+    return None
+
+
+def _masked_bn_properties(p) -> str | None:
+    """The real tokens' outputs do not depend on what the padding holds."""
+    x, mask, rm, rv = p.get("x"), p.get("mask"), p.get("running_mean"), p.get("running_var")
+    if x is None or mask is None or mask.all():
+        return None
+    args = (p.get("weight"), p.get("bias"), p.get("training", True), p.get("momentum", 0.1), p.get("eps", 1e-5))
+    a = p.call(x, mask, rm, rv, *args)
+    b = p.call(x.masked_fill(~mask.bool()[..., None], 7.0), mask, rm, rv, *args)
+    if isinstance(a, tuple) and isinstance(b, tuple) and isinstance(a[0], torch.Tensor) and a[0].shape == x.shape:
+        real = mask.bool()
+        if not torch.allclose(a[0][real].double(), b[0][real].double(), atol=1e-4):
+            return Diag("changing only the values at the padding positions changed the outputs of the real tokens: "
+                        "padding leaks into the statistics. Compute the mean and variance from x[mask] only.",
+                        sections.PADDING_IN_BN)
+        if args[2] and p.get("weight") is None and p.get("bias") is None and int(real.sum()) > 1:
+            y = a[0][real].double()
+            if not normalised_axes(y, {"the real tokens": (0,)}, tol=1e-2):
+                return Diag("the real tokens' outputs are not normalised (mean 0 and variance 1 per channel over the "
+                            "real tokens): the mean or variance is divided by the wrong count (the number of real "
+                            "tokens, not B·T).", sections.PADDING_IN_BN)
+    return None
+
+
+def _batch_norm_self_check(fn) -> None:
+    running_mean, running_var = random_running_stats(4, seed=0)
+    x = random_input((6, 4), seed=2, scale=2.0, shift=1.0)
+    check_batch_norm(fn, x, running_mean, running_var, None, None, True, 0.1, 1e-5)
+    check_batch_norm(fn, x, running_mean, running_var, None, None, False, 0.1, 1e-5)
+
+
+declare("layer_norm", chapter="norms", args=("x", "normalized_shape", "weight", "bias", "eps"),
+        properties=(Property("mean 0, variance 1 over the normalised dims; eps inside the root", _layer_norm_properties),))
+declare("batch_norm", chapter="norms",
+        args=("x", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+        self_check=_batch_norm_self_check,
+        properties=(Property("eval keeps the running statistics; training normalises each channel over the batch; "
+                             "momentum 0 keeps the running statistics", _batch_norm_properties),))
+declare("rms_norm", chapter="norms", args=("x", "weight", "eps"),
+        properties=(Property("mean square 1 over the last dim; eps inside the root", _rms_norm_properties),))
+declare("masked_batch_norm", chapter="norms",
+        args=("x", "mask", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+        helpers=("batch_norm",),
+        properties=(Property("the real tokens' outputs do not depend on the padding", _masked_bn_properties),))
 
 
 # ----------------------------------------------------------------------------- inputs

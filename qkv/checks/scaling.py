@@ -16,7 +16,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from qkv.checks import sections
 from qkv.checks.core import CheckFailed, Diagnosis, call_learner, expect_close
+from qkv.checks.graded import check_of
+from qkv.checks.registry import Diag, Property, declare
 
 # ----------------------------------------------------------------------------- oracles
 
@@ -30,7 +33,8 @@ def oracle_logits(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) 
 def sdpa_weights(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Attention weights from torch's fused attention (values = identity), float64."""
     q64, k64 = q.double(), k.double()
-    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    # Not torch.broadcast_shapes: its first call imports torch.fx and sympy (seconds).
+    batch = torch.broadcast_tensors(q[..., :1, :1], k[..., :1, :1])[0].shape[:-2]
     eye = torch.eye(k.shape[-2], dtype=torch.float64).expand(*batch, k.shape[-2], k.shape[-2])
     return F.scaled_dot_product_attention(q64.expand(*batch, *q.shape[-2:]), k64.expand(*batch, *k.shape[-2:]),
                                           eye, scale=scale)
@@ -66,9 +70,10 @@ def logits_diagnoses(q: torch.Tensor, k: torch.Tensor, scale: float | None) -> l
     out: list[Diagnosis] = []
     if scale is None:
         out += [
-            (raw, f"your logits equal q kᵀ without the 1/√d_k scale; by default divide by √d_k = {math.sqrt(d):.4g}."),
-            (raw / d, f"your logits are q kᵀ divided by d_k = {d}; divide by √d_k = {math.sqrt(d):.4g} instead "
-                      "(the variance of q·k is d_k, so its standard deviation is √d_k)."),
+            (raw, Diag(f"your logits equal q kᵀ without the 1/√d_k scale; by default divide by √d_k = {math.sqrt(d):.4g}.",
+                       sections.WHY_SQRT_DK)),
+            (raw / d, Diag(f"your logits are q kᵀ divided by d_k = {d}; divide by √d_k = {math.sqrt(d):.4g} instead "
+                           "(the variance of q·k is d_k, so its standard deviation is √d_k).", sections.DERIVE_VARIANCE)),
         ]
     else:
         out += [
@@ -112,7 +117,8 @@ def variance_diagnoses(d_ks, which: str) -> list[Diagnosis]:
             (torch.ones_like(d), "your 'unscaled' variances are ≈ 1: they look scaled. Measure q·k itself first."),
         ]
     return [
-        (1 / d, "your scaled variances are ≈ 1/d_k: you divided q·k by d_k. Divide by √d_k: Var(x/c) = Var(x)/c²."),
+        (1 / d, Diag("your scaled variances are ≈ 1/d_k: you divided q·k by d_k. Divide by √d_k: Var(x/c) = Var(x)/c².",
+                     sections.DERIVE_VARIANCE)),
         (d, "your scaled variances are ≈ d_k: the 1/√d_k scale was not applied."),
         (d.sqrt(), "your scaled variances are ≈ √d_k: you divided the *variance* by √d_k. Divide q·k by √d_k "
                    "before taking the variance."),
@@ -122,10 +128,12 @@ def variance_diagnoses(d_ks, which: str) -> list[Diagnosis]:
 # ----------------------------------------------------------------------------- checks
 
 
+@check_of("attention_logits")
 def check_attention_logits(attention_logits, q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> None:
     """Compare ``attention_logits(q, k[, scale])`` with an einsum oracle and torch's fused attention."""
     args = (q, k) if scale is None else (q, k, scale)
-    what = f"attention_logits(q{tuple(q.shape)}, k{tuple(k.shape)}" + ("" if scale is None else f", scale={scale!r}") + ")"
+    scale_text = "" if scale is None else f", scale={scale!r}"
+    what = f"attention_logits(q{tuple(q.shape)}, k{tuple(k.shape)}{scale_text})"
     got = call_learner(attention_logits, *args, name="attention_logits")
     expect_close(got, oracle_logits(q, k, scale), what=what, diagnoses=lambda: logits_diagnoses(q, k, scale))
     # Cross-check with PyTorch's own attention: the softmax of your logits is its attention matrix.
@@ -134,6 +142,7 @@ def check_attention_logits(attention_logits, q: torch.Tensor, k: torch.Tensor, s
                      what=f"{what}: softmax of your logits vs F.scaled_dot_product_attention's weights")
 
 
+@check_of("softmax_jacobian")
 def check_softmax_jacobian(softmax_jacobian, p: torch.Tensor) -> None:
     """Compare ``softmax_jacobian(p)`` with autograd's Jacobian of torch.softmax."""
     got = call_learner(softmax_jacobian, p, name="softmax_jacobian")
@@ -141,15 +150,18 @@ def check_softmax_jacobian(softmax_jacobian, p: torch.Tensor) -> None:
     expect_close(got, oracle_softmax_jacobian(p), what=what, diagnoses=lambda: jacobian_diagnoses(p))
 
 
+@check_of("softmax_jacobian")
 def check_jacobian_properties(softmax_jacobian) -> None:
     """Known values: uniform p gives (I − 1/n)/n; a one-hot p gives the zero matrix; rows sum to 0."""
     n = 4
     uniform = torch.full((n,), 1 / n, dtype=torch.float64)
     expect_close(call_learner(softmax_jacobian, uniform, name="softmax_jacobian"),
                  (torch.eye(n, dtype=torch.float64) - 1 / n) / n,
-                 what="softmax_jacobian(uniform p of length 4): expected (I − 1/4)/4", diagnoses=lambda: jacobian_diagnoses(uniform))
+                 what="softmax_jacobian(uniform p of length 4): expected (I − 1/4)/4",
+                 diagnoses=lambda: jacobian_diagnoses(uniform))
     one_hot = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
-    expect_close(call_learner(softmax_jacobian, one_hot, name="softmax_jacobian"), torch.zeros(3, 3, dtype=torch.float64),
+    expect_close(call_learner(softmax_jacobian, one_hot, name="softmax_jacobian"),
+                 torch.zeros(3, 3, dtype=torch.float64),
                  what="softmax_jacobian(one-hot p): a saturated softmax has a zero Jacobian",
                  diagnoses=lambda: jacobian_diagnoses(one_hot))
     p = torch.softmax(torch.tensor([[0.3, -1.2, 2.0, 0.5, 0.0]], dtype=torch.float64), -1)
@@ -158,6 +170,7 @@ def check_jacobian_properties(softmax_jacobian) -> None:
                  "(adding a constant to every logit does not change the softmax)", atol=1e-12)
 
 
+@check_of("measure_logit_variance")
 def check_measure_logit_variance(measure_logit_variance, d_ks, n_samples: int, seed: int = 0) -> None:
     """Statistical check: unscaled ≈ d_k and scaled ≈ 1, each within 5 standard errors; same seed, same result."""
     what = f"measure_logit_variance({list(d_ks)}, n_samples={n_samples}, seed={seed})"
@@ -175,6 +188,42 @@ def check_measure_logit_variance(measure_logit_variance, d_ks, n_samples: int, s
     if not (torch.equal(again[0], unscaled) and torch.equal(again[1], scaled)):
         raise CheckFailed(f"{what}: a second call with the same seed gave different numbers. Draw every sample from "
                           "torch.Generator().manual_seed(seed) (pass generator= to torch.randn).")
+
+
+def _jacobian_properties(p) -> str | None:
+    """diag(p) − p pᵀ is symmetric, its rows sum to 0 and its diagonal is p(1 − p)."""
+    probs = p.get("p")
+    if probs is None:
+        return None
+    got = p.call(probs)
+    n = probs.shape[-1]
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != (*probs.shape, n):
+        return None
+    j, q = got.double(), probs.double()
+    found = []
+    if not torch.allclose(torch.diagonal(j, dim1=-2, dim2=-1), q * (1 - q), atol=1e-3):
+        found.append("the diagonal must be ∂p_i/∂z_i = p_i(1 − p_i); yours is not")
+    off = j - torch.diag_embed(torch.diagonal(j, dim1=-2, dim2=-1))
+    want_off = -(q.unsqueeze(-1) * q.unsqueeze(-2))
+    want_off = want_off - torch.diag_embed(torch.diagonal(want_off, dim1=-2, dim2=-1))
+    if not torch.allclose(off, want_off, atol=1e-3):
+        if torch.allclose(off, off.transpose(-2, -1), atol=1e-6):
+            found.append("the off-diagonal entries must be ∂p_i/∂z_j = −p_i p_j; yours are not")
+        else:
+            found.append("the Jacobian of a softmax is symmetric (∂p_i/∂z_j = ∂p_j/∂z_i = −p_i p_j); yours is not: "
+                         "an index or a broadcast is the wrong way round")
+    if not torch.allclose(j.sum(-1), torch.zeros_like(j.sum(-1)), atol=1e-3):
+        found.append("each row must sum to 0 (adding a constant to every logit does not change a softmax); yours "
+                     "do not")
+    if not found:
+        return None
+    return Diag("; ".join(found) + ". J = diag(p) − p pᵀ.", sections.SOFTMAX_JACOBIAN)
+
+
+declare("attention_logits", chapter="scaling", args=("q", "k", "scale"))
+declare("softmax_jacobian", chapter="scaling", args=("p",),
+        properties=(Property("symmetric, rows sum to 0, diagonal p(1 − p)", _jacobian_properties),))
+declare("measure_logit_variance", chapter="scaling", args=("d_ks", "n_samples", "seed"))
 
 
 def random_qk(batch: tuple[int, ...], t_q: int, t_k: int, d_k: int, *, dtype=torch.float32, seed: int = 0):

@@ -15,13 +15,19 @@ learner's answer matches it.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from typing import Callable, Sequence
 
 import regex
 
-from qkv.checks.core import CheckFailed, call_learner
+from qkv.checks import sections
+from qkv.checks.core import BARE, PATTERN, CheckFailed, call_learner, expect_equal, fail
+from qkv.checks.core import short as _short
+from qkv.checks.graded import check_of
+from qkv.checks.patterns import text_mismatch
+from qkv.checks.registry import Diag, Property, declare
 
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 _SPLIT = regex.compile(GPT2_SPLIT_PATTERN)
@@ -213,19 +219,10 @@ def _encode_variant(text: str, merges, special_tokens, *, pretokenize=True, spec
 
 
 def _expect_equal(got, want, what: str, diagnoses: Callable[[], list[tuple[object, str]]] = lambda: []) -> None:
-    if got == want:
-        return
-    for wrong, message in diagnoses():
-        if got == wrong:
-            raise CheckFailed(f"{what}: {message}")
-    raise CheckFailed(f"{what}: expected {_short(want)}, got {_short(got)}.")
+    expect_equal(got, want, what, diagnoses)
 
 
-def _short(x, limit: int = 300) -> str:
-    s = repr(x)
-    return s if len(s) <= limit else s[:limit] + f"... ({len(x)} items)" if hasattr(x, "__len__") else s[:limit] + "..."
-
-
+@check_of("get_pair_counts")
 def check_get_pair_counts(get_pair_counts, ids: list[int]) -> None:
     """Compare with an explicit loop; diagnose counting overlapping pairs once."""
     got = call_learner(get_pair_counts, list(ids), name="get_pair_counts")
@@ -234,11 +231,12 @@ def check_get_pair_counts(get_pair_counts, ids: list[int]) -> None:
     want = _pair_counts_explicit([list(ids)], [1])
     _expect_equal(dict(got), want, f"get_pair_counts({_short(list(ids), 80)})", lambda: [
         (_pair_counts_explicit([list(ids)], [1], overlapping=False),
-         "a run like [a, a, a] contains the pair (a, a) twice (positions 0-1 and 1-2): count every adjacent "
-         "position, overlapping ones included."),
+         Diag("a run like [a, a, a] contains the pair (a, a) twice (positions 0-1 and 1-2): count every adjacent "
+              "position, overlapping ones included.", sections.BPE)),
     ])
 
 
+@check_of("merge")
 def check_merge(merge, ids: list[int], pair: tuple[int, int], new_id: int) -> None:
     """Compare with ``bytes.replace`` (ids < 256) or an explicit scan; diagnose overlap mistakes."""
     got = call_learner(merge, list(ids), pair, new_id, name="merge")
@@ -304,12 +302,27 @@ def _train_diagnoses(text, vocab_size, special_tokens):
             (dict(specials="deleted"), "the text on both sides of a special token was joined, so merges crossed the "
                                        "special token; split the text at special tokens instead of deleting them."),
         ]
-    return [(oracle_train_bpe(text, vocab_size, special_tokens, **kw), msg) for kw, msg in cases]
+    return [(oracle_train_bpe(text, vocab_size, special_tokens, **kw), Diag(msg, sections.BPE)) for kw, msg in cases]
 
 
 def check_train_bpe(train_bpe, text: str, vocab_size: int, special_tokens: Sequence[str] = (), *,
                     expected: list[tuple[bytes, bytes]] | None = None, name: str = "train_bpe") -> None:
     """Compare the merges (as byte pairs) with hand-computed ``expected`` or the naive oracle."""
+    checker = _check_train_bpe_fast if name == "train_bpe_fast" else _check_train_bpe
+    checker(train_bpe, text, vocab_size, special_tokens, expected=expected, name=name)
+
+
+@check_of("train_bpe")
+def _check_train_bpe(train_bpe, text, vocab_size, special_tokens=(), *, expected=None, name="train_bpe") -> None:
+    _compare_training(train_bpe, text, vocab_size, special_tokens, expected=expected, name=name)
+
+
+@check_of("train_bpe_fast")
+def _check_train_bpe_fast(train_bpe, text, vocab_size, special_tokens=(), *, expected=None, name="train_bpe_fast") -> None:
+    _compare_training(train_bpe, text, vocab_size, special_tokens, expected=expected, name=name)
+
+
+def _compare_training(train_bpe, text, vocab_size, special_tokens, *, expected, name) -> None:
     args = (text, vocab_size) if not special_tokens else (text, vocab_size, list(special_tokens))
     what = f"{name}(text of {len(text)} chars, vocab_size={vocab_size}" + (
         f", special_tokens={list(special_tokens)})" if special_tokens else ")")
@@ -320,12 +333,15 @@ def check_train_bpe(train_bpe, text: str, vocab_size: int, special_tokens: Seque
         return
     for wrong, message in _train_diagnoses(text, vocab_size, special_tokens):
         if got == wrong:
-            raise CheckFailed(f"{what}: {message}")
+            raise fail(what, message)
     first = next((k for k, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
-    raise CheckFailed(f"{what}: merge {first} should be {want[first] if first < len(want) else 'absent'}, got "
-                      f"{got[first] if first < len(got) else 'nothing'} ({len(want)} merges expected, {len(got)} returned).")
+    detail = (f"merge {first} should be {want[first] if first < len(want) else 'absent'}, got "
+              f"{got[first] if first < len(got) else 'nothing'} ({len(want)} merges expected, {len(got)} returned).")
+    raise CheckFailed(f"{what}: {detail}", reason="the merges differ from the expected ones.", level=BARE, what=what,
+                      detail=detail)
 
 
+@check_of("train_bpe_fast")
 def check_train_bpe_speed(train_bpe_fast, text: str, vocab_size: int, special_tokens: Sequence[str] = (), *,
                           min_speedup: float = 5.0) -> None:
     """Same merges as the naive oracle, and at least ``min_speedup`` x faster than it, timed here and now.
@@ -345,7 +361,7 @@ def check_train_bpe_speed(train_bpe_fast, text: str, vocab_size: int, special_to
     vocab, merges = _check_vocab_and_merges(result, vocab_size, special_tokens, what)
     if merges_as_bytes(vocab, merges) != want:
         raise CheckFailed(f"{what}: the merges differ from the naive trainer's; an efficient trainer must give "
-                          "exactly the same merges (same counts, same tie-breaking).")
+                          "exactly the same merges (same counts, same tie-breaking).", level=BARE)
     speedup = t_naive / t_fast
     if speedup < min_speedup:
         raise CheckFailed(f"{what}: correct but slow: {t_fast:.2f} s, only {speedup:.1f}x faster than a naive trainer "
@@ -353,6 +369,7 @@ def check_train_bpe_speed(train_bpe_fast, text: str, vocab_size: int, special_to
                           "that contain the merged pair, and avoid scanning every pair to find the best one.")
 
 
+@check_of("encode")
 def check_encode(encode, text: str, merges, special_tokens: Sequence[str] = ()) -> None:
     """Compare with tiktoken built from the same merges; diagnose the usual mistakes."""
     args = (text, merges, list(special_tokens))
@@ -364,17 +381,18 @@ def check_encode(encode, text: str, merges, special_tokens: Sequence[str] = ()) 
     _expect_equal(got, want, f"encode({_short(text, 60)}, {len(merges)} merges, special_tokens={list(special_tokens)})",
                   lambda: [
         (_encode_variant(text, merges, special_tokens, pretokenize=False),
-         "merges crossed pre-token boundaries: split each piece with GPT2_SPLIT_PATTERN and encode the pre-tokens "
-         "one by one."),
+         Diag("merges crossed pre-token boundaries: split each piece with GPT2_SPLIT_PATTERN and encode the "
+              "pre-tokens one by one.", sections.BPE)),
         (_encode_variant(text, merges, special_tokens, specials=False),
          "special tokens were encoded as ordinary text; split them out first and emit their id "
          "(256 + len(merges) + index)."),
         (_encode_variant(text, merges, special_tokens, longest=True),
-         "this is greedy longest-match over the vocabulary (WordPiece's rule); BPE applies the learned merges, "
-         "earliest-learned (lowest rank) pair first."),
+         Diag("this is greedy longest-match over the vocabulary (WordPiece's rule); BPE applies the learned merges, "
+              "earliest-learned (lowest rank) pair first.", sections.BPE)),
     ])
 
 
+@check_of("encode")
 def check_encode_rejects_lone_surrogate(encode, merges) -> None:
     """A lone surrogate (e.g. '\\ud800') has no UTF-8 bytes: encode must raise ValueError."""
     text = "ok \ud800 no"
@@ -392,28 +410,33 @@ def check_encode_rejects_lone_surrogate(encode, merges) -> None:
                           "has no UTF-8 bytes: raise ValueError (do not use errors='ignore' or 'surrogatepass').")
 
 
+@check_of("decode")
 def check_decode(decode, ids: list[int], vocab: dict[int, bytes]) -> None:
     """Compare with concatenating the bytes and decoding once (invalid UTF-8 -> U+FFFD)."""
     got = call_learner(decode, list(ids), vocab, name="decode")
     want = b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
     _expect_equal(got, want, f"decode({_short(list(ids), 60)})", lambda: [
         ("".join(vocab[i].decode("utf-8", errors="replace") for i in ids),
-         "you decoded each token on its own; a character's UTF-8 bytes can be split across tokens (Chinese, "
-         "emoji). Join all the bytes first, then decode once."),
+         Diag("you decoded each token on its own; a character's UTF-8 bytes can be split across tokens (Chinese, "
+              "emoji). Join all the bytes first, then decode once.", sections.BYTE_LEVEL)),
         (b"".join(vocab[i] for i in ids).decode("utf-8", errors="ignore"),
          "invalid UTF-8 was dropped; replace it with U+FFFD (errors='replace') so that nothing disappears silently."),
     ])
 
 
+@check_of("encode")
 def check_roundtrip(encode, decode, text: str, merges, special_tokens: Sequence[str] = ()) -> None:
     """decode(encode(text)) == text with the learner's own functions."""
     ids = call_learner(encode, text, merges, list(special_tokens), name="encode")
     vocab = vocab_from_merges(merges, special_tokens)
     back = call_learner(decode, list(ids), vocab, name="decode")
     if back != text:
-        raise CheckFailed(f"decode(encode({_short(text, 60)})) gave {_short(back, 60)}: the round trip must be exact.")
+        where = text_mismatch(back, text) if isinstance(back, str) else None
+        raise CheckFailed(f"decode(encode({_short(text, 60)})) gave {_short(back, 60)}: the round trip must be exact"
+                          + (f"; {where}" if where else "."), level=PATTERN)
 
 
+@check_of("wordpiece_tokenize")
 def check_wordpiece(wordpiece_tokenize, word: str, vocab: Sequence[str]) -> None:
     """Compare with HF tokenizers' WordPiece model; diagnose shortest match, missing ##, partial [UNK]."""
     got = call_learner(wordpiece_tokenize, word, list(vocab), name="wordpiece_tokenize")
@@ -422,17 +445,212 @@ def check_wordpiece(wordpiece_tokenize, word: str, vocab: Sequence[str]) -> None
     want = oracle_wordpiece(word, vocab)
     _expect_equal(got, want, f"wordpiece_tokenize({word!r})", lambda: [
         (_wordpiece_variant(word, vocab, "shortest"),
-         "you took the *shortest* matching piece; WordPiece is greedy longest-match-first: try the longest "
-         "candidate first and shrink it."),
+         Diag("you took the *shortest* matching piece; WordPiece is greedy longest-match-first: try the longest "
+              "candidate first and shrink it.", sections.WORDPIECE)),
         (_wordpiece_variant(word, vocab, "no_hashes"),
-         "pieces after the first must be looked up (and returned) with the '##' prefix, e.g. 'play', '##ing'."),
+         Diag("pieces after the first must be looked up (and returned) with the '##' prefix, e.g. 'play', '##ing'.",
+              sections.WORDPIECE)),
         (_wordpiece_variant(word, vocab, "partial_unk"),
-         "when some position matches nothing, the *whole word* becomes ['[UNK]'] (BERT's rule), not just one piece."),
+         Diag("when some position matches nothing, the *whole word* becomes ['[UNK]'] (BERT's rule), not just one "
+              "piece.", sections.WORDPIECE)),
     ])
 
 
+# ----------------------------------------------------------------------------- properties
+
+
+def _pair_count_properties(p) -> str | None:
+    """The counts add up to len(ids) − 1: every adjacent position is one pair."""
+    ids = p.get("ids")
+    got = p.call(list(ids))
+    if not isinstance(got, dict) or not all(isinstance(v, int) for v in got.values()):
+        return None
+    total = sum(got.values())
+    if len(ids) >= 2 and total != len(ids) - 1:
+        return Diag(f"the counts add up to {total}, but a list of {len(ids)} ids has {len(ids) - 1} adjacent pairs "
+                    "(positions 0-1, 1-2, …): every position i < len(ids) − 1 starts exactly one pair.", sections.BPE)
+    if any(not (isinstance(k, tuple) and len(k) == 2) for k in got):
+        return "the keys must be pairs (a, b) of adjacent ids (tuples, so that they can be dict keys)."
+    return None
+
+
+def _unmerge(ids: list, pair, new_id) -> list:
+    out = []
+    for i in ids:
+        out.extend(pair if i == new_id else [i])
+    return out
+
+
+def _merge_properties(p) -> str | None:
+    """Expanding new_id back into the pair gives the input; no occurrence of the pair is left."""
+    ids, pair, new_id = p.get("ids"), p.get("pair"), p.get("new_id")
+    if ids is None or new_id in ids:
+        return None
+    got = p.call(list(ids), pair, new_id)
+    if not isinstance(got, list):
+        return None
+    back = _unmerge(got, list(pair), new_id)
+    if back != list(ids):
+        if len(back) < len(ids):
+            return Diag(f"expanding {new_id} back into {pair} gives a shorter list than the input: ids were lost "
+                        "(the last element after a match, or at the end of the loop?).", sections.BPE)
+        return Diag(f"expanding {new_id} back into {pair} does not give the input back: merge may only replace "
+                    "occurrences of the pair, and must keep every other id in order.", sections.BPE)
+    left = [i for i in range(len(got) - 1) if (got[i], got[i + 1]) == tuple(pair)]
+    if left:
+        return Diag(f"the pair {pair} still occurs in your result (at position {left[0]}): every occurrence, "
+                    "scanned from the left, must be replaced.", sections.BPE)
+    return None
+
+
+def _train_replay(p) -> str | None:
+    """Replay the learner's merges on the pre-tokenized words: each one must be a most frequent pair
+    at its step, ties broken toward the greatest (bytes, bytes)."""
+    text, vocab_size, specials = p.get("text"), p.get("vocab_size"), list(p.get("special_tokens") or ())
+    if text is None:
+        return None
+    args = (text, vocab_size) if not specials else (text, vocab_size, specials)
+    result = p.call(*args)
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], dict) and isinstance(result[1], list)):
+        return None
+    vocab, merges = result
+    chunks = []
+    for piece, is_special in _pieces(text, specials):
+        if not is_special:
+            chunks.extend(_SPLIT.findall(piece))
+    counts_by_word = Counter(c.encode("utf-8") for c in chunks)
+    words = [list(w) for w in counts_by_word]
+    freqs = list(counts_by_word.values())
+    names = {i: bytes([i]) for i in range(256)}
+    shown = lambda q: f"({names[q[0]]!r}, {names[q[1]]!r})"  # noqa: E731
+    tie = None
+    for step, m in enumerate(merges):
+        if not (isinstance(m, tuple) and len(m) == 2 and all(x in names for x in m)):
+            return None
+        counts = _pair_counts_explicit(words, freqs)
+        if not counts:
+            return Diag(f"merge {step} was made although no pair was left: stop when the counts are empty.", sections.BPE)
+        c = counts.get(m, 0)
+        top = max(counts.values())
+        best = max(counts, key=lambda q: (counts[q], names[q[0]], names[q[1]]))
+        if c == 0:
+            return Diag(f"merge {step} {shown(m)} joins two tokens that are never adjacent at that point: merges must "
+                        "come from the pair counts of the pre-tokenized words.", sections.BPE)
+        if c < top:
+            once = _pair_counts_explicit(words, [1] * len(words))
+            why = (" Your choice is the most frequent pair if every distinct pre-token counts once: weight each "
+                   "pre-token's pairs by how often it occurs in the text." if once.get(m, 0) == max(once.values())
+                   and once.get(best, 0) < once.get(m, 0) else
+                   " Count every adjacent pair of every pre-token, weighted by how often the pre-token occurs.")
+            return Diag(f"merge {step} is {shown(m)}, which occurs {c} times at that point, but {shown(best)} occurs "
+                        f"{top} times.{why}", sections.BPE)
+        if m != best and tie is None:
+            tie = Diag(f"merge {step} is {shown(m)}; it ties with {shown(best)} ({c} occurrences each), and ties go to "
+                       "the greatest (vocab[a], vocab[b]) compared as byte strings.", sections.BPE)
+        new_id = 256 + step
+        names[new_id] = names[m[0]] + names[m[1]]
+        words = [_merge_explicit(w, m, new_id) for w in words]
+    return tie
+
+
+def _encode_properties(p) -> str | None:
+    """The ids decode back to the text; where they first differ from the answer, say which text that is."""
+    text, merges, specials = p.get("text"), p.get("merges"), list(p.get("special_tokens") or ())
+    if text is None or merges is None:
+        return None
+    got = p.call(text, merges, specials)
+    if isinstance(got, tuple):
+        got = list(got)
+    if not isinstance(got, list) or not all(isinstance(i, int) for i in got):
+        return None
+    vocab = vocab_from_merges(merges, specials)
+    if any(i not in vocab for i in got):
+        bad = next(i for i in got if i not in vocab)
+        return Diag(f"id {bad} is not in the vocabulary (ids are 0 … {len(vocab) - 1}: bytes, merges, then special "
+                    "tokens).", sections.BPE)
+    back = b"".join(vocab[i] for i in got).decode("utf-8", errors="replace")
+    if back != text:
+        where = text_mismatch(back, text)
+        return Diag(f"your ids do not decode back to the text: {where} Encoding must keep every byte (and every "
+                    "special token) exactly once.", sections.BYTE_LEVEL)
+    want = tiktoken_from_merges(merges, specials).encode(text, allowed_special="all")
+    k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    if k < max(len(got), len(want)):
+        start = len(b"".join(vocab[i] for i in want[:k]).decode("utf-8", errors="replace"))
+        return Diag(f"your ids decode to the right text but split it differently, first at character {start} "
+                    f"({text[start:start + 12]!r}): got {got[k:k + 3]}, expected {want[k:k + 3]}. BPE merges the "
+                    "adjacent pair with the lowest merge index first, within each pre-token.", sections.BPE)
+    return None
+
+
+def _wordpiece_properties(p) -> str | None:
+    """Pieces (without ##) spell the word; every piece is in the vocabulary; each piece is the longest possible."""
+    word, vocab = p.get("word"), p.get("vocab")
+    got = p.call(word, list(vocab))
+    if isinstance(got, tuple):
+        got = list(got)
+    if not isinstance(got, list) or got == ["[UNK]"] or not all(isinstance(t, str) for t in got):
+        return None
+    vocab_set = set(vocab)
+    missing = [t for t in got if t not in vocab_set]
+    if missing:
+        return Diag(f"the piece {missing[0]!r} is not in the vocabulary: every piece must be looked up as it is "
+                    "returned (with '##' for pieces after the first).", sections.WORDPIECE)
+    spelled = "".join(t[2:] if i and t.startswith("##") else t for i, t in enumerate(got))
+    if spelled != word:
+        return Diag(f"your pieces spell {spelled!r}, not {word!r}: every character of the word must be covered once, "
+                    "in order.", sections.WORDPIECE)
+    start = 0
+    for i, t in enumerate(got):
+        length = len(t) - (2 if i else 0)
+        for end in range(len(word), start + length, -1):
+            cand = word[start:end] if i == 0 else "##" + word[start:end]
+            if cand in vocab_set:
+                return Diag(f"piece {i} is {t!r} but the longer {cand!r} is in the vocabulary: WordPiece takes the "
+                            "longest match at each position.", sections.WORDPIECE)
+        start += length
+    return None
+
+
+def _pair_counts_self_check(fn) -> None:
+    check_get_pair_counts(fn, [1, 2, 3, 1, 2])
+    check_get_pair_counts(fn, [7, 7, 7])
+
+
+def _merge_self_check(fn) -> None:
+    check_merge(fn, [1, 2, 3, 1, 2], (1, 2), 99)
+    check_merge(fn, [7, 7, 7], (7, 7), 99)
+    check_merge(fn, [7, 7, 7, 7], (7, 7), 99)
+
+
+declare("get_pair_counts", chapter="tokenization", args=("ids",), self_check=_pair_counts_self_check,
+        properties=(Property("the counts add up to len(ids) − 1", _pair_count_properties),))
+declare("merge", chapter="tokenization", args=("ids", "pair", "new_id"), self_check=_merge_self_check,
+        properties=(Property("expanding new_id gives the input back; no occurrence is left", _merge_properties),))
+declare("train_bpe", chapter="tokenization", args=("text", "vocab_size", "special_tokens"),
+        helpers=("merge", "get_pair_counts"),
+        properties=(Property("each merge is a most frequent pair when it is made (replay)", _train_replay),))
+declare("train_bpe_fast", chapter="tokenization", args=("text", "vocab_size", "special_tokens"), helpers=("merge",),
+        properties=(Property("each merge is a most frequent pair when it is made (replay)", _train_replay),))
+declare("encode", chapter="tokenization", args=("text", "merges", "special_tokens"), helpers=("merge",),
+        properties=(Property("ids decode to the text; the first differing split is located", _encode_properties),))
+declare("decode", chapter="tokenization", args=("ids", "vocab"))
+declare("wordpiece_tokenize", chapter="tokenization", args=("word", "vocab"),
+        properties=(Property("pieces are in the vocabulary, spell the word, and are longest matches",
+                             _wordpiece_properties),))
+
+
 def toy_merges(n_merges: int = 300) -> list[tuple[int, int]]:
-    """Merges learned by the oracle trainer on a fixed text, as id pairs (input data for encode tests)."""
+    """Merges learned by the oracle trainer on a fixed text, as id pairs (input data for encode tests).
+
+    Several test cells need the same merges and each must build its own inputs (no test cell
+    reads another's variables), so the training (~2 s) is cached; every caller gets a fresh list.
+    """
+    return list(_toy_merges(n_merges))
+
+
+@functools.lru_cache(maxsize=4)
+def _toy_merges(n_merges: int) -> tuple[tuple[int, int], ...]:
     from qkv.corpora import english_corpus
 
     text = english_corpus(40_000)
@@ -442,7 +660,7 @@ def toy_merges(n_merges: int = 300) -> list[tuple[int, int]]:
     for a, b in byte_merges:
         merges.append((ids[a], ids[b]))
         ids[a + b] = 255 + len(merges)
-    return merges
+    return tuple(merges)
 
 
 # ----------------------------------------------------------------------------- learner guidance

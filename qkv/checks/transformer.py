@@ -15,7 +15,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from qkv.checks import sections
 from qkv.checks.core import CheckFailed, Diagnosis, call_learner, expect_close
+from qkv.checks.graded import check_of
+from qkv.checks.registry import Diag, Property, declare
 
 # ----------------------------------------------------------------------------- sinusoidal encoding
 
@@ -57,9 +60,10 @@ def pe_variants(n_positions: int, d_model: int) -> list[Diagnosis]:
     times = pos * 10000 ** (2 * pair / d_model)
     cases.append((interleave(times.sin(), times.cos()),
                   "you multiplied pos by 10000^(2i/d_model); divide by it (the wavelengths grow from 2π to 10000·2π)."))
-    return [(c.to(torch.float32), m) for c, m in cases]
+    return [(c.to(torch.float32), Diag(m, sections.SINUSOIDS)) for c, m in cases]
 
 
+@check_of("sinusoidal_positional_encoding")
 def check_pe(pe_fn, n_positions: int, d_model: int) -> None:
     """Compare ``pe_fn(n_positions, d_model)`` with the explicit loop; diagnose layout and frequency mistakes."""
     got = call_learner(pe_fn, n_positions, d_model, name="sinusoidal_positional_encoding")
@@ -69,6 +73,7 @@ def check_pe(pe_fn, n_positions: int, d_model: int) -> None:
                  diagnoses=lambda: pe_variants(n_positions, d_model))
 
 
+@check_of("sinusoidal_positional_encoding")
 def check_pe_known_values(pe_fn) -> None:
     """PE(0) = [0, 1, 0, 1]; for d = 4 the pairs have frequencies 1 and 1/100 (10000^(-2/4))."""
     expected = torch.tensor([[0.0, 1.0, 0.0, 1.0],
@@ -117,9 +122,10 @@ def rope_variants(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.
         cases.append((oracle_rope(x.double(), torch.arange(t), base),
                       "you used positions 0..T-1 instead of the `positions` argument (which may start at an offset, "
                       "e.g. after a KV cache)."))
-    return [(c.double(), m) for c, m in cases]
+    return [(c.double(), Diag(m, sections.ROPE)) for c, m in cases]
 
 
+@check_of("apply_rope")
 def check_rope(rope_fn, x: torch.Tensor, positions: torch.Tensor) -> None:
     """Compare ``rope_fn(x, positions)`` with complex multiplication; diagnose layout, sign and frequency."""
     got = call_learner(rope_fn, x, positions, name="apply_rope")
@@ -129,6 +135,7 @@ def check_rope(rope_fn, x: torch.Tensor, positions: torch.Tensor) -> None:
                  diagnoses=lambda: rope_variants(x, positions))
 
 
+@check_of("apply_rope")
 def check_rope_known_values(rope_fn) -> None:
     """x = [1, 0, 1, 0] at position m becomes [cos m, sin m, cos(m/100), sin(m/100)] (d = 4: θ = 1, 1/100)."""
     x = torch.tensor([[1.0, 0.0, 1.0, 0.0]] * 3, dtype=torch.float64)
@@ -140,6 +147,7 @@ def check_rope_known_values(rope_fn) -> None:
                  diagnoses=lambda: rope_variants(x, positions))
 
 
+@check_of("apply_rope")
 def check_rope_relative(rope_fn, d: int = 8, seed: int = 0) -> None:
     """(R_m q)·(R_n k) must depend only on m - n, and the rotation must keep norms."""
     gen = torch.Generator().manual_seed(seed)
@@ -177,6 +185,7 @@ def _as_tensor(result, what: str, like: torch.Tensor) -> torch.Tensor:
     return result
 
 
+@check_of("inverted_dropout")
 def check_dropout_eval(dropout_fn, x: torch.Tensor, p: float) -> None:
     """At eval (training=False) inverted dropout is the identity."""
     got = _as_tensor(call_learner(dropout_fn, x, p, False, torch.Generator().manual_seed(0), name="inverted_dropout"),
@@ -195,6 +204,7 @@ def check_dropout_eval(dropout_fn, x: torch.Tensor, p: float) -> None:
     expect_close(got, x, what=f"inverted_dropout(x, p={p}, training=False)", diagnoses=diagnoses, atol=0, rtol=0)
 
 
+@check_of("inverted_dropout")
 def check_dropout_train(dropout_fn, p: float, *, shape: tuple[int, ...] = (200_000,), dtype=torch.float32,
                         seed: int = 0) -> None:
     """In training: survivors are x/(1-p), the dropped fraction is p, the mean is kept (as nn.Dropout)."""
@@ -244,6 +254,7 @@ def _torch_dropout_stats(p: float, n: int, seed: int) -> tuple[float, float]:
     return (out == 0).double().mean().item(), out.mean().item()
 
 
+@check_of("inverted_dropout")
 def check_dropout_generator(dropout_fn, p: float = 0.5) -> None:
     """The mask comes from ``generator``: same seed, same mask; different seed, different mask."""
     x = torch.ones(1000)
@@ -258,6 +269,7 @@ def check_dropout_generator(dropout_fn, p: float = 0.5) -> None:
         raise CheckFailed("inverted_dropout: generators with different seeds gave the same mask: is the mask random?")
 
 
+@check_of("inverted_dropout")
 def check_dropout_edges(dropout_fn, x: torch.Tensor) -> None:
     """p = 0 is the identity; p = 1 gives zeros (not NaN from 0/0)."""
     gen = torch.Generator().manual_seed(0)
@@ -308,9 +320,10 @@ def noam_variants(steps, d_model, warmup) -> list[Diagnosis]:
          "you took the max of the two branches; take the min (linear warm-up, then inverse-square-root decay)."),
         (d ** -0.5 * s ** -0.5, "there is no warm-up: for step < warmup the rate must grow linearly, step · warmup^-1.5."),
     ]
-    return cases
+    return [(v, Diag(m, sections.NOAM)) for v, m in cases]
 
 
+@check_of("noam_lr")
 def check_noam(noam_fn, steps, d_model: int, warmup: int) -> None:
     """Compare noam_lr on each step with Vaswani §5.3's formula; diagnose the usual slips."""
     steps = list(steps)
@@ -320,6 +333,7 @@ def check_noam(noam_fn, steps, d_model: int, warmup: int) -> None:
                  diagnoses=lambda: noam_variants(steps, d_model, warmup))
 
 
+@check_of("noam_lr")
 def check_noam_peak(noam_fn, d_model: int, warmup: int) -> None:
     """The largest rate is at step = warmup and equals (d_model · warmup)^-0.5."""
     steps = list(range(1, 3 * warmup + 1))
@@ -404,22 +418,187 @@ def block_variants(x, params, n_heads, *, pre_ln: bool) -> list[Diagnosis]:
     mine, other = (block.pre, block.post) if pre_ln else (block.post, block.pre)
     name, other_name = ("Pre-LN", "Post-LN") if pre_ln else ("Post-LN", "Pre-LN")
     want = ("x = x + Attn(LN1(x)); x = x + FFN(LN2(x))" if pre_ln else "x = LN1(x + Attn(x)); x = LN2(x + FFN(x))")
-    return [
+    cases = [
         (other(x64), f"your block is the {other_name} block: the LayerNorm placement is swapped. {name} is: {want}."),
         (mine(x64, res_attn=False, res_ffn=False), f"both residual connections are missing: {want}."),
         (mine(x64, res_attn=False), f"the residual connection around the attention sublayer is missing: {want}."),
         (mine(x64, res_ffn=False), f"the residual connection around the feed-forward sublayer is missing: {want}."),
         (mine(x64, act=F.gelu), "you used GELU in the FFN; this block (as in Vaswani §3.3) uses ReLU."),
     ]
+    return [(v, Diag(m, sections.PRE_POST_LN)) for v, m in cases]
 
 
 def check_block(block_fn, x: torch.Tensor, params: dict[str, torch.Tensor], n_heads: int, *, pre_ln: bool) -> None:
     """Compare a learner's block with nn.MultiheadAttention + nn.LayerNorm + nn.Linear; diagnose wiring mistakes."""
+    (_check_pre_ln if pre_ln else _check_post_ln)(block_fn, x, params, n_heads)
+
+
+@check_of("pre_ln_block")
+def _check_pre_ln(block_fn, x, params, n_heads) -> None:
+    _check_block(block_fn, x, params, n_heads, pre_ln=True)
+
+
+@check_of("post_ln_block")
+def _check_post_ln(block_fn, x, params, n_heads) -> None:
+    _check_block(block_fn, x, params, n_heads, pre_ln=False)
+
+
+def _check_block(block_fn, x, params, n_heads, *, pre_ln: bool) -> None:
     name = "pre_ln_block" if pre_ln else "post_ln_block"
     got = call_learner(block_fn, x, params, n_heads, name=name)
     expect_close(got, oracle_block(x, params, n_heads, pre_ln=pre_ln),
                  what=f"{name}(x{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}, n_heads={n_heads})",
                  diagnoses=lambda: block_variants(x, params, n_heads, pre_ln=pre_ln))
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def _pe_properties(p) -> str | None:
+    """Row 0 is [0, 1, 0, 1, …]; each (sin, cos) pair has sin² + cos² = 1; pair i turns at 10000^(-2i/d)."""
+    n, d = p.get("n_positions"), p.get("d_model")
+    n, d = (n, d) if n is not None else (3, 4)
+    if n < 2 or d < 2:
+        return None
+    got = p.call(n, d)
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != (n, d):
+        return None
+    pe = got.double()
+    even, odd = pe[:, 0::2], pe[:, 1::2]
+    if not torch.allclose(even ** 2 + odd ** 2, torch.ones_like(even), atol=1e-3):
+        return Diag("sin² + cos² of each pair (dims 2i, 2i+1) must be 1 at every position: both dims of a pair use "
+                    "the same angle pos · 10000^(-2i/d_model), one with sin (even dim) and one with cos (odd dim).",
+                    sections.SINUSOIDS)
+    if not (torch.allclose(even[0], torch.zeros_like(even[0]), atol=1e-4)
+            and torch.allclose(odd[0], torch.ones_like(odd[0]), atol=1e-4)):
+        return Diag("row 0 (position 0) must be [0, 1, 0, 1, …] (sin 0, cos 0): positions start at 0, and sin goes "
+                    "on the even dims, cos on the odd dims.", sections.SINUSOIDS)
+    omega = torch.atan2(even[1], odd[1])                        # the angle of pair i at position 1
+    i = torch.arange(d // 2, dtype=torch.float64)
+    ok = (omega > 1e-6) & (omega < 3.0)
+    if ok.sum() < 2:
+        return None
+    slope = float(torch.linalg.lstsq(i[ok, None], omega[ok].log()[:, None]).solution)
+    base = math.exp(-slope * d / 2)                             # omega_i = base^(-2i/d)
+    if math.isclose(base, 10000.0, rel_tol=0.02):
+        return None
+    if math.isclose(base, 100.0, rel_tol=0.02):
+        return Diag("your frequencies fall as 10000^(-i/d_model) with i the pair index: the exponent must be "
+                    "2i/d_model (it runs over the even dims 0, 2, 4, …).", sections.SINUSOIDS)
+    return Diag(f"your frequencies fall as base^(-2i/d_model) with base ≈ {base:.4g}; Vaswani §3.5 uses 10000 "
+                "(wavelengths from 2π to 10000·2π).", sections.SINUSOIDS)
+
+
+def _rope_properties(p) -> str | None:
+    """Position 0 leaves x unchanged; norms are kept; pair i turns by m · base^(-2i/d)."""
+    x = p.get("x")
+    d = x.shape[-1] if isinstance(x, torch.Tensor) else 8
+    if d < 2 or d % 2:
+        return None
+    probe = torch.zeros(2, d, dtype=torch.float64)
+    probe[:, 0::2] = 1.0                                        # [1, 0, 1, 0, …]: each pair at angle 0
+    got = p.call(probe, torch.tensor([0, 1]))
+    if not isinstance(got, torch.Tensor) or got.shape != probe.shape:
+        return None
+    out = got.double()
+    if not torch.allclose(out[0], probe[0], atol=1e-6):
+        return Diag("at position 0 RoPE must leave x unchanged (every angle is 0 · θ_i = 0); yours changes it: the "
+                    "positions are offset, or something besides the rotation is applied.", sections.ROPE)
+    if not torch.allclose(out.norm(dim=-1), probe.norm(dim=-1), rtol=1e-6):
+        return Diag("RoPE is a rotation and keeps every vector's length; yours changes it (each pair (2i, 2i+1) must "
+                    "be rotated as a 2-d vector with cos and sin of one angle).", sections.ROPE)
+    angle = torch.atan2(out[1, 1::2], out[1, 0::2])             # the angle of pair i at position 1
+    want = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    if torch.allclose(angle, -want, atol=1e-6):
+        return Diag("each pair is rotated by −m·θ_i: the sin terms have the wrong signs (out[2i] = x[2i]·cos − "
+                    "x[2i+1]·sin, out[2i+1] = x[2i]·sin + x[2i+1]·cos).", sections.ROPE)
+    if not torch.allclose(angle, want, atol=1e-6) and (angle.abs() > 1e-9).all():
+        i = torch.arange(d // 2, dtype=torch.float64)
+        ok = (angle > 1e-9) & (angle < 3.0)
+        if ok.sum() >= 2:
+            slope = float(torch.linalg.lstsq(i[ok, None], angle[ok].log()[:, None]).solution)
+            base = math.exp(-slope * d / 2)
+            return Diag(f"pair i turns by m · base^(-2i/d) with base ≈ {base:.4g} in yours; it must be 10000 "
+                        "(θ_i = 10000^(-2i/d), the same frequencies as the sinusoidal encoding).", sections.ROPE)
+    return None
+
+
+def _noam_properties(p) -> str | None:
+    """The rate rises (linearly) up to step = warmup and falls after it; both branches meet there."""
+    d_model, warmup = p.get("d_model"), p.get("warmup")
+    if not d_model or not warmup or warmup < 2:
+        return None
+    steps = [1, warmup // 2, warmup, 2 * warmup, 4 * warmup]
+    vals = []
+    for s_ in steps:
+        v = p.call(s_, d_model, warmup)
+        vals.append(float(v.item() if isinstance(v, torch.Tensor) else v))
+    if not (vals[0] < vals[1] < vals[2]):
+        return Diag("the rate must grow during warm-up (steps 1 … warmup), linearly: step · warmup^-1.5 (times "
+                    "d_model^-0.5).", sections.NOAM)
+    if not (vals[2] > vals[3] > vals[4]):
+        return Diag("after warm-up the rate must fall as step^-0.5 (times d_model^-0.5).", sections.NOAM)
+    return None
+
+
+def _zeroed(params: dict, *names: str) -> dict:
+    return {k: (torch.zeros_like(v) if k in names else v) for k, v in params.items()}
+
+
+def _block_properties(p, *, pre_ln: bool) -> str | None:
+    """Switch off one sublayer at a time (zero its output weights): the block must then equal the
+    answer with the same sublayer switched off, which says which sublayer holds the mistake. Post-LN:
+    before ln2's gain and bias, every token has mean 0 and variance 1."""
+    x, params, n_heads = p.get("x"), p.get("params"), p.get("n_heads")
+    if x is None or params is None:
+        return None
+    got = p.call(x, params, n_heads)
+    if not isinstance(got, torch.Tensor) or got.shape != x.shape:
+        return None
+    name = "Pre-LN" if pre_ln else "Post-LN"
+    if not pre_ln:
+        y = (got.double() - params["ln2_bias"].double()) / params["ln2_weight"].double()
+        mean, var = y.mean(-1), y.var(-1, unbiased=False)
+        if not (torch.allclose(mean, torch.zeros_like(mean), atol=1e-3) and torch.allclose(var, torch.ones_like(var), atol=1e-2)):
+            return Diag("a Post-LN block ends with LayerNorm ln2: undoing ln2's gain and bias, every token of the output "
+                        "must have mean 0 and variance 1. Yours does not, so the last step is not LN2(x + FFN(x)) "
+                        "(e.g. x + LN(f(x)) normalises the sublayer's output instead of the sum).", sections.PRE_POST_LN)
+    off = _zeroed(params, "out_proj_weight", "out_proj_bias", "ff2_weight", "ff2_bias")
+    both = p.call(x, off, n_heads)
+    if pre_ln and isinstance(both, torch.Tensor) and both.shape == x.shape and \
+            not torch.allclose(both.double(), x.double(), atol=1e-4):
+        return Diag("with both sublayers switched off (their output weights and biases zero), a Pre-LN block must "
+                    "return x unchanged: the residual path x + sublayer(LN(x)) is never normalised. Yours changes x, "
+                    "so a LayerNorm sits on the residual path.", sections.PRE_POST_LN)
+    suspects = []
+    for sub, names in (("attention", ("out_proj_weight", "out_proj_bias")), ("feed-forward", ("ff2_weight", "ff2_bias"))):
+        other = ("ff2_weight", "ff2_bias") if sub == "attention" else ("out_proj_weight", "out_proj_bias")
+        only = _zeroed(params, *other)        # keep only this sublayer
+        mine = p.call(x, only, n_heads)
+        want = oracle_block(x, only, n_heads, pre_ln=pre_ln)
+        if isinstance(mine, torch.Tensor) and mine.shape == want.shape and \
+                not torch.allclose(mine.double(), want.double(), atol=1e-4, rtol=1e-3):
+            suspects.append(sub)
+    if len(suspects) == 1:
+        return Diag(f"with the other sublayer switched off your {name} block is right only for one of them: the "
+                    f"mistake is in the {suspects[0]} sublayer (its LayerNorm, its residual connection, or the "
+                    "sublayer itself).", sections.PRE_POST_LN)
+    return None
+
+
+declare("sinusoidal_positional_encoding", chapter="transformer", args=("n_positions", "d_model"),
+        properties=(Property("row 0 is [0, 1, …]; sin² + cos² = 1 per pair; frequencies 10000^(-2i/d)", _pe_properties),))
+declare("apply_rope", chapter="transformer", args=("x", "positions", "base"),
+        properties=(Property("position 0 is the identity; lengths kept; pair i turns by m·10000^(-2i/d)", _rope_properties),))
+declare("inverted_dropout", chapter="transformer", args=("x", "p", "training", "generator"))
+declare("noam_lr", chapter="transformer", args=("step", "d_model", "warmup"),
+        properties=(Property("rises until warmup, falls after", _noam_properties),))
+declare("pre_ln_block", chapter="transformer", args=("x", "params", "n_heads"),
+        properties=(Property("identity with both sublayers off; each sublayer right on its own",
+                             lambda p: _block_properties(p, pre_ln=True)),))
+declare("post_ln_block", chapter="transformer", args=("x", "params", "n_heads"),
+        properties=(Property("ends with LayerNorm ln2; each sublayer right on its own",
+                             lambda p: _block_properties(p, pre_ln=False)),))
 
 
 # ----------------------------------------------------------------------------- learner guidance

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
 
 from qkv.attention import scaled_dot_product_attention, softmax
 from qkv.widgets.live import live_view
@@ -73,7 +72,7 @@ def query_heatmap(tokens=None, x: torch.Tensor | None = None, default_query: int
         fig.tight_layout()
         plt.show()
 
-    return live_view(draw, [choose])
+    return live_view(draw, [choose], title="Attention weights of the toy sentence, one query highlighted")
 
 
 def softmax_temperature(logits=(2.0, 1.0, 0.5, 0.1, -1.0), default_scale: float = 1.0) -> widgets.Widget:
@@ -98,9 +97,7 @@ def softmax_temperature(logits=(2.0, 1.0, 0.5, 0.1, -1.0), default_scale: float 
         fig.tight_layout()
         plt.show()
 
-    return live_view(draw, [scale])
-
-
-def show(widget: widgets.Widget) -> None:
-    """Display a widget (helper so book cells read as one line)."""
-    display(widget)
+    # Static book: every second step of the slider (31 frames; each step in JupyterLab).
+    exponents = [round(-1.5 + 0.1 * k, 10) for k in range(31)]
+    return live_view(draw, [scale], title="Softmax of five logits multiplied by s",
+                     grid={scale: [10 ** e for e in exponents]})

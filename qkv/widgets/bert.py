@@ -74,4 +74,5 @@ def masking_playground(default_rate: float = 0.15, default_seed: int = 35) -> wi
         fig.tight_layout()
         plt.show()
 
-    return live_view(draw, [rate, seed])
+    # Static book: every rate, three seeds (the seed only re-draws which tokens are picked).
+    return live_view(draw, [rate, seed], title="BERT's masking of a sentence", grid={seed: sorted({0, default_seed, 50})})

@@ -5,10 +5,9 @@ from __future__ import annotations
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
-from IPython.display import display
 
-from qkv.widgets.live import live_view
 from qkv.kv_cache import DTYPE_BYTES, kv_cache_bytes
+from qkv.widgets.live import live_view
 
 GIB = 2**30
 
@@ -76,9 +75,43 @@ def kv_cache_calculator(n_layers: int = 80, n_heads: int = 64, n_kv_heads: int =
 
     heads_w.observe(heads_changed, names="value")
     controls = widgets.HBox([widgets.VBox([layers_w, heads_w, kv_w, dhead_w]), widgets.VBox([dtype_w, context_w, batch_w])])
-    return live_view(draw, [layers_w, heads_w, kv_w, dhead_w, dtype_w, context_w, batch_w], header=[controls])
+
+    def static() -> str:
+        # Two free integer boxes and five dropdowns: far too many settings to pre-render, and the
+        # output is a formula, so the static book recomputes it in the page (qkv-kv-cache.js).
+        return calculator_static_html(draw, layers_w, heads_w, kv_w, dhead_w, dtype_w, context_w, batch_w)
+
+    return live_view(draw, [layers_w, heads_w, kv_w, dhead_w, dtype_w, context_w, batch_w], header=[controls],
+                     title="KV-cache calculator", static=static)
 
 
-def show(widget: widgets.Widget) -> None:
-    """Display a widget (helper so book cells read as one line)."""
-    display(widget)
+def calculator_static_html(draw, layers_w, heads_w, kv_w, dhead_w, dtype_w, context_w, batch_w) -> str:
+    """The calculator for the static book: its controls as HTML, recomputed in the page.
+
+    The script (``book/_ext/static_widgets/qkv-kv-cache.js``) prints the same table as ``draw``
+    and draws the same curves as an SVG chart; the default figure rendered here is the view
+    without JavaScript.
+    """
+    from qkv.widgets.static_html import esc, json_script, new_id, recorded_view_html
+
+    uid = new_id("qkv-kv")
+
+    def number(name, w):
+        return (f'<div class="qkv-control"><label for="{uid}-{name}">{esc(w.description)}</label>'
+                f'<input type="number" id="{uid}-{name}" data-qkv-field="{name}" min="{w.min}" max="{w.max}" '
+                f'step="1" value="{w.value}"></div>')
+
+    def select(name, w):
+        options = "".join(f'<option value="{esc(v)}"{" selected" if v == w.value else ""}>{esc(label)}</option>'
+                          for label, v in zip(w._options_labels, w._options_values))
+        return (f'<div class="qkv-control"><label for="{uid}-{name}">{esc(w.description)}</label>'
+                f'<select id="{uid}-{name}" data-qkv-field="{name}">{options}</select></div>')
+
+    controls = "".join([number("layers", layers_w), select("heads", heads_w), select("kv", kv_w),
+                        select("d_head", dhead_w), select("dtype", dtype_w), select("context", context_w),
+                        number("batch", batch_w)])
+    fallback = recorded_view_html(draw, "KV-cache calculator, default setting")
+    config = {"dtype_bytes": DTYPE_BYTES, "contexts": [2**i for i in range(8, 21)], "gib": GIB}
+    return (f'<div class="qkv-static-widget" id="{uid}" data-qkv-widget="kv-cache" role="group" '
+            f'aria-label="KV-cache calculator"><div class="qkv-controls">{controls}</div>'
+            f'<div class="qkv-frame" aria-live="polite">{fallback}</div>{json_script(config)}</div>')

@@ -71,7 +71,7 @@ def head_maps(default_heads: int = 4) -> widgets.Widget:
         fig.tight_layout()
         plt.show()
 
-    return live_view(draw, [choose])
+    return live_view(draw, [choose], title="Attention maps of every head of one layer")
 
 
 def cost_rows(T: int, d_model: int, n_heads: int) -> list[tuple[str, dict[str, int]]]:
@@ -106,4 +106,4 @@ def cost_table(T: int = 512, d_model: int = 512, n_heads: int = 8) -> widgets.Wi
     def draw():
         display(HTML(cost_table_html(t_slider.value, d_choice.value, h_choice.value)))
 
-    return live_view(draw, [t_slider, d_choice, h_choice])
+    return live_view(draw, [t_slider, d_choice, h_choice], title="Cost of one self-attention layer")

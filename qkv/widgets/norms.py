@@ -73,4 +73,4 @@ def axes_picture(default: str = "LayerNorm", lengths=(5, 3, 2), n_channels: int 
         draw_axes_picture(choose.value, lengths, n_channels)
         plt.show()
 
-    return live_view(draw, [choose])
+    return live_view(draw, [choose], title="Elements that share normalization statistics in a (B, T, C) batch")

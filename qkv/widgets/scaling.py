@@ -59,4 +59,4 @@ def dk_explorer(default_dk: int = 256, n_keys: int = 16, seed: int = 0) -> widge
         fig.tight_layout()
         plt.show()
 
-    return live_view(draw, [slider])
+    return live_view(draw, [slider], title="Logits, gradient norm and softmax weights, unscaled and scaled by 1/√d_k")

@@ -71,7 +71,7 @@ def merge_stepper(corpus: str = STEP_CORPUS, n_merges: int = 20, default_step: i
             for i, (a, b) in enumerate(merges[:k])), family="monospace", fontsize=9, va="top")
         plt.show()
 
-    return live_view(draw, [step])
+    return live_view(draw, [step], title="BPE merges applied to a small corpus")
 
 
 def tokenizer_playground(merges, special_tokens: Sequence[str] = (),
@@ -94,4 +94,39 @@ def tokenizer_playground(merges, special_tokens: Sequence[str] = (),
         plt.show()
         print("ids (this course's numbering: bytes are 0-255):", ids if tokens else [])
 
-    return live_view(draw, [box])
+    def static() -> str:
+        # Free text cannot be pre-rendered: the static book encodes it in the page with a
+        # JavaScript port of qkv.bpe.encode (qkv-bpe.js), checked against it on a corpus.
+        return playground_static_html(draw, box, merges, special_tokens, label)
+
+    return live_view(draw, [box], title=f"{label} tokenizer playground", static=static)
+
+
+def playground_static_html(draw, box: widgets.Text, merges, special_tokens: Sequence[str], label: str) -> str:
+    """The playground for the static book: a text box whose text is tokenized in the page.
+
+    The merges travel in the page as little-endian integers (base64; ``[a0, b0, a1, b1, ...]``,
+    16-bit when every id fits); ``book/_ext/static_widgets/qkv-bpe.js`` replays them exactly as
+    :func:`qkv.bpe.encode` does and draws the tokens as coloured boxes, with the same title and
+    id list as the live widget. The default figure rendered here is the view without JavaScript.
+    """
+    import base64
+
+    import numpy as np
+
+    from qkv.widgets.static_html import esc, json_script, new_id, recorded_view_html
+
+    flat = np.asarray(merges, dtype=np.int64).reshape(-1)
+    dtype = "<u2" if flat.size == 0 or flat.max() < 2**16 else "<u4"
+    uid = new_id("qkv-bpe")
+    config = {"label": label, "specials": list(dict.fromkeys(special_tokens)), "colors": _COLORS,
+              "n_merges": len(merges), "merges_dtype": "u16" if dtype == "<u2" else "u32",
+              "merges": base64.b64encode(flat.astype(dtype).tobytes()).decode("ascii")}
+    fallback = recorded_view_html(draw, f"{label} tokens of the default text")
+    return (f'<div class="qkv-static-widget" id="{uid}" data-qkv-widget="bpe" role="group" '
+            f'aria-label="{esc(label)} tokenizer playground"><div class="qkv-controls"><div class="qkv-control qkv-text-control">'
+            f'<label for="{uid}-text">{esc(box.description)}</label><input type="text" id="{uid}-text" '
+            f'data-qkv-field="text" value="{esc(box.value)}" spellcheck="false" autocomplete="off"></div></div>'
+            '<p class="qkv-static-note">Tokenized as you type, in this page, by a JavaScript copy of the '
+            "course's encoder (<code>qkv.bpe.encode</code>) with the same merges.</p>"
+            f'<div class="qkv-frame" aria-live="polite">{fallback}</div>{json_script(config)}</div>')

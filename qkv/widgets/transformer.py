@@ -54,7 +54,11 @@ def pe_heatmap(n_positions: int = 100, d_model: int = 64, default_position: int 
         fig.tight_layout()
         plt.show()
 
-    return live_view(draw, [position, pair])
+    # Static book: five positions and five frequencies (every one in JupyterLab).
+    positions = sorted({0, 10, 50, n_positions - 1, default_position})
+    pairs = sorted({0, 2, 12, d_model // 2 - 1, default_pair})
+    return live_view(draw, [position, pair], title="Sinusoidal positional encoding table",
+                     grid={position: positions, pair: pairs})
 
 
 def lr_schedule(d_model: int = 512, default_warmup: int = 4000, total_steps: int = 40_000) -> widgets.Widget:
@@ -85,4 +89,6 @@ def lr_schedule(d_model: int = 512, default_warmup: int = 4000, total_steps: int
         fig.tight_layout()
         plt.show()
 
-    return live_view(draw, [warmup, width])
+    # Static book: warm-ups doubling from 500 to 16,000 (every step of 500 in JupyterLab).
+    warmups = sorted({500, 1000, 2000, 4000, 8000, 16_000, default_warmup})
+    return live_view(draw, [warmup, width], title="Noam learning-rate schedule", grid={warmup: warmups})
