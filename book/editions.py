@@ -76,6 +76,20 @@ def edition_config(edition: str) -> dict:
     return config
 
 
+def edition_toc(edition: str) -> dict:
+    """``_toc.yml`` with its part captions (the sidebar's section names) in ``edition``'s language.
+
+    Sphinx extracts toctree captions into the root page's catalog but does not apply their
+    translations to the sidebar, which sphinx-external-toc builds from this file: so the Chinese
+    build gets a copy of the table of contents with translated captions.
+    """
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text(encoding="utf-8"))
+    for part in toc.get("parts", []):
+        if "caption" in part:
+            part["caption"] = _translated(edition, part["caption"])
+    return toc
+
+
 def _translated(edition: str, text: str) -> str:
     """``text``'s translation in ``edition``'s catalogs, or ``text`` when it has none."""
     from babel.messages.pofile import read_po
@@ -99,7 +113,11 @@ def build(edition: str, *, strict: bool = True) -> Path:
     command = [_jupyter_book(), "build", str(BOOK)]
     if edition != "en":
         out = _output_path(edition)
-        command += ["--config", str(_write_config(edition_config(edition), out)), "--path-output", str(out)]
+        out.mkdir(parents=True, exist_ok=True)
+        toc = out / "_toc.yml"
+        toc.write_text(yaml.safe_dump(edition_toc(edition), allow_unicode=True, sort_keys=False), encoding="utf-8")
+        command += ["--config", str(_write_config(edition_config(edition), out)), "--toc", str(toc),
+                    "--path-output", str(out)]
     if strict:
         command += ["-W", "-n", "--keep-going"]
     subprocess.run(command, check=True)

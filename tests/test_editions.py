@@ -249,6 +249,24 @@ def test_chinese_pages_are_translated_including_quiz_and_drill(built_book_zh):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("book")
+def test_sidebar_section_captions_are_translated(built_book_zh):
+    """The sidebar's part captions (from _toc.yml) read in Chinese on every Chinese page."""
+    import yaml
+
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text(encoding="utf-8"))
+    english = [part["caption"] for part in toc["parts"]]
+    with (LOCALE / "intro.po").open("rb") as fh:
+        catalog = read_po(fh)
+    expected = [catalog.get(caption).string for caption in english]
+    assert all(expected) and expected != english
+    for page in (built_book_zh / "intro.html", built_book_zh / "chapters" / "attention.html"):
+        soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+        shown = [c.get_text(strip=True) for c in soup.select("nav .caption-text")]
+        assert shown == expected, f"{page.name}: sidebar captions {shown}, expected {expected}"
+
+
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.xdist_group("book")
 def test_chinese_page_in_chromium_typesets_math_and_links_to_english(built_book, built_book_zh, artifacts):
