@@ -335,10 +335,29 @@ def test_generation_playground_draws_now_and_on_every_change(monkeypatch):
     monkeypatch.setattr(widgets.Output, "clear_output", lambda self, wait=False: drawn.append(1))
     view = generation_playground(params, config, vocab, [])
     assert drawn == [1]
-    temperature = view.children[0].children[0]
+    temperature = view.children[1].children[0]
+    assert temperature.description == "temperature"
     temperature.value = 0.0
     assert len(drawn) == 2
+    cache = view.children[0].children[1]
+    assert cache.description == "KV cache"
+    cache.value = False
+    assert len(drawn) == 3
     greedy = next_token_table(params, config, torch.tensor([[82, 101]]), vocab, 0.0)
     assert greedy[0][1] == 1.0 and all(p == 0.0 for _, p in greedy[1:])
     sampled = next_token_table(params, config, torch.tensor([[82, 101]]), vocab, 1.0, k=256)
     assert sum(p for _, p in sampled) == pytest.approx(1.0)
+
+
+def test_the_widget_counts_the_positions_the_cache_saves():
+    from qkv.widgets.capstone import counted_generation
+
+    config = gpt.make_config(256, 16, 4, 2, 1)
+    params = gpt.init_params(config, seed=0)
+    prompt = torch.tensor([[82, 101, 116]])  # T0 = 3
+    n = 7
+    cached, with_cache = counted_generation(params, config, prompt, n, True, 0.8, seed=4)
+    full, without = counted_generation(params, config, prompt, n, False, 0.8, seed=4)
+    assert torch.equal(cached, full)  # the cache changes the work, not the tokens
+    assert with_cache == 3 + (n - 1)  # the prompt once, then one position per new token but the last
+    assert without == sum(3 + s for s in range(n))  # the whole sequence at every step
