@@ -270,7 +270,7 @@ def _in_place(params, config, tokens, lr, state=None):
     (_no_bias_correction, False, "no bias correction"),
     (_ignores_state, True, "ignored the state"),
     (_unshifted, False, "its own token"),
-    (_in_place, False, "changed the params it was given"),
+    (_in_place, False, "modified an argument in place: `params`"),
 ])
 def test_train_step_mistakes_are_diagnosed(step, second, message):
     config = check.make_test_config()
@@ -361,3 +361,117 @@ def test_the_widget_counts_the_positions_the_cache_saves():
     assert torch.equal(cached, full)  # the cache changes the work, not the tokens
     assert with_cache == 3 + (n - 1)  # the prompt once, then one position per new token but the last
     assert without == sum(3 + s for s in range(n))  # the whole sequence at every step
+
+
+# ----------------------------------------------------------------------------- the shared diagnosis machinery
+
+
+def test_a_broken_forward_is_blamed_first_when_train_step_fails():
+    from diagnosis_tools import assert_named, failure_of
+
+    maskless = _forward_with(causal_mask=lambda n: torch.ones(n, n, dtype=torch.bool))
+
+    def step(params, config, tokens, lr, state=None):
+        return gpt.train_step(params, config, tokens, lr, state, forward_fn=maskless)
+
+    config = check.make_test_config()
+    failure = failure_of(check.check_train_step, step, check.random_params(config, seed=0), config,
+                         check.random_tokens(config, 3, 9, seed=3), 0.01,
+                         namespace={"forward": maskless, "train_step": step})
+    assert_named(failure, "your `forward` fails its own check", "causal mask", "fix forward first")
+
+
+def test_a_leak_no_variant_names_is_caught_by_the_causality_property():
+    """The mask shifted by one (each token also sees the next one) is not among the named variants."""
+    from diagnosis_tools import assert_named, failure_of
+
+    peeking = _forward_with(causal_mask=lambda n: torch.ones(n, n, dtype=torch.bool).tril(diagonal=1))
+    config = check.make_test_config()
+    failure = failure_of(check.check_forward, peeking, check.random_params(config, seed=0), config,
+                         check.random_tokens(config, 2, 7, seed=1))
+    assert_named(failure, "changed the logits at positions", "sees later tokens")
+    assert failure.reread is not None and failure.reread.chapter == "masking"
+
+
+def test_a_cache_that_skips_positions_is_named_by_the_generate_property():
+    """generate that feeds the newest token at the wrong position only when the cache is on."""
+    from diagnosis_tools import assert_named, failure_of
+
+    def shifted_forward(params, config, tokens, cache=None):
+        if cache is not None:  # pretend the cache is one token longer: RoPE positions off by one
+            k, v = cache[0]
+            cache = [(torch.cat([k[:, :, :1], k], 2), torch.cat([v[:, :, :1], v], 2)) for k, v in cache]
+        return gpt.forward(params, config, tokens, cache)
+
+    def generate(model, prompt_ids, n, kv_cache=True, temperature=0.0, generator=None):
+        return gpt.generate(model, prompt_ids, n, kv_cache, temperature, generator, forward_fn=shifted_forward)
+
+    config = check.make_test_config()
+    params = check.random_params(config, seed=0)
+    failure = failure_of(check.check_generate, generate, params, config, check.random_tokens(config, 2, 3, seed=5), 6)
+    assert_named(failure, "kv_cache=True and kv_cache=False")
+
+
+def test_a_crash_in_the_grader_names_the_arguments_by_shape():
+    from diagnosis_tools import as_grader_proxy, failure_of
+
+    def broken(params, config, tokens, cache=None):
+        return gpt.forward(params, config, tokens.unsqueeze(0), cache)
+
+    config = check.make_test_config()
+    failure = failure_of(check.check_forward, as_grader_proxy(broken, "forward"), check.random_params(config, seed=0),
+                         config, check.random_tokens(config, 2, 7, seed=1))
+    text = str(failure)
+    assert text.startswith("forward(params (18 tensors), config, tensor(2, 7) int64) raised"), text
+
+
+# ----------------------------------------------------------------------------- the exercise's setup cell
+
+
+def test_the_setup_cell_pieces_behave_as_the_library_pieces():
+    """The graded notebook may not import qkv, so its setup cell writes the pieces out; they must
+    give the library's results (which the other chapters test against torch) on random inputs."""
+    import nbformat
+
+    from autograder.course import SOLUTIONS
+    from qkv.attention import softmax
+    from qkv.gqa import repeat_kv
+    from qkv.masks import causal_mask
+    from qkv.multihead import merge_heads, split_heads
+    from qkv.norms import rms_norm
+    from qkv.positional import apply_rope
+    from qkv.schedules import noam_lr
+
+    nb = nbformat.read(SOLUTIONS / "capstone" / "capstone.ipynb", as_version=4)
+    (setup,) = [c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "setup"]
+    import ast
+
+    imported = {a.name for n in ast.walk(ast.parse(setup)) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(ast.parse(setup)) if isinstance(n, ast.ImportFrom)}
+    assert not any(m.split(".")[0] == "qkv" for m in imported), imported  # the grader's sandbox refuses it
+    ns: dict = {}
+    threads = torch.get_num_threads()
+    try:
+        exec(compile(setup, "<setup>", "exec"), ns)
+    finally:
+        torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(2, 3, 5, 8, generator=gen, dtype=dtype)
+        masked = x.masked_fill(torch.rand(2, 3, 5, 8, generator=gen) > 0.6, float("-inf"))
+        masked[0, 0, 0] = float("-inf")  # a fully masked row
+        for dim in (-1, 1):
+            assert torch.equal(ns["softmax"](masked, dim=dim), softmax(masked, dim=dim))
+        assert torch.equal(ns["repeat_kv"](x, 3), repeat_kv(x, 3))
+        assert torch.equal(ns["merge_heads"](x), merge_heads(x))
+        flat = merge_heads(x)
+        assert torch.equal(ns["split_heads"](flat, 3), split_heads(flat, 3))
+        for positions in (torch.arange(5), torch.arange(7, 12)):
+            assert torch.equal(ns["apply_rope"](x, positions, 500.0), apply_rope(x, positions, 500.0))
+        w = torch.randn(8, generator=gen, dtype=dtype)
+        assert torch.equal(ns["rms_norm"](x, w, 1e-5), rms_norm(x, w, 1e-5))
+        assert torch.equal(ns["rms_norm"](x), rms_norm(x))
+    for n in (0, 1, 6):
+        assert torch.equal(ns["causal_mask"](n), causal_mask(n))
+    for step in (1, 5, 10, 400):
+        assert ns["noam_lr"](step, 64, 10) == noam_lr(step, 64, 10)
