@@ -70,12 +70,8 @@ class _SelfCheck:
     def cell_runner(namespace: dict) -> Callable[[str, str], object]:
         """``run(source, name)``: runs your cells in ``namespace`` as Jupyter would (magics included),
         with the runner ``qkv check`` uses."""
-        try:  # the shared notebook contract, where it exists
-            from qkv.notebook_contract import CellRunner
-        except ImportError:
-            from qkv.selfcheck import _exec_cell
+        from qkv.notebook_contract import CellRunner
 
-            return lambda source, name: _exec_cell(source, name, namespace)
         return CellRunner(namespace).run
 
 

@@ -14,7 +14,7 @@ from qkv import gpt
 from qkv.checks import capstone as check
 from qkv.checks.core import CheckFailed
 from qkv.gpt_torch import TorchGPT, adam_reference_step, count_parameters, rope_complex
-from qkv.gpt_training import (TINY, Settings, bigram_loss, library_assembly, tokenize_corpus, train,
+from qkv.gpt_training import (TINY, Settings, bigram_loss, tokenize_corpus, train,
                               unigram_loss)
 
 GEOMETRIES = [(4, 4), (4, 2), (4, 1)]  # (H, H_kv): multi-head, grouped-query, multi-query

@@ -333,7 +333,6 @@ def train_step_diagnoses(params, config, tokens, lr, state) -> list[tuple[dict, 
     grads = _grads(params, config, tokens)
     b1, b2 = config["adam_betas"]
     eps = config["adam_eps"]
-    step = 1 + (0 if state is None else state["step"])
     out = [({k: params[k].double() - lr * g for k, g in grads.items()},
             "your update is plain SGD (params − lr · grad); this exercise asks for Adam: keep the moment "
             "estimates m and v in the state and divide by √v̂ + ε.")]
