@@ -2,7 +2,7 @@
 
 Submodules, one topic each:
 
-- ``qkv.chapters``: the course map (the nine chapters, their slugs and titles).
+- ``qkv.chapters``: the course map (the nine chapters and the capstone, their slugs and titles).
 - ``qkv.attention``: demo implementations used by the attention chapter.
 - ``qkv.checks``: learner-side checks that diagnose common misconceptions.
 - ``qkv.widgets``: ipywidgets for the book pages.

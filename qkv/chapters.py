@@ -1,4 +1,4 @@
-"""The course map: nine chapters, in reading order.
+"""The course map: nine chapters and the capstone, in reading order.
 
 This is the single list the intro page, the tests and the tooling read. A
 chapter is *available* when its page is listed in ``book/_toc.yml``.
@@ -39,6 +39,8 @@ CHAPTERS: tuple[Chapter, ...] = (
             "which axes each normalizes, padding and batch size 1, Pre-LN vs Post-LN, RMSNorm"),
     Chapter(9, "tokenization", "BPE and WordPiece",
             "training and applying BPE, byte-level BPE, WordPiece's likelihood score"),
+    Chapter(10, "capstone", "Capstone: a GPT from your own pieces",
+            "putting the pieces together, the parameter count, the loss against baselines, the KV cache at work"),
 )
 
 BOOK_DIR = Path(__file__).resolve().parent.parent / "book"

@@ -1,4 +1,4 @@
-"""The learner's command line: ``qkv check``, ``qkv hint``, ``qkv progress``."""
+"""The learner's command line: ``qkv check``, ``qkv hint``, ``qkv progress``, ``qkv capstone``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from qkv.chapters import CHAPTERS
 
 def _parser() -> argparse.ArgumentParser:
     slugs = ", ".join(c.slug for c in CHAPTERS)
-    p = argparse.ArgumentParser(prog="qkv", description="Check your exercises, get hints, see your progress.")
+    p = argparse.ArgumentParser(prog="qkv", description="Check your exercises, get hints, see your progress, train your own GPT.")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check", help="run a chapter's visible checks against your notebook",
@@ -34,6 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--figure", type=Path, default=None, help="where to save the figure "
                                                               "(default: FOLDER/qkv-progress.png)")
     g.add_argument("--timeout", type=float, default=None, help="seconds one cell or test may run (default 60)")
+
+    k = sub.add_parser("capstone", help="train the capstone GPT made of your own functions",
+                       description="Check your chapter notebooks in FOLDER, build the capstone GPT from your "
+                                   "functions that pass (the library's elsewhere), train it and print which pieces "
+                                   "are yours, the loss reached, a sample, and which function broke training, if "
+                                   "one did. Exit 0 when none did.")
+    k.add_argument("folder", type=Path, help="your working copy of the exercises (FOLDER/<chapter>/<chapter>.ipynb)")
+    k.add_argument("--steps", type=int, default=None, help="training steps (default: the book's 800)")
+    k.add_argument("--tiny", action="store_true", help="a seconds-long run on a tiny model and corpus")
+    k.add_argument("--use-failing", action="store_true",
+                   help="also use your functions that fail their checks, to see what they do to training")
+    k.add_argument("--timeout", type=float, default=None, help="seconds one check, cell or training step may take "
+                                                                "(default 60)")
     return p
 
 
@@ -45,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(hint_text(args.function, args.level))
         return 0 if args.function in all_hints() else 1
+    if args.command == "capstone":
+        from qkv import capstone
+
+        return capstone.main(args.folder, steps=args.steps, use_failing=args.use_failing, tiny=args.tiny,
+                             step_timeout=args.timeout or capstone.DEFAULT_STEP_TIMEOUT)
     from qkv import selfcheck
 
     timeout = args.timeout or selfcheck.DEFAULT_STEP_TIMEOUT

@@ -8,10 +8,10 @@ from autograder.course import assignments
 from qkv.chapters import BOOK_DIR, CHAPTERS, available_slugs, chapter
 
 
-def test_nine_chapters_in_curriculum_order():
+def test_nine_chapters_and_the_capstone_in_curriculum_order():
     assert [c.slug for c in CHAPTERS] == ["attention", "scaling", "masking", "multihead", "mqa_gqa",
-                                          "transformer", "bert", "norms", "tokenization"]
-    assert [c.number for c in CHAPTERS] == list(range(1, 10))
+                                          "transformer", "bert", "norms", "tokenization", "capstone"]
+    assert [c.number for c in CHAPTERS] == list(range(1, 11))
 
 
 def test_every_available_chapter_has_a_page_and_an_assignment():

@@ -195,6 +195,22 @@ def _masks_panel(s, alt):
     return f"sequence {b}: length {n} {n * (n + 1) // 2 if causal else n * n} of 36 pairs allowed" in alt
 
 
+def _sampling_frame(s, alt, text) -> bool:
+    """The capstone's sampling widget: the bars name their prompt and temperature; the text continues
+    the prompt and counts the positions the model ran over, T0 + n - 1 with the KV cache and
+    n·T0 + n(n-1)/2 without it."""
+    if "KV cache" not in s:
+        return f"next token after {s['prompt'][1]!r} at temperature {float(s['temperature'][1]):g}" in alt
+    n = int(s["new tokens"][1])
+    m = re.search(rf"{n} new tokens after a prompt of (\d+): the model ran over ([\d,]+) token positions", text)
+    if m is None or not text[1:].startswith(s["prompt"][1]):  # text[0]: the quote repr() chose
+        return False
+    t0, positions = int(m.group(1)), int(m.group(2).replace(",", ""))
+    cached = s["KV cache"][1] == "on"
+    return positions == (t0 + n - 1 if cached else n * t0 + n * (n - 1) // 2) and \
+        ("(with the KV cache)" in text) == cached
+
+
 EXPECTED = {
     "Attention weights of the toy sentence, one query highlighted":
         lambda s, alt, text: f"weights of query '{s['query'][1]}' (sum = 1.000)" in alt,
@@ -219,6 +235,7 @@ EXPECTED = {
         lambda s, alt, text: f"peak at step {s['warmup'][1]}: lr = (d_model·warmup)^-0.5 = "
         f"{(int(s['warmup'][1]) * int(s['d_model'][1])) ** -0.5:.2e}" in alt,
     "BPE merges applied to a small corpus": lambda s, alt, text: f"after {s['merges'][1]} merges:" in alt,
+    "sampling from the trained GPT": lambda s, alt, text: _sampling_frame(s, alt, text),
 }
 # Frames per widget: every option and step, or the documented coarser grid of its builder.
 FRAME_COUNTS = {"Attention weights of the toy sentence, one query highlighted": 10,
@@ -228,7 +245,8 @@ FRAME_COUNTS = {"Attention weights of the toy sentence, one query highlighted": 
                 "Elements that share normalization statistics in a (B, T, C) batch": 4,
                 "Logits, gradient norm and softmax weights, unscaled and scaled by 1/√d_k": 5,
                 "Sinusoidal positional encoding table": 5 * 5, "Noam learning-rate schedule": 6 * 3,
-                "BPE merges applied to a small corpus": 21}
+                "BPE merges applied to a small corpus": 21,
+                "sampling from the trained GPT": 3 * 4 * 2 * 3 * 2 + 3 * 4}  # text: every control; bars: prompt, temperature
 
 
 def test_every_frame_of_every_widget_shows_its_settings(built_book):
