@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 ALWAYS_BANNED_MODULES = ("qkv",)
 
-_SOFTMAX = ["softmax", "_softmax", "special_softmax"]
+# Every operator that computes a softmax itself: the sparse and masked ones too (a learner who
+# writes torch.sparse.softmax(x.to_sparse(), dim) or torch._masked_softmax(x, mask) calls a softmax).
+_SOFTMAX = ["softmax", "_softmax", "special_softmax", "_safe_softmax", "_sparse_softmax", "_masked_softmax"]
+_LOG_SOFTMAX = ["log_softmax", "_log_softmax", "special_log_softmax"]
 _SDPA = ["scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
          "_scaled_dot_product_attention_math", "_scaled_dot_product_efficient_attention",
          "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
@@ -42,6 +45,8 @@ _DROPOUT = ["dropout", "dropout_", "native_dropout", "feature_dropout", "feature
 RUNTIME_OPS: dict[str, list[str]] = {
     "torch.softmax": _SOFTMAX, "torch.nn.functional.softmax": _SOFTMAX, "torch.Tensor.softmax": _SOFTMAX,
     "torch.special.softmax": _SOFTMAX, "torch.nn.Softmax": _SOFTMAX,
+    **{name: _LOG_SOFTMAX for name in ("torch.log_softmax", "torch.nn.functional.log_softmax", "torch.nn.LogSoftmax",
+                                       "torch.special.log_softmax", "torch.Tensor.log_softmax")},
     "torch.nn.functional.scaled_dot_product_attention": _SDPA,
     "torch.nn.MultiheadAttention": _MHA, "torch.nn.functional.multi_head_attention_forward": _MHA,
     "torch.tril": ["tril", "tril_"], "torch.Tensor.tril": ["tril", "tril_"],
@@ -91,6 +96,17 @@ def banned_for(assignment: str) -> dict[str, list[str]]:
     except ImportError:
         return {}
     return dict(getattr(module, "BANNED", {}))
+
+
+def in_place_for(assignment: str) -> dict[str, tuple[str, ...]]:
+    """The ``IN_PLACE`` table of ``qkv.checks.<assignment>``: graded function -> the arguments its
+    contract lets it change in place (their new values go back to the caller); {} if none. The
+    grader's own copies of every other argument stay as they were sent (guarantee 14)."""
+    try:
+        module = importlib.import_module(f"qkv.checks.{assignment}")
+    except ImportError:
+        return {}
+    return {name: tuple(args) for name, args in dict(getattr(module, "IN_PLACE", {})).items()}
 
 
 def runtime_denials(banned: list[str]) -> tuple[dict[str, str], list[str]]:

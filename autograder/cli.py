@@ -43,7 +43,7 @@ def _grade(args) -> int:
 
     from autograder import lms
     from autograder.grading import GradingSetupError, grade_class
-    from autograder.sandbox import Limits
+    from autograder.sandbox import Limits, SandboxUnavailable, platform_caveats
 
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         print(f"cannot grade: --timeout must be a positive number of seconds, not {args.timeout:g}", file=sys.stderr)
@@ -72,9 +72,16 @@ def _grade(args) -> int:
             for note in run_notes:
                 print(f"not mapped: {one_line(note, 500)}", file=sys.stderr)
         limits = Limits(cell_seconds=args.timeout, call_seconds=args.timeout)
+        try:  # where a guarantee is weaker on this machine, say so before anyone is graded
+            caveats = platform_caveats()
+        except SandboxUnavailable:
+            caveats = []  # grade_class refuses with the fix
+        for caveat in caveats:
+            print(f"note: {caveat}", file=sys.stderr)
         results = grade_class(args.assignment, Path(args.submissions) if args.submissions else None, out,
                               workers=args.workers, limits=limits, show_progress=not args.quiet,
-                              course=Path(args.course) if args.course else None, intake=intake, run_notes=run_notes)
+                              course=Path(args.course) if args.course else None, intake=intake, run_notes=run_notes,
+                              machine_notes=caveats)
         if download is not None:
             imported = lms.write_import_csv(download, results, out / f"{args.lms}-import.csv",
                                             points=args.lms_points, column=args.lms_column, assignment=args.assignment)

@@ -1,6 +1,6 @@
 """Feedback pages a learner (or an instructor) can open safely, offline.
 
-nbgrader renders feedback with nbconvert. Two things are added around it:
+nbgrader renders feedback with nbconvert. Three things are added around it:
 
 1. :class:`SanitizeLearnerCells`, a preprocessor in GenerateFeedback's list: learner Markdown
    and raw cells are rendered to HTML here and cleaned with bleach (nbconvert's own
@@ -9,11 +9,20 @@ nbgrader renders feedback with nbconvert. Two things are added around it:
    ``<div class="panel ...">``) and remote images do not survive; raw cells are shown as
    text. nbgrader's feedback template renders Markdown without any sanitising, and
    nbconvert's ``clean_html`` keeps ``class`` on every tag, so neither is enough alone.
-2. :func:`finish_page` on the written page: nbgrader's template hard-codes MathJax 2 from a
-   CDN (not configurable), so offline a learner would see raw TeX and the page would reach
-   the network; it is pointed at the book's vendored MathJax 3, copied once next to the
-   feedback pages. A Content-Security-Policy is added as a second wall: only scripts from
-   the page's own location run, and nothing is fetched from anywhere else.
+2. :func:`reread_output`, the output that follows a failed test's error: the book section to
+   reread, by title, linked (by :func:`link_book_sections`) to the built page's ``file://`` URL
+   with the section's anchor, or with the command that builds it.
+3. :class:`FeedbackExporter`, the exporter nbgrader's GenerateFeedback is configured to use:
+   nbgrader's template hard-codes MathJax 2 from a CDN (not configurable), so every page it
+   writes, including ``COURSE/feedback/`` that ``nbgrader release_feedback`` hands to learners,
+   would reach the network. The exporter removes that tag and adds a Content-Security-Policy
+   that runs no script and fetches nothing from anywhere, before nbgrader writes the page: no
+   page on disk, even one left by a killed run, ever loads anything. A released page is a single
+   file opened wherever the learner fetched it, so formulas stay as TeX there. The exporter also
+   keeps its compiled templates for the whole process (see ``_TemplateBytecode``).
+4. :func:`finish_page` on the instructor's copy under ``--out/feedback/``: the formulas are
+   typeset by the book's vendored MathJax 3, copied once next to the feedback pages
+   (:func:`install_mathjax`); the policy then lets scripts from the page's own location run.
 """
 
 from __future__ import annotations
@@ -25,8 +34,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import bleach
+from jinja2 import BytecodeCache
+from jinja2.bccache import Bucket
+from nbconvert.exporters import HTMLExporter
 from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
 from nbconvert.preprocessors import Preprocessor
+from nbformat.v4 import new_output
 from pygments.token import STANDARD_TYPES
 from traitlets import Bool
 
@@ -37,10 +50,18 @@ VENDORED_MATHJAX = REPO_ROOT / "book" / "_vendor" / "mathjax"
 MATHJAX_DIR = "_mathjax"  # next to the per-student folders under feedback/
 MATHJAX_CONFIG = "qkv-feedback-config.js"
 _MATHJAX_CDN = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*">\s*</script>')
+# The template's inline MathJax 2 configuration, in <head> before any learner text: dead without
+# MathJax 2, and a released page should hold no script at all.
+_MATHJAX2_CONFIG = re.compile(r'<script type="text/x-mathjax-config">.*?</script>', re.S)
+# Where the CDN tag was, in every page the exporter writes; finish_page puts local MathJax there.
+MATH_PLACEHOLDER = "<!-- qkv: no MathJax is loaded in this page (no script, no network); formulas show as TeX -->"
 # A file, not an inline script, so that the policy below can forbid every inline script.
 _CONFIG_JS = 'window.MathJax = {tex: {inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]]}};\n'
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-       "font-src 'self' data:; base-uri 'none'; form-action 'none'")
+_POLICY = ("default-src 'none'; script-src {scripts}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+           "font-src 'self' data:; base-uri 'none'; form-action 'none'")
+RELEASED_CSP = _POLICY.format(scripts="'none'")  # pages in COURSE/feedback, released to learners
+CSP = _POLICY.format(scripts="'self'")  # the instructor's copies, next to the vendored MathJax
+_CSP_META = '<meta http-equiv="Content-Security-Policy" content="{}">'
 
 # What rendered Markdown may contain. No div/span/class beyond code highlighting, no style,
 # no id (a learner's id could hijack the page's anchors), no form, frame, media or script.
@@ -120,30 +141,136 @@ class SanitizeLearnerCells(Preprocessor):
         return cell, resources
 
 
+BOOK_LINK = "qkv-book/chapters/"  # where reread_output points; finish_page makes it the built page's URL
+_BOOK_LINK = re.compile(r'<a href="qkv-book/chapters/([a-z_]+)\.html#([A-Za-z0-9_-]+)"[^>]*>(.*?)</a>', re.S)
+
+
+def reread_output(chapter: str, heading: str) -> dict:
+    """A ``display_data`` output naming the section to reread, by title, linked to the chapter's
+    page and the section's anchor.
+
+    nbconvert sanitises outputs (``sanitize_html``): a ``file://`` link would lose its address
+    there, and where the page will be written is not known yet; so the link is written as
+    ``qkv-book/chapters/<chapter>.html#<anchor>`` (scheme-less, which the sanitiser keeps) and
+    :func:`finish_page` points it at the built book. The heading comes from our own checks,
+    never from the learner; it is escaped all the same."""
+    from qkv.book_links import anchor, page, section_link
+
+    title = section_link(chapter, heading).title()
+    target = f"{BOOK_LINK}{chapter}.html#{anchor(heading)}"
+    return new_output("display_data", data={
+        "text/html": f'<strong>Reread</strong> <a href="{html.escape(target)}">{html.escape(title)}</a> in the book.',
+        "text/plain": f"Reread {title} in the book: {page(chapter, heading)}"})
+
+
+def link_book_sections(text: str) -> str:
+    """Point every ``qkv-book/`` link of a feedback page (:func:`reread_output`) at the built
+    English page as an absolute ``file://`` URL, which opens from the feedback file wherever it
+    was copied; when the book is not built, keep the section's title and say how to build it.
+    A learner's Markdown could hold such a link too: it can only ever point at a page of our
+    own book (the chapter must be one of the book's, the anchor a plain id)."""
+    from qkv import book_links
+    from qkv.chapters import CHAPTERS
+
+    slugs = {c.slug for c in CHAPTERS}
+
+    def replace(m: re.Match) -> str:
+        chapter, anchor, title = m.groups()
+        built = book_links.html_root("en") / "chapters" / f"{chapter}.html"
+        if chapter in slugs and built.is_file():
+            return f'<a href="{html.escape(built.resolve().as_uri())}#{anchor}" target="_blank">{title}</a>'
+        return (f"<em>{title}</em> (the book is not built: run <code>{html.escape(book_links.BUILD_COMMAND)}</code> "
+                f"in {html.escape(str(book_links.BOOK.parent))} to get a link to the page)")
+
+    return _BOOK_LINK.sub(replace, text)
+
+
 class FeedbackPageError(RuntimeError):
     """A feedback page did not have the shape we secure; it is withheld rather than published."""
 
 
-def finish_page(page: Path, feedback_root: Path) -> None:
-    """Point ``page`` at the vendored MathJax and add the Content-Security-Policy.
+class _TemplateBytecode(BytecodeCache):
+    """Jinja's compiled templates, kept in memory for the life of the process.
 
-    Raises FeedbackPageError (after deleting the page) when the page has no ``<head>`` to
-    put the policy in."""
+    nbgrader makes a new exporter, hence a new Jinja environment, for every student, and
+    parsing and compiling the feedback template's nine files took half of a page's time.
+    Jinja checks each cached template against its source's checksum, so an edited template
+    is compiled again; every environment sharing this cache is configured alike."""
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        code = self._code.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+
+_TEMPLATES = _TemplateBytecode()
+
+
+class FeedbackExporter(HTMLExporter):
+    """nbconvert's HTML exporter, for nbgrader's GenerateFeedback: templates compiled once per
+    process, and every page made offline (:func:`released_html`) before nbgrader writes it."""
+
+    def _create_environment(self):
+        environment = super()._create_environment()
+        environment.bytecode_cache = _TEMPLATES
+        return environment
+
+    def from_notebook_node(self, nb, resources=None, **kw):
+        output, resources = super().from_notebook_node(nb, resources, **kw)
+        return released_html(output), resources
+
+
+def released_html(text: str) -> str:
+    """``text`` (a page nbgrader rendered) with the CDN MathJax tag replaced by
+    ``MATH_PLACEHOLDER``, the MathJax 2 configuration removed, and :data:`RELEASED_CSP` as the
+    first thing in ``<head>``.
+
+    Raises FeedbackPageError when there is no ``<head>`` to put the policy in."""
+    text = link_book_sections(_MATHJAX_CDN.sub(lambda _: MATH_PLACEHOLDER, text))
+    text = _MATHJAX2_CONFIG.sub("", text, count=1)
+    head = re.search(r"<head\b[^>]*>", text, re.I)
+    if head is None:
+        raise FeedbackPageError("the feedback page has no <head> to put a Content-Security-Policy in")
+    return text[: head.end()] + "\n" + _CSP_META.format(RELEASED_CSP) + text[head.end():]
+
+
+def install_mathjax(feedback_root: Path) -> bool:
+    """Copy the vendored MathJax next to the pages under ``feedback_root`` (once, before any
+    page is finished; pages are finished in several processes). False when it is not vendored."""
+    if not VENDORED_MATHJAX.is_dir():
+        return False
+    local = feedback_root / MATHJAX_DIR
+    if not (local / "tex-mml-chtml.js").is_file():
+        shutil.copytree(VENDORED_MATHJAX, local, dirs_exist_ok=True)
+    if not (local / MATHJAX_CONFIG).is_file():
+        (local / MATHJAX_CONFIG).write_text(_CONFIG_JS, encoding="utf-8")
+    return True
+
+
+def finish_page(page: Path, feedback_root: Path) -> None:
+    """Make the instructor's copy ``page`` (in ``feedback_root/<student>/``) typeset formulas
+    with the MathJax :func:`install_mathjax` put in ``feedback_root``, under :data:`CSP`.
+
+    A page not yet made offline goes through :func:`released_html` first. Raises
+    FeedbackPageError (after deleting the page) when the page has no ``<head>``."""
     text = page.read_text(encoding="utf-8")
-    if VENDORED_MATHJAX.is_dir():
-        local = feedback_root / MATHJAX_DIR
-        if not (local / "tex-mml-chtml.js").is_file():
-            shutil.copytree(VENDORED_MATHJAX, local, dirs_exist_ok=True)
-        if not (local / MATHJAX_CONFIG).is_file():
-            (local / MATHJAX_CONFIG).write_text(_CONFIG_JS, encoding="utf-8")
+    released = _CSP_META.format(RELEASED_CSP)
+    try:
+        if released not in text:
+            text = released_html(text)
+    except FeedbackPageError as exc:
+        page.unlink(missing_ok=True)
+        raise FeedbackPageError(f"{page.name}: {exc}; it was not published") from None
+    if (feedback_root / MATHJAX_DIR / "tex-mml-chtml.js").is_file():
         tag = (f'<script src="../{MATHJAX_DIR}/{MATHJAX_CONFIG}"></script>\n'
                f'<script src="../{MATHJAX_DIR}/tex-mml-chtml.js"></script>')
     else:
         tag = "<!-- MathJax is not vendored yet (run `make book` once); formulas show as TeX -->"
-    text = _MATHJAX_CDN.sub(lambda _: tag, text)
-    head = re.search(r"<head\b[^>]*>", text, re.I)
-    if head is None:
-        page.unlink(missing_ok=True)
-        raise FeedbackPageError(f"{page.name} has no <head>; it was not published")
-    policy = f'\n<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-    page.write_text(text[: head.end()] + policy + text[head.end():], encoding="utf-8")
+    text = text.replace(MATH_PLACEHOLDER, tag, 1).replace(released, _CSP_META.format(CSP), 1)
+    page.write_text(link_book_sections(text), encoding="utf-8")

@@ -9,15 +9,21 @@ Pipeline per student:
 2. a worker process computes trusted verdicts (``verify.verify``): the learner's
    code runs only in a sandbox, the reference's tests run in the worker;
 3. the main process records them with nbgrader's own autograde (execution step
-   replaced by ``ApplyTrustedVerdicts``) and writes feedback with hidden tests removed
-   and learner cells made inert (``feedback.py``).
+   replaced by ``ApplyTrustedVerdicts``): every gradebook write happens here, one student
+   after another;
+4. a worker process renders the feedback with nbgrader's own generate_feedback, which only
+   reads the gradebook: hidden tests removed, learner cells made inert, no script or network
+   in any page (``feedback.py``). Rendering pages is most of nbgrader's cost per student and
+   each page is independent, so it runs next to the verifications instead of after them.
 
 Any exception in any of these steps becomes that student's ``error`` row; the run and
 its output files always complete.
 
-Verdicts are cached by the hash of the reference and the submission, so a run
-killed at any point is simply run again: finished students are not re-verified
-and the gradebook (manual grades included) is updated in place.
+Verdicts are cached under a key covering everything that decides them (the reference, the
+submission, the limits, the checks' and the grader's code, the torch version: see
+``verdicts.cache_key``), so a run killed at any point is simply run again: finished students
+are not re-verified, a changed grader re-verifies everyone, and the gradebook (manual grades
+included) is updated in place.
 """
 
 from __future__ import annotations
@@ -31,24 +37,35 @@ import sys
 import tempfile
 import time
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.apps import NbGraderAPI
-from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades, SaveAutoGrades
+from nbgrader.preprocessors import (
+    AssignLatePenalties,
+    CheckCellMetadata,
+    ClearHiddenTests,
+    ClearOutput,
+    DeduplicateIds,
+    GetGrades,
+    OverwriteCells,
+    OverwriteKernelspec,
+    SaveAutoGrades,
+)
 from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
 from autograder import nbgrader_course
 from autograder.course import SOLUTIONS, assignments, nbgrader_config, solution_notebook
-from autograder.feedback import FeedbackPageError, SanitizeLearnerCells, finish_page
+from autograder.feedback import FeedbackExporter, FeedbackPageError, SanitizeLearnerCells, finish_page, install_mathjax
 from autograder.learner_text import clean, one_line
-from autograder.preprocessors import ApplyTrustedVerdicts
+from autograder.preprocessors import ApplyTrustedVerdicts, NormalizeGradeIds
 from autograder.report import Result, plot_distribution, write_csv, write_report
 from autograder.sandbox import InfrastructureError, Limits, SandboxUnavailable, platform_mode
 from autograder.submissions import Submission, discover, remove_tree
@@ -59,9 +76,14 @@ from autograder.verdicts import Verdicts, cache_key
 warnings.filterwarnings("ignore", category=SAWarning)
 
 
-# Seconds spent per phase in this process, for benchmarks/grading.py: "verification" (summed over
-# the workers), "recording" (nbgrader's autograde into the gradebook), "feedback" (nbgrader's feedback).
+# Seconds spent per phase, for benchmarks/grading.py: "verification" and "feedback" (nbgrader's
+# feedback pages), both summed over the workers, and "recording" (nbgrader's autograde into the
+# gradebook, in this process).
 PHASES: Counter = Counter()
+
+# Verifications queued in the pool per worker: enough to keep every worker busy, few enough that
+# a recorded student's feedback job is not queued behind the whole class.
+VERIFICATIONS_AHEAD = 2
 
 
 class GradingSetupError(RuntimeError):
@@ -79,7 +101,7 @@ CANARY_ID = "reference-canary"
 def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutions: Path = SOLUTIONS,
                 workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True,
                 course: Path | None = None, intake: Callable[[Path], list[Submission]] | None = None,
-                run_notes: Sequence[str] = ()) -> list[Result]:
+                run_notes: Sequence[str] = (), machine_notes: Sequence[str] = ()) -> list[Result]:
     """Grade every submission of ``assignment``; write ``out/grades.csv``, ``out/feedback/``,
     ``out/report.md`` and ``out/score-distribution.png``.
 
@@ -93,7 +115,8 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
     its gradebook and feedback folder; see ``nbgrader_course``) instead of ``out/course``.
     ``intake``: finds the submissions in another layout (an LMS download), given a scratch folder;
     ``submissions`` is then not read.
-    ``run_notes``: lines for the report about the run as a whole (files that mapped to no student)."""
+    ``run_notes``: lines for the report about the run as a whole (files that mapped to no student).
+    ``machine_notes``: guarantees that hold only in a weaker form on this machine (``platform_caveats``)."""
     out = Path(out).resolve()
     in_place = course is not None
     course = Path(course).resolve() if in_place else out / "course"
@@ -110,17 +133,18 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
     except SandboxUnavailable as exc:
         raise GradingSetupError(str(exc)) from None
     ctx = multiprocessing.get_context("spawn")  # workers must not inherit the main process's state
+    workers = max(1, workers or os.cpu_count() or 1)
     # Workers are started on demand, so a pool sized for the class costs one process for the canary.
-    with ProcessPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1), mp_context=ctx,
-                             initializer=_warm_worker) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_warm_worker) as pool:
         with tempfile.TemporaryDirectory(prefix="qkv-grade-") as tmp:  # gone before anyone is graded
             template = _course_template(assignment, solutions, course, Path(tmp))
             _canary(assignment, solutions, template, pool, limits, out)
             if not course.exists():  # first run: the prepared course is the one the canary passed in
                 shutil.copytree(template, course)
         try:
-            return _grade_students(assignment, submissions, out, solutions, pool, limits, show_progress,
-                                   course=course, in_place=in_place, intake=intake, run_notes=run_notes)
+            return _grade_students(assignment, submissions, out, solutions, pool, workers, limits, show_progress,
+                                   course=course, in_place=in_place, intake=intake, run_notes=run_notes,
+                                   machine_notes=machine_notes)
         finally:
             if in_place:  # run as root on the instructor's course: hand back what was written
                 nbgrader_course.give_back_to_owner(course)
@@ -159,9 +183,32 @@ def check_arguments(assignment: str, submissions: Path | None, out: Path, soluti
                                 "choose a folder you can write to")
 
 
+@dataclass
+class _Recorded:
+    """A student whose verdicts are in the gradebook; their feedback is still to be written."""
+
+    sub: Submission
+    verdicts: Verdicts
+    score: float
+    late: str | None  # nbgrader's lateness, from the gradebook
+
+
+@dataclass
+class _FeedbackOutcome:
+    """What a feedback job reports: notes for the report (empty when the pages were written)."""
+
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return any("could not be generated" in n and "withheld" not in n for n in self.notes)
+
+
 class _Course:
     """The per-student path shared by the canary and the class: admit a notebook into an
-    nbgrader course, verify it in a worker, record the verdicts with nbgrader."""
+    nbgrader course, verify it in a worker, record the verdicts with nbgrader in this process,
+    write the feedback in a worker."""
 
     def __init__(self, assignment: str, course: Path, solutions: Path, feedback_root: Path, limits: Limits,
                  in_place: bool = False):
@@ -170,8 +217,9 @@ class _Course:
         self.source_nb = _prepare_course(assignment, course, solutions)
         self.verdict_dir = course / "verdicts"
         self.verdict_dir.mkdir(exist_ok=True)
-        self.api = NbGraderAPI(config=_grading_config(course, self.verdict_dir))
+        self.api = NbGraderAPI(config=_grading_config(course, self.verdict_dir, self.source_nb))
         self.max_score = _max_score(course, assignment)
+        install_mathjax(feedback_root)  # once, here: pages are finished in several processes
 
     def error(self, sub: Submission, message: str) -> Result:
         return _error(sub, self.assignment, self.max_score, message)
@@ -193,19 +241,68 @@ class _Course:
         return self.verdict_dir / f"{sub.student_id}.json"
 
     def cached(self, sub: Submission, nb_path: Path) -> Verdicts | None:
-        return _cached_verdicts(self._verdict_path(sub), self.source_nb, nb_path)
+        return _cached_verdicts(self._verdict_path(sub), self.source_nb, nb_path, self.limits)
 
     def submit(self, pool: ProcessPoolExecutor, sub: Submission, nb_path: Path) -> Future:
         return pool.submit(_verify_job, str(self.source_nb), str(nb_path), self.assignment, self.limits,
                            str(self._verdict_path(sub)))
 
-    def record(self, sub: Submission, verdicts: Verdicts) -> Result:
-        """nbgrader's autograde and feedback for ``sub``; any failure is that student's error row."""
+    def record(self, sub: Submission, verdicts: Verdicts) -> _Recorded | Result:
+        """nbgrader's autograde for ``sub``, in this process (the gradebook's one writer); any
+        failure is that student's error row."""
         try:
-            return _record(self.api, self.course, self.assignment, sub, verdicts, self.max_score, self.feedback_root)
+            return _record(self.api, self.course, self.assignment, sub, verdicts, self.max_score)
         except Exception as exc:  # noqa: BLE001 (one student's recording never stops the run)
             return self.error(sub, f"the grader could not record this submission ({type(exc).__name__}: "
                                    f"{exc}); rerun the same command to retry")
+
+    def submit_feedback(self, pool: ProcessPoolExecutor, recorded: _Recorded) -> Future:
+        return pool.submit(_feedback_job, str(self.course), str(self.verdict_dir), self.assignment,
+                           recorded.sub.student_id, str(self.feedback_root))
+
+    def feedback_here(self, recorded: _Recorded) -> _FeedbackOutcome:
+        """The feedback job, in this process: when a worker could not do it (a broken pool, or the
+        gradebook busy beyond SQLite's wait while this process wrote to it)."""
+        try:
+            return _write_feedback(self.api, self.course, self.assignment, recorded.sub.student_id,
+                                   self.feedback_root)
+        except Exception:  # noqa: BLE001 (the grade is recorded; missing feedback is a note, not an error)
+            return _FeedbackOutcome(["feedback could not be generated"])
+
+    def finish(self, recorded: _Recorded, feedback: _FeedbackOutcome) -> Result:
+        sub, verdicts = recorded.sub, recorded.verdicts
+        notes = sub.note.split("; ") if sub.note else []
+        if recorded.late:
+            notes.insert(0, recorded.late)
+        late = "; ".join(n for n in notes if n.startswith("late:"))
+        notes += feedback.notes
+        banned = sorted({v.message for v in verdicts.tests.values() if v.banned})
+        notes += [f"{gid}: {v.message}" for gid, v in verdicts.tests.items() if v.banned]
+        notes += [f"{cell}: {err}" for cell, err in verdicts.cell_errors.items()
+                  if "grader skipped" in err or "did not finish" in err or "not valid Python" in err]
+        notes += verdicts.notes
+        questions = {gid: (v.points if v.passed else 0.0, v.points, "" if v.passed else v.message)
+                     for gid, v in verdicts.tests.items()}
+        return Result(sub.student_id, self.assignment, recorded.score, self.max_score, "graded", "; ".join(notes),
+                      questions=questions, banned=bool(banned), late=late, rereads=_rereads(verdicts))
+
+    def grade_one(self, pool: ProcessPoolExecutor, sub: Submission, nb_path: Path) -> Result:
+        """The whole path for one admitted submission, waiting for each step (the canary)."""
+        recorded = self.record(sub, self.submit(pool, sub, nb_path).result())
+        if isinstance(recorded, Result):
+            return recorded
+        return self.feedback_result(recorded, self.submit_feedback(pool, recorded))
+
+    def feedback_result(self, recorded: _Recorded, future: Future) -> Result:
+        """The student's row once their feedback job ended: retried here if the worker failed."""
+        try:
+            outcome = future.result()
+        except Exception:  # noqa: BLE001 (a broken pool: write it here)
+            outcome = None
+        if outcome is None or outcome.failed:
+            outcome = self.feedback_here(recorded)
+        PHASES["feedback"] += outcome.seconds
+        return self.finish(recorded, outcome)
 
 
 def _course_template(assignment: str, solutions: Path, course: Path, scratch: Path) -> Path:
@@ -255,7 +352,7 @@ def _canary(assignment: str, solutions: Path, template: Path, pool: ProcessPoolE
             else:
                 nb_path = course.admit(sub)
                 try:
-                    result = course.record(sub, course.submit(pool, sub, nb_path).result())
+                    result = course.grade_one(pool, sub, nb_path)
                 except Exception as exc:  # noqa: BLE001
                     result = course.error(sub, f"{type(exc).__name__}: {exc}")
         except GradingSetupError:
@@ -264,10 +361,13 @@ def _canary(assignment: str, solutions: Path, template: Path, pool: ProcessPoolE
             raise CanaryFailed(_canary_message(assignment, f"the trial run failed ({type(exc).__name__}: {exc})",
                                                out)) from exc
     failed = [msg for _, (earned, possible, msg) in (result.questions or {}).items() if earned < possible]
-    if result.status == "graded" and result.score == result.max_score and not failed:
+    no_feedback = "feedback could not be generated" in result.message
+    if result.status == "graded" and result.score == result.max_score and not failed and not no_feedback:
         return result
     if result.status != "graded":
         what = f"it could not be graded: {result.message}"
+    elif no_feedback and not failed and result.score == result.max_score:
+        what = f"it scored full marks but its feedback page could not be written ({result.message})"
     else:
         what = f"it scored {result.score:g}/{result.max_score:g}" + (f": {failed[0]}" if failed else "")
     raise CanaryFailed(_canary_message(assignment, what, out))
@@ -301,9 +401,9 @@ def _perfect_submission(course: Path, source_nb: Path, assignment: str) -> nbfor
 
 
 def _grade_students(assignment: str, submissions: Path | None, out: Path, solutions: Path,
-                    pool: ProcessPoolExecutor, limits: Limits, show_progress: bool, *, course: Path,
+                    pool: ProcessPoolExecutor, workers: int, limits: Limits, show_progress: bool, *, course: Path,
                     in_place: bool, intake: Callable[[Path], list[Submission]] | None,
-                    run_notes: Sequence[str]) -> list[Result]:
+                    run_notes: Sequence[str], machine_notes: Sequence[str] = ()) -> list[Result]:
     course = _Course(assignment, course, solutions, out / "feedback", limits, in_place=in_place)
     unpacked = out / ".unpacked"
     remove_tree(unpacked)
@@ -323,8 +423,10 @@ def _grade_students(assignment: str, submissions: Path | None, out: Path, soluti
         if result.status == "error":
             bar.write(one_line(f"error: {result.student_id}: {result.message}", 1000))
 
-    # Admit everyone first and start the verifications, then record cached verdicts while they run.
-    futures: dict[Future, Submission] = {}
+    # Admit everyone first; keep a few verifications per worker queued; record cached verdicts
+    # while they run. Each recorded student's feedback job joins the same queue, so feedback is
+    # written as the class goes, not after it.
+    to_verify: deque[tuple[Submission, Path]] = deque()
     cached: list[tuple[Submission, Verdicts]] = []
     for sub in entries:
         if sub.problem:
@@ -333,29 +435,60 @@ def _grade_students(assignment: str, submissions: Path | None, out: Path, soluti
         try:
             nb_path = course.admit(sub)
             verdicts = course.cached(sub, nb_path)
-            if verdicts is not None:
-                cached.append((sub, verdicts))
-            else:
-                futures[course.submit(pool, sub, nb_path)] = sub
-        except Exception as exc:  # noqa: BLE001 (a broken pool or a disk error: this student, not the run)
+        except Exception as exc:  # noqa: BLE001 (a disk error: this student, not the run)
             finish(course.error(sub, f"the grader could not take in this submission ({type(exc).__name__}: {exc}); "
                                      "rerun the same command to retry"))
-    for sub, verdicts in cached:
-        finish(course.record(sub, verdicts))
-    for future in as_completed(futures):
-        sub = futures[future]
+            continue
+        if verdicts is not None:
+            cached.append((sub, verdicts))
+        else:
+            to_verify.append((sub, nb_path))
+
+    verifying: dict[Future, Submission] = {}
+    writing: dict[Future, _Recorded] = {}
+
+    def start_verifications() -> None:
+        while to_verify and len(verifying) < VERIFICATIONS_AHEAD * workers:
+            sub, nb_path = to_verify.popleft()
+            try:
+                verifying[course.submit(pool, sub, nb_path)] = sub
+            except Exception as exc:  # noqa: BLE001 (a broken pool: this student, not the run)
+                finish(course.error(sub, f"the grader could not take in this submission ({type(exc).__name__}: "
+                                         f"{exc}); rerun the same command to retry"))
+
+    def record(sub: Submission, verdicts: Verdicts) -> None:
+        recorded = course.record(sub, verdicts)
+        if isinstance(recorded, Result):
+            finish(recorded)
+            return
         try:
-            verdicts = future.result()
-            PHASES["verification"] += verdicts.seconds
-        except InfrastructureError as exc:  # ours: no score, no cached verdict; a rerun grades them
-            finish(course.error(sub, f"not graded: the grader's sandbox failed ({exc}); this is not the "
-                                     "student's doing: rerun the same command to grade them"))
-            continue
-        except Exception as exc:  # noqa: BLE001 (a grader bug or a broken pool must not stop the others)
-            finish(course.error(sub, f"the grader failed on this submission ({type(exc).__name__}: {exc}); "
-                                     "rerun the same command to retry"))
-            continue
-        finish(course.record(sub, verdicts))
+            writing[course.submit_feedback(pool, recorded)] = recorded
+        except Exception:  # noqa: BLE001 (a broken pool: write it here)
+            finish(course.finish(recorded, course.feedback_here(recorded)))
+
+    start_verifications()
+    for sub, verdicts in cached:
+        record(sub, verdicts)
+    while verifying or writing:
+        done, _ = wait([*verifying, *writing], return_when=FIRST_COMPLETED)
+        for future in done:
+            if future in writing:
+                finish(course.feedback_result(writing.pop(future), future))
+                continue
+            sub = verifying.pop(future)
+            try:
+                verdicts = future.result()
+                PHASES["verification"] += verdicts.seconds
+            except InfrastructureError as exc:  # ours: no score, no cached verdict; a rerun grades them
+                finish(course.error(sub, f"not graded: the grader's sandbox failed ({exc}); this is not the "
+                                         "student's doing: rerun the same command to grade them"))
+                continue
+            except Exception as exc:  # noqa: BLE001 (a grader bug or a broken pool must not stop the others)
+                finish(course.error(sub, f"the grader failed on this submission ({type(exc).__name__}: {exc}); "
+                                         "rerun the same command to retry"))
+                continue
+            record(sub, verdicts)
+        start_verifications()
     bar.close()
     remove_tree(unpacked)
 
@@ -365,7 +498,7 @@ def _grade_students(assignment: str, submissions: Path | None, out: Path, soluti
     except Exception as exc:  # noqa: BLE001 (a missing plot must not cost the report)
         plot = None
         print(f"warning: the score plot could not be drawn ({type(exc).__name__}: {exc})", file=sys.stderr)
-    write_report(results, assignment, out / "report.md", plot, run_notes=run_notes)
+    write_report(results, assignment, out / "report.md", plot, run_notes=run_notes, machine_notes=machine_notes)
     return sorted(results, key=lambda r: r.student_id)
 
 
@@ -389,6 +522,18 @@ def _verify_job(source_nb: str, submission_nb: str, assignment: str, limits: Lim
     return stored
 
 
+# One nbgrader API per course in each worker: its feedback converter reads the gradebook only.
+_FEEDBACK_APIS: dict[tuple[str, str], NbGraderAPI] = {}
+
+
+def _feedback_job(course: str, verdict_dir: str, assignment: str, student_id: str,
+                  feedback_root: str) -> _FeedbackOutcome:
+    api = _FEEDBACK_APIS.get((course, verdict_dir))
+    if api is None:
+        api = _FEEDBACK_APIS[course, verdict_dir] = NbGraderAPI(config=_grading_config(Path(course), Path(verdict_dir)))
+    return _write_feedback(api, Path(course), assignment, student_id, Path(feedback_root))
+
+
 def _store_verdicts(verdicts: Verdicts, path: Path) -> Verdicts:
     """Write ``verdicts`` with every text made clean (see ``learner_text.clean``): learner
     messages may hold lone surrogates or escape sequences, and nbgrader writes these texts
@@ -410,13 +555,14 @@ def _clean_json(value):
     return value
 
 
-def _cached_verdicts(path: Path, source_nb: Path, submission_nb: Path) -> Verdicts | None:
-    """The verdicts of an earlier run for this very submission, or None. A cache file written
-    before its text was cleaned is cleaned and rewritten, so a rerun never trips on it."""
+def _cached_verdicts(path: Path, source_nb: Path, submission_nb: Path, limits: Limits) -> Verdicts | None:
+    """The verdicts of an earlier run for this very submission, graded under the same limits by
+    the same checks and grader code (``cache_key``), or None. A cache file written before its
+    text was cleaned is cleaned and rewritten, so a rerun never trips on it."""
     try:
         text = path.read_text(encoding="utf-8")
         verdicts = Verdicts.from_json(text)
-        if verdicts.key != cache_key(source_nb, submission_nb):
+        if verdicts.key != cache_key(source_nb, submission_nb, limits):
             return None
         if json.dumps(_clean_json(json.loads(text)), indent=1) != text:
             verdicts = _store_verdicts(verdicts, path)
@@ -427,13 +573,18 @@ def _cached_verdicts(path: Path, source_nb: Path, submission_nb: Path) -> Verdic
 
 # --------------------------------------------------------------------------- main-process side
 
-def _grading_config(course: Path, verdict_dir: Path):
+def _grading_config(course: Path, verdict_dir: Path, source_nb: Path):
     c = nbgrader_config(course)
+    # One cell per grade_id before nbgrader's own checks (a split or copied answer cell is not an error).
+    c.Autograde.sanitize_preprocessors = [NormalizeGradeIds, ClearOutput, DeduplicateIds, OverwriteKernelspec,
+                                          OverwriteCells, CheckCellMetadata]
+    c.NormalizeGradeIds.source_notebook = str(source_nb)
     c.Autograde.autograde_preprocessors = [ApplyTrustedVerdicts, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
     c.ApplyTrustedVerdicts.verdicts_dir = str(verdict_dir)
     # Stock feedback shows hidden-test source; ours removes it first.
     # Learner Markdown and raw cells are made inert before nbgrader's template renders them.
     c.GenerateFeedback.preprocessors = [ClearHiddenTests, SanitizeLearnerCells, GetGrades, CSSHTMLHeaderPreprocessor]
+    c.GenerateFeedback.exporter_class = FeedbackExporter  # offline pages, templates compiled once per process
     c.ClearHiddenTests.enforce_metadata = False
     c.HTMLExporter.sanitize_html = True  # outputs too (ours only: learner outputs are cleared when recording)
     return c
@@ -469,54 +620,56 @@ def _error(sub: Submission, assignment: str, max_score: float, message: str) -> 
     return Result(sub.student_id, assignment, 0.0, max_score, "error", message)
 
 
-def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdicts, max_score: float,
-            feedback_root: Path) -> Result:
+def _record(api, course: Path, assignment: str, sub: Submission, verdicts: Verdicts,
+            max_score: float) -> _Recorded | Result:
     start = time.perf_counter()
-    graded = api.autograde(assignment, sub.student_id, force=True, create=True)
-    PHASES["recording"] += time.perf_counter() - start
-    if not graded["success"]:
-        reason = _nbgrader_error(graded.get("log") or graded.get("error"))
-        if "metadata" in reason:
-            reason += (" The notebook's nbgrader cells do not match the released assignment: was it made from an "
-                       "older release, or were cells copied in from another notebook? Ask for a fresh copy of the "
-                       "exercise with the answers pasted in.")
-        return _error(sub, assignment, max_score, "nbgrader could not record the grades: " + reason)
-    score = _score(course, assignment, sub.student_id)
+    try:
+        graded = api.autograde(assignment, sub.student_id, force=True, create=True)
+        if not graded["success"]:
+            reason = _nbgrader_error(graded.get("log") or graded.get("error"))
+            if "metadata" in reason:
+                reason += (" The notebook's nbgrader cells do not match the released assignment: was it made from an "
+                           "older release, or were cells copied in from another notebook? Ask for a fresh copy of "
+                           "the exercise with the answers pasted in.")
+            return _error(sub, assignment, max_score, "nbgrader could not record the grades: " + reason)
+        with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+            try:
+                submission = gb.find_submission(assignment, sub.student_id)
+            except MissingEntry:
+                return _Recorded(sub, verdicts, 0.0, None)
+            return _Recorded(sub, verdicts, float(submission.score), nbgrader_course.lateness(submission))
+    finally:
+        PHASES["recording"] += time.perf_counter() - start
+
+
+def _write_feedback(api, course: Path, assignment: str, student_id: str, feedback_root: Path) -> _FeedbackOutcome:
+    """nbgrader's feedback for one recorded student: the page it releases from
+    ``course/feedback/`` (made offline by FeedbackExporter) and the instructor's copy in
+    ``feedback_root/<student_id>/`` (typeset with local MathJax). Reads the gradebook only."""
     start = time.perf_counter()
-    feedback = api.generate_feedback(assignment, sub.student_id, force=True)
-    target = feedback_root / sub.student_id
+    outcome = _FeedbackOutcome()
+    feedback = api.generate_feedback(assignment, student_id, force=True)
+    target = feedback_root / student_id
     remove_tree(target)
-    notes = sub.note.split("; ") if sub.note else []
-    late = nbgrader_course.late_note(course / "gradebook.db", assignment, sub.student_id)
-    if late:
-        notes.insert(0, late)
-    late = "; ".join(n for n in notes if n.startswith("late:"))
     if feedback["success"]:
-        shutil.copytree(course / "feedback" / sub.student_id / assignment, target)
+        shutil.copytree(course / "feedback" / student_id / assignment, target)
         try:
             for page in target.glob("*.html"):
                 finish_page(page, feedback_root)
         except FeedbackPageError:
-            notes.append("feedback could not be generated safely and was withheld")
+            outcome.notes.append("feedback could not be generated safely and was withheld")
     else:
-        notes.append("feedback could not be generated")
-    PHASES["feedback"] += time.perf_counter() - start
-    banned = sorted({v.message for v in verdicts.tests.values() if v.banned})
-    notes += [f"{gid}: {v.message}" for gid, v in verdicts.tests.items() if v.banned]
-    notes += [f"{cell}: {err}" for cell, err in verdicts.cell_errors.items()
-              if "grader skipped" in err or "did not finish" in err]
-    questions = {gid: (v.points if v.passed else 0.0, v.points, "" if v.passed else v.message)
-                 for gid, v in verdicts.tests.items()}
-    return Result(sub.student_id, assignment, score, max_score, "graded", "; ".join(notes),
-                  questions=questions, banned=bool(banned), late=late)
+        outcome.notes.append("feedback could not be generated")
+    outcome.seconds = time.perf_counter() - start
+    return outcome
 
 
-def _score(course: Path, assignment: str, student_id: str) -> float:
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        try:
-            return float(gb.find_submission(assignment, student_id).score)
-        except MissingEntry:
-            return 0.0
+def _rereads(verdicts: Verdicts) -> dict[str, str]:
+    """Failed test grade_id -> the section to reread, as the feedback page names it."""
+    from qkv.book_links import section_link
+
+    return {gid: section_link(v.reread_chapter, v.reread_heading).title()
+            for gid, v in verdicts.tests.items() if not v.passed and v.reread_heading}
 
 
 def _nbgrader_error(log: str | None) -> str:

@@ -50,19 +50,19 @@ class _Zygotes:
         self.sandbox: Sandbox | None = None
         atexit.register(self.close)
 
-    def fresh_child(self, limits: Limits) -> Child:
+    def fresh_child(self, limits: Limits, deny_ops: dict[str, str], deny_modules) -> Child:
         if self.sandbox is not None and (not self.sandbox.alive or self.sandbox.limits != limits):
             self.close()
         try:
             if self.sandbox is None:
                 self.sandbox = Sandbox(limits).start()
-            return self.sandbox.fork()
+            return self.sandbox.fork(deny_ops, deny_modules)
         except InfrastructureError:
             # It may have died between two submissions (the machine's OOM killer, an admin):
             # one fresh sandbox is worth a try; a second failure is reported.
             self.close()
             self.sandbox = Sandbox(limits).start()
-            return self.sandbox.fork()
+            return self.sandbox.fork(deny_ops, deny_modules)
 
     def release(self, child: Child | None) -> None:
         """End a submission's learner process; drop the sandbox unless the zygote says it is clean."""
@@ -85,15 +85,25 @@ _ZYGOTES = _Zygotes()
 
 
 class LearnerProcess:
-    """The learner's loaded notebook in a sandbox, restarted (skipping the culprit) after a crash."""
+    """The learner's loaded notebook in a sandbox, restarted (skipping the culprit) after a crash.
+
+    A learner process refuses a fixed set of banned operators from its start (sandbox_worker._arm):
+    calling a function whose exercise bans a different set starts a fresh process for it."""
 
     def __init__(self, cells: list[dict], limits: Limits, notes: list[str], cell_errors: dict[str, str],
-                 banned: dict[str, list[str]] | None = None):
-        """``banned``: graded function -> the dotted names its exercise bans (blocked at run time)."""
+                 banned: dict[str, list[str]] | None = None, *, arg_names: dict[str, tuple[str, ...]] | None = None,
+                 in_place: dict[str, tuple[str, ...]] | None = None):
+        """``banned``: graded function -> the dotted names its exercise bans (blocked at run time).
+        ``arg_names``: graded function -> its parameter names (for messages). ``in_place``: graded
+        function -> the arguments its contract lets it change in place; their new values are
+        written back into the grader's objects. Any other change of an argument fails the call."""
         self.cells, self.limits, self.notes, self.cell_errors = cells, limits, notes, cell_errors
         self.denials = {name: runtime_denials(names) for name, names in (banned or {}).items()}
         self.deny_modules = sorted({m for _, modules in self.denials.values() for m in modules} | {"qkv"})
         self.banned_names = banned or {}
+        self.arg_names = arg_names or {}
+        self.in_place = in_place or {}
+        self.child_ops: dict[str, str] | None = None  # the operators the running learner process refuses
         self.reached: dict[str, list[str]] = {}  # function -> banned things it reached at run time
         self.skipped: set[int] = set()
         self.child: Child | None = None
@@ -132,20 +142,21 @@ class LearnerProcess:
 
     # -- loading
 
-    def _start(self) -> None:
+    def _start(self, deny_ops: dict[str, str]) -> None:
         while True:
             if self.restarts > MAX_RESTARTS:
                 raise SandboxError("your notebook crashed the grader's process too many times")
             self.close()
             try:
-                self.child = _ZYGOTES.fresh_child(self.limits)
+                self.child = _ZYGOTES.fresh_child(self.limits, deny_ops, self.deny_modules)
+                self.child_ops = dict(deny_ops)
             except InfrastructureError as exc:
                 raise self._infrastructure(exc) from None
             active = [c for i, c in enumerate(self.cells) if i not in self.skipped]
             index_map = [i for i in range(len(self.cells)) if i not in self.skipped]
             try:
                 errors, names = self._timed(functools.partial(self.child.load, active, self.limits.cell_seconds,
-                                                              self._budget_deadline(), self.deny_modules))
+                                                              self._budget_deadline()))
             except InfrastructureError as exc:
                 raise self._infrastructure(exc) from None
             except BudgetExceeded:
@@ -183,15 +194,15 @@ class LearnerProcess:
         if self.failure is not None:
             raise self.failure
         self._check_budget(name)
-        if self.child is None or self.child.ended is not None:
-            self._start()
+        ops = self.denials.get(name, ({}, []))[0]
+        if self.child is None or self.child.ended is not None or self.child_ops != ops:
+            self._start(ops)
         if name not in self.functions:
             raise NameError(f"name {name!r} is not defined: its cell did not run (see the message on that cell)")
         try:
-            ops = self.denials.get(name, ({}, []))[0]
-            deny = (ops, self.banned_names.get(name, []))
-            value, new_args, new_kwargs = self._timed(
-                lambda: self.child.call(name, args, kwargs, self.limits.call_seconds, self._budget_deadline(), deny))
+            value, changed = self._timed(
+                lambda: self.child.call(name, args, kwargs, self.limits.call_seconds, self._budget_deadline(),
+                                        self.banned_names.get(name, [])))
         except InfrastructureError as exc:
             raise self._infrastructure(exc) from None
         except BudgetExceeded:
@@ -223,27 +234,38 @@ class LearnerProcess:
                                 "bytes, lists, tuples or dicts") from None
             nearest = next((_BUILTIN_ERRORS[b] for b in exc.bases if b in _BUILTIN_ERRORS), RuntimeError)
             raise nearest(exc.message) from None
-        _write_back(args, new_args)
-        _write_back(kwargs, new_kwargs)
+        self._apply_changes(name, args, kwargs, changed)
         return value
 
+    def _apply_changes(self, name: str, args: tuple, kwargs: dict, changed: list) -> None:
+        """The learner's function worked on copies: the grader's own arguments are untouched, so
+        the checks' oracles see exactly what was sent. A change the function's contract allows
+        (``in_place``) is written back; any other change of a tensor or container fails the call,
+        as it fails in the learner's own notebook; a consumed generator is nobody's business."""
+        names = self.arg_names.get(name, ())
+        allowed = self.in_place.get(name, ())
+        for key, new in changed:
+            if isinstance(key, int) and 0 <= key < len(args):
+                old, label = args[key], names[key] if key < len(names) else f"argument {key + 1}"
+            elif isinstance(key, str) and key in kwargs:
+                old, label = kwargs[key], key
+            else:
+                continue  # not an argument that was sent: a reply that lies hurts only itself
+            if label in allowed:
+                _write_back(old, new)
+            elif type(old) is not torch.Generator:
+                from qkv.checks.core import argument_modified
 
-def _write_back(originals, updated: dict) -> None:
-    """Apply in-place changes the learner's function made to tensor/generator arguments."""
-    if not isinstance(updated, dict):
-        return
-    for key, new in updated.items():
-        try:
-            old = originals[key]
-        except (KeyError, IndexError, TypeError):
-            continue
-        same_kind = type(old) is torch.Tensor and type(new) is torch.Tensor
-        if same_kind and old.shape == new.shape and old.dtype == new.dtype:
-            if not torch.equal(old.detach(), new) and not (old.isnan().any() and new.isnan().any()):
-                with torch.no_grad():
-                    old.copy_(new)
-        elif type(old) is torch.Generator and type(new) is torch.Generator:
-            old.set_state(new.get_state())
+                raise argument_modified(name, label)
+
+
+def _write_back(old, new) -> None:
+    """Apply an in-place change that a function's contract allows to the grader's object."""
+    if type(old) is torch.Tensor and type(new) is torch.Tensor and old.shape == new.shape and old.dtype == new.dtype:
+        with torch.no_grad():
+            old.copy_(new)
+    elif type(old) is torch.Generator and type(new) is torch.Generator:
+        old.set_state(new.get_state())
 
 
 def proxy(process: LearnerProcess, name: str):

@@ -214,7 +214,9 @@ def summary_line(result: Result) -> str:
         if earned == possible:
             parts.append(f"{question}: passed")
         else:
-            parts.append(f"{question}: {earned:g}/{possible:g} ({_flat(message)[:160]})")
+            reread = (result.rereads or {}).get(question)
+            parts.append(f"{question}: {earned:g}/{possible:g} ({_flat(message)[:160]}"
+                         + (f"; reread {_flat(reread)}" if reread else "") + ")")
     return ". ".join(parts[:1]) + (". " + "; ".join(parts[1:]) if len(parts) > 1 else "") + "."
 
 

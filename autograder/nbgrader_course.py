@@ -95,14 +95,19 @@ def late_note(db: Path, assignment: str, student_id: str) -> str | None:
     when the submission is on time, has no timestamp, or the assignment has no due date."""
     with Gradebook(f"sqlite:///{db}") as gb:
         try:
-            submission = gb.find_submission(assignment, student_id)
+            return lateness(gb.find_submission(assignment, student_id))
         except MissingEntry:
             return None
-        seconds = submission.total_seconds_late or 0
-        if seconds <= 0 or submission.timestamp is None or submission.duedate is None:
-            return None
-        return (f"late: submitted {_duration(seconds)} after the due date "
-                f"({submission.timestamp:%Y-%m-%d %H:%M:%S} UTC, due {submission.duedate:%Y-%m-%d %H:%M:%S} UTC)")
+
+
+def lateness(submission) -> str | None:
+    """:func:`late_note` for a submission already read from an open gradebook
+    (an ``nbgrader.api.SubmittedAssignment``)."""
+    seconds = submission.total_seconds_late or 0
+    if seconds <= 0 or submission.timestamp is None or submission.duedate is None:
+        return None
+    return (f"late: submitted {_duration(seconds)} after the due date "
+            f"({submission.timestamp:%Y-%m-%d %H:%M:%S} UTC, due {submission.duedate:%Y-%m-%d %H:%M:%S} UTC)")
 
 
 def give_back_to_owner(course: Path) -> list[Path]:

@@ -11,11 +11,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nbformat
 from nbformat.v4 import new_output
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Unicode
 
+from autograder.feedback import reread_output
 from autograder.verdicts import Verdicts
+from qkv.notebook_contract import nbgrader as nbgrader_meta
+from qkv.notebook_contract import normalize_grade_ids
+
+
+class NormalizeGradeIds(NbGraderPreprocessor):
+    """Before nbgrader's own checks: one cell per grade_id, with the role the release gives it.
+
+    A learner who split or copied an answer cell in Jupyter hands in two cells with one id.
+    nbgrader's DeduplicateIds would then empty the metadata of one of them, which its own
+    validation rejects as "an old version" (nbgrader 0.9.6), and the notebook could not be
+    recorded; an id the release does not have fails validation too. The rule is the one the
+    verification used (``qkv.notebook_contract.normalize_grade_ids``): the cell that defines the
+    function is the answer, every other copy is a plain cell of the learner's."""
+
+    source_notebook = Unicode("", help="the assignment's source notebook (the roles of its grade_ids)").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        source = nbformat.read(self.source_notebook, as_version=4)
+        roles = {meta["grade_id"]: {**meta, "cell_type": cell.cell_type}
+                 for cell in source.cells if (meta := nbgrader_meta(cell)).get("grade_id")}
+        normalize_grade_ids(nb.cells, roles)
+        return nb, resources
 
 
 class ApplyTrustedVerdicts(NbGraderPreprocessor):
@@ -38,6 +62,8 @@ class ApplyTrustedVerdicts(NbGraderPreprocessor):
                     name = "BannedCall" if v.banned else "TestFailed"
                     cell.outputs.append(new_output("error", ename=name, evalue=v.message,
                                                    traceback=[f"{name}: {v.message}"]))
+                    if v.reread_heading and not v.banned:
+                        cell.outputs.append(reread_output(v.reread_chapter, v.reread_heading))
             elif meta.get("grade"):
                 missing = "the grader has no verdict for this cell"
                 cell.outputs.append(new_output("error", ename="NotGraded", evalue=missing,

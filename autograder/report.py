@@ -35,9 +35,10 @@ class Result:
     questions: dict | None = None  # test grade_id -> (points earned, points possible, failure message)
     banned: bool = False
     late: str = ""  # "late: submitted … after the due date", from nbgrader's timestamps or the LMS
+    rereads: dict | None = None  # failed test grade_id -> the book section to reread: “heading” (chapter N, title)
 
 
-CSV_FIELDS = [f.name for f in fields(Result) if f.name not in ("questions", "banned", "late")]
+CSV_FIELDS = [f.name for f in fields(Result) if f.name not in ("questions", "banned", "late", "rereads")]
 CSV_MESSAGE_CHARS = 2000
 REPORT_MESSAGE_CHARS = 300
 
@@ -81,7 +82,7 @@ def plot_distribution(results: list[Result], path: Path) -> Path | None:
 
 
 def write_report(results: list[Result], assignment: str, path: Path, plot: Path | None,
-                 run_notes: list[str] | tuple[str, ...] = ()) -> None:
+                 run_notes: list[str] | tuple[str, ...] = (), machine_notes: list[str] | tuple[str, ...] = ()) -> None:
     """``report.md``: counts, score summary, per-question pass rates, errors, late submissions,
     files that mapped to no student (``run_notes``) and notes. Every student id and message is
     one escaped, length-capped line (see ``learner_text``)."""
@@ -97,12 +98,15 @@ def write_report(results: list[Result], assignment: str, path: Path, plot: Path 
         lines += ["", f"Score (of {graded[0].max_score:g}): mean {sum(scores) / len(scores):.2f}, median {mid:g}, "
                   f"min {scores[0]:g}, max {scores[-1]:g}."]
     if graded and graded[0].questions:
-        lines += ["", "| question | points | passed | most common failure |", "|---|---|---|---|"]
+        lines += ["", "| question | points | passed | most common failure | section to reread (most often) |",
+                  "|---|---|---|---|---|"]
         for q, (_, possible, _) in graded[0].questions.items():
             passed = sum(1 for r in graded if r.questions and r.questions[q][0] == possible)
             failures = Counter(_short(r.questions[q][2]) for r in graded if r.questions and r.questions[q][2])
             common = f"{text(failures.most_common(1)[0][0])} ({failures.most_common(1)[0][1]})" if failures else ""
-            lines.append(f"| {text(q)} | {possible:g} | {passed}/{len(graded)} | {common} |")
+            sections = Counter(r.rereads[q] for r in graded if r.rereads and r.rereads.get(q))
+            section = f"{text(sections.most_common(1)[0][0])} ({sections.most_common(1)[0][1]})" if sections else ""
+            lines.append(f"| {text(q)} | {possible:g} | {passed}/{len(graded)} | {common} | {section} |")
     if plot:
         lines += ["", f"![score distribution]({plot.name})"]
     if errors:
@@ -112,6 +116,9 @@ def write_report(results: list[Result], assignment: str, path: Path, plot: Path 
     if late:
         lines += ["", "## Late submissions", ""]
         lines += [f"- **{text(r.student_id)}**: {text(r.late, REPORT_MESSAGE_CHARS)}" for r in late]
+    if machine_notes:  # ours: guarantees that hold only in a weaker form on this machine
+        lines += ["", "## This machine", ""]
+        lines += [f"- {text(note, REPORT_MESSAGE_CHARS)}" for note in machine_notes]
     if run_notes:  # file names from an LMS download: learner text
         lines += ["", "## Files that map to no student", ""]
         lines += [f"- {text(note, REPORT_MESSAGE_CHARS)}" for note in run_notes]

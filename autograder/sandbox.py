@@ -128,6 +128,36 @@ class BannedAtRunTime(Exception):
         self.reached = reached
 
 
+# The run-time layer's reports, by kind (sandbox_worker.py sends [kind, key] pairs; the words are
+# ours). A key the grader did not ask the sandbox to refuse is a forged report, and says so.
+NATIVE_MODULES = ("_testcapi", "_testinternalcapi", "_ctypes_test", "_testbuffer", "_testmultiphase",
+                  "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz")
+INTROSPECTION_KEYS = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
+                                "code.__new__", "sys.settrace", "sys.setprofile", "object.__setattr__", "ctypes",
+                                "/proc/self/mem", "sys._getframe", "sys._getframemodulename", "object.__getattr__"})
+FORGED_REPORT = "sent the grader a report of a banned operation that the grader never asked about (a forged reply?)"
+
+
+def runtime_label(report, ops: dict[str, str], functions, modules) -> str:
+    """The words for one [kind, key] report of the sandbox's run-time layer. ``ops``: aten packet ->
+    banned name; ``functions``, ``modules``: what was refused. Learner text never gets through."""
+    if not (isinstance(report, list) and len(report) == 2 and all(isinstance(x, str) for x in report)):
+        return FORGED_REPORT
+    kind, key = report
+    if kind in ("op", "load-op") and key in ops:
+        return (f"calls {ops[key]} (reached at run time as aten::{key}), which this exercise asks you to implement "
+                "yourself")
+    if kind == "function" and key in functions:
+        return f"calls {key} (reached at run time), which this exercise asks you to implement yourself"
+    if kind == "module" and key in modules:
+        if key in NATIVE_MODULES:
+            return f"imports {key}, which reaches the grader's memory (not allowed)"
+        return f"imports {key} at run time, which this exercise does not allow"
+    if kind == "introspection" and key in INTROSPECTION_KEYS:
+        return f"uses {key}, which is not allowed in the grader's process (it holds the grader's checks)"
+    return FORGED_REPORT
+
+
 class LearnerException(Exception):
     """The learner's function raised ``type_name``: ``message`` (inside the sandbox)."""
 
@@ -182,6 +212,21 @@ def platform_mode() -> str:
                              "root, or allow them (sysctl user.max_user_namespaces=10000 "
                              "kernel.unprivileged_userns_clone=1, or a container seccomp profile that permits them). "
                              "Nothing was graded")
+
+
+def platform_caveats() -> list[str]:
+    """One line for each guarantee of grading-threat-model.md that holds here only in a weaker form
+    (the grader prints them when it starts, and the report repeats them). Raises SandboxUnavailable
+    where no sandbox is possible at all."""
+    lines = []
+    if platform_mode() == "user":
+        lines.append(f"grading as an ordinary user: learner code runs under your uid in a user namespace (kept "
+                     "from the grader by namespaces, no capabilities and seccomp, not by another uid); its processes "
+                     f"count against your process limit, up to {Limits().processes} per worker")
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        lines.append(f"on {os.uname().machine}, learner processes drop capabilities by changing uid only (root "
+                     "mode); as an ordinary user the sandbox refuses to start")
+    return lines
 
 
 def _ro_binds(paths: list[Path]) -> list[str]:
@@ -395,13 +440,18 @@ class Sandbox:
         except wire.NotPlainData as exc:
             raise self._broken(f"the sandbox's control process sent nonsense during {what} ({exc})") from None
 
-    def fork(self) -> Child:
-        """A fresh learner process, ready for one submission."""
+    def fork(self, deny_ops: dict[str, str] | None = None, deny_modules=()) -> Child:
+        """A fresh learner process, ready for one submission. ``deny_ops`` (aten op packet -> the
+        banned name it stands for) and ``deny_modules`` are refused in it from its start, before
+        any learner code runs, for its whole life (see sandbox_worker._arm)."""
         if not self.alive:
             raise InfrastructureError(f"the sandbox cannot be used ({self.broken or 'not running'})")
         if self.current is not None:
             self.current.end()
-        self._send({"op": "fork"})
+        deny_ops = dict(deny_ops or {})
+        modules = sorted(set(deny_modules) | set(NATIVE_MODULES))
+        self._send({"op": "fork", "process": {"deny_ops": [[k, v] for k, v in sorted(deny_ops.items())],
+                                              "deny_modules": modules}})
         fds: list[int] = []
         try:
             reply = self._receive(time.monotonic() + CONTROL_SECONDS, "fork", fds)
@@ -413,7 +463,7 @@ class Sandbox:
             for fd in fds:
                 os.close(fd)
             raise self._broken(f"the sandbox could not start a learner process ({reply.get('message', reply)})")
-        child = Child(self, socket.socket(fileno=fds[0]))
+        child = Child(self, socket.socket(fileno=fds[0]), deny_ops, modules)
         self.current = child
         child.wait_ready(time.monotonic() + CONTROL_SECONDS)
         return child
@@ -460,8 +510,10 @@ class Child:
     deadline; whatever goes wrong on this channel is the learner's doing (ChildDied, ChildTimeout),
     except what the zygote reports about it (InfrastructureError)."""
 
-    def __init__(self, sandbox: Sandbox, sock: socket.socket):
+    def __init__(self, sandbox: Sandbox, sock: socket.socket, deny_ops: dict[str, str] | None = None,
+                 deny_modules=()):
         self.sandbox, self.sock = sandbox, sock
+        self.deny_ops, self.deny_modules = dict(deny_ops or {}), tuple(deny_modules)
         self.ended: dict | None = None
 
     # -- life cycle
@@ -509,14 +561,14 @@ class Child:
 
     # -- requests
 
-    def load(self, cells: list[dict], cell_seconds: float, budget_deadline: float = float("inf"),
-             deny_modules: list[str] = ()) -> tuple[list[dict | None], list[str]]:
+    def load(self, cells: list[dict], cell_seconds: float,
+             budget_deadline: float = float("inf")) -> tuple[list[dict | None], list[str]]:
         """Execute ``cells`` in order. Returns (per-cell error or None, names of callables defined).
 
         Each cell's deadline is fixed when it starts; events out of order count as the learner
         tampering with its channel. A cell that hangs or kills the process raises ChildTimeout /
         ChildDied carrying its index."""
-        self._send({"op": "load", "cells": cells, "cell_timeout": cell_seconds, "deny_modules": list(deny_modules)})
+        self._send({"op": "load", "cells": cells, "cell_timeout": cell_seconds})
         errors: list[dict | None] = [None] * len(cells)
         wait = cell_seconds + GRACE_SECONDS
         deadline = time.monotonic() + GRACE_SECONDS  # until the first cell starts: our own code
@@ -531,9 +583,16 @@ class Child:
             if done.get("event") != "cell_done" or done.get("index") != index:
                 raise self._failure(wire.NotPlainData("an out-of-order message"), index, wait, False)
             error, notes = done.get("error"), done.get("notes")
+            notes = [str(n)[:300] for n in notes[:5]] if isinstance(notes, list) else []
+            replaced = done.get("banned")
+            if isinstance(replaced, list) and replaced:  # the built-in a scratch cell compared against
+                names = sorted({self.deny_ops[k] for k in replaced if isinstance(k, str) and k in self.deny_ops})
+                if names:
+                    notes.append(f"the grader does not run {', '.join(names)} (banned in this exercise): here it "
+                                 "gave NaN, so what this cell printed is not what Jupyter shows")
             errors[index] = error if isinstance(error, dict) or error is None else {"type": "Error"}
-            if errors[index] is None and isinstance(notes, list) and notes:
-                errors[index] = {"type": "Note", "message": "; ".join(str(n)[:300] for n in notes[:5])}
+            if errors[index] is None and notes:
+                errors[index] = {"type": "Note", "message": "; ".join(notes)}
             deadline = time.monotonic() + GRACE_SECONDS
         loaded = self._read(deadline, budget_deadline, wait, len(cells) - 1)
         if loaded.get("event") != "loaded" or not isinstance(loaded.get("functions"), list):
@@ -541,27 +600,37 @@ class Child:
         return errors, [n for n in loaded["functions"] if isinstance(n, str)]
 
     def call(self, name: str, args: tuple, kwargs: dict, call_seconds: float,
-             budget_deadline: float = float("inf"), deny: tuple[dict, list] = ({}, [])):
-        """Call the learner's ``name``; returns (value, mutated args, mutated kwargs) or raises.
+             budget_deadline: float = float("inf"), deny_functions=()):
+        """Call the learner's ``name``; returns (value, changed) or raises. ``changed`` lists
+        (argument position or keyword, its new value or None) for every argument the function
+        changed in place (a generator always: it was consumed); the new value comes back only for
+        tensors and generators. The caller decides what an in-place change means.
 
-        ``deny`` is (aten op packet -> banned name, banned dotted names): the sandbox refuses them
-        during the call. Raises ChildDied / ChildTimeout when the process dies, hangs or garbles
-        the reply, BannedAtRunTime when a banned operator was reached, LearnerException when the
-        learner's function raised, and wire.NotPlainData for a non-plain argument."""
+        ``deny_functions``: banned dotted names refused during the call (the operators of this
+        process were fixed when it was forked). Raises ChildDied / ChildTimeout when the process
+        dies, hangs or garbles the reply, BannedAtRunTime when a banned operation was reached,
+        LearnerException when the learner's function raised, and wire.NotPlainData for a
+        non-plain argument."""
         self._send({"op": "call", "name": name, "args": wire.encode(list(args)),
                     "kwargs": wire.encode(dict(kwargs)), "timeout": call_seconds,
-                    "deny_ops": [[k, v] for k, v in deny[0].items()], "deny_functions": list(deny[1])})
+                    "deny_functions": list(deny_functions)})
         wait = call_seconds + GRACE_SECONDS
         reply = self._read(time.monotonic() + wait, budget_deadline, wait)
         reached = reply.get("banned")
         if isinstance(reached, list) and reached:
-            raise BannedAtRunTime([str(r)[:200] for r in reached[:20]])
+            labels = [runtime_label(r, self.deny_ops, deny_functions, self.deny_modules) for r in reached[:20]]
+            raise BannedAtRunTime(list(dict.fromkeys(labels)))
         if reply.get("event") == "result":
             try:
-                return (wire.decode(reply.get("value")), wire.decode(reply.get("args", {"__dict__": []})),
-                        wire.decode(reply.get("kwargs", {"__dict__": []})))
+                value = wire.decode(reply.get("value"))
+                changed = []
+                for item in reply.get("changed") or []:
+                    if not (isinstance(item, list) and len(item) == 2 and type(item[0]) in (int, str)):
+                        raise wire.NotPlainData("a malformed list of changed arguments")
+                    changed.append((item[0], wire.decode(item[1])))
             except (wire.NotPlainData, ValueError, TypeError) as exc:
                 raise LearnerException("NotPlainData", f"returned data the grader cannot read ({exc})") from None
+            return value, changed
         if reply.get("event") != "error":
             raise self._failure(wire.NotPlainData("an unexpected message"), -1, wait, False)
         bases = reply.get("bases")

@@ -27,7 +27,9 @@ and compares the values itself.
 from __future__ import annotations
 
 import base64
+import copy
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -127,86 +129,90 @@ class BannedOperation(RuntimeError):
     """A banned operator or module was reached while the grader called a learner's function."""
 
 
-class _Denials:
-    """Every banned torch operator refused in every thread (kernels registered over the CPU
-    implementations from the first call on; registered again only when the next call's banned set
-    differs), banned torch functions refused before they decompose (a mode entered for each call),
-    and what was reached recorded for the grader. Refusing rather than only recording matters:
-    whatever the learner's code does to the record, the banned operator never produced a result.
-    The kernels are not there while the learner's cells load: a scratch cell may compare against
-    the built-in (the static layer judges that)."""
+# Captured when this file is imported, before any learner code exists: learner code may later
+# replace the attributes of torch, of this module or of pybind classes, but not these references.
+_dispatch_library = torch._C._dispatch_library
+_dispatch_impl = torch._C._DispatchModule.impl
+_dispatch_dump_table = torch._C._dispatch_dump_table
+_tree_map = torch.utils._pytree.tree_map
+_TorchFunctionMode = torch.overrides.TorchFunctionMode
+_Tensor = torch.Tensor
+_full = torch.full
+_HERE = os.path.abspath(__file__)
+# Every CPU-side backend an operator may have a kernel of its own for: a sparse, MKL-DNN, nested or
+# quantized tensor would otherwise reach the operator's own implementation for that layout.
+DENY_KEYS = ("CPU", "SparseCPU", "SparseCsrCPU", "MkldnnCPU", "QuantizedCPU", "NestedTensorCPU")
 
-    def __init__(self, ops: list, functions: list):
-        """``ops``: [aten op packet, the banned name it stands for] pairs; ``functions``: banned dotted names."""
-        self.key = repr((ops, functions))
-        self.ops = {str(p[0]): str(p[1]) for p in ops if isinstance(p, list) and len(p) == 2} \
-            if isinstance(ops, list) else {}
-        self.functions = _resolve(functions)
-        self.hits: list[str] = []
-        self.library = None
-        if self.ops:
-            import warnings
 
-            self.library = torch.library.Library("aten", "IMPL")
-            with warnings.catch_warnings():  # "overriding a previously registered kernel": that is the point
-                warnings.simplefilter("ignore")
-                for packet in self.ops:
-                    op = getattr(torch.ops.aten, packet, None)
-                    if op is None:  # not in this torch version
-                        continue
-                    for overload in op.overloads():
-                        try:
-                            self.library.impl(packet if overload == "default" else f"{packet}.{overload}",
-                                              self._kernel(packet), "CPU")
-                        except RuntimeError:
-                            pass
+def _placeholder(overload, args, kwargs):
+    """What a banned operator gives while the learner's cells load: the right shapes and dtypes
+    (from the operator's meta kernel), NaN (or 0) everywhere. A scratch cell that compares its
+    answer with the built-in runs on, and learns nothing from it."""
+    def meta(x):
+        return x.to("meta") if isinstance(x, _Tensor) else x
 
-    def _refuse(self, label: str):
-        self.hits.append(label)
-        raise BannedOperation(f"your code {label}")
+    def fill(x):
+        if not isinstance(x, _Tensor):
+            return x
+        value = float("nan") if (x.is_floating_point() or x.is_complex()) else 0
+        return _full(tuple(x.shape), value, dtype=x.dtype)
 
-    def _kernel(self, packet: str):
-        label = (f"calls {self.ops[packet]} (reached at run time as aten::{packet}), which this exercise "
-                 "asks you to implement yourself")
+    out_args = [v for k, v in kwargs.items() if k.startswith("out") and isinstance(v, _Tensor)]
+    if overload._schema.is_mutable and not out_args and args and isinstance(args[0], _Tensor):
+        out_args = [args[0]]  # an in-place operator (tril_, dropout_): its first argument is the result
+    if out_args:
+        for t in out_args:
+            t.copy_(fill(t))
+        return out_args[0] if len(out_args) == 1 else tuple(out_args)
+    return _tree_map(fill, overload(*_tree_map(meta, list(args)), **_tree_map(meta, dict(kwargs))))
 
-        def refuse(*args, **kwargs):
-            self._refuse(label)
-        return refuse
 
-    def __enter__(self):
-        """One call: a fresh record, and the function check in the calling thread."""
-        self.hits = []
-        self.mode = None
-        if self.functions:
-            denials = self
+def _arm(ops: dict[str, str], record: list, mode: list) -> None:
+    """Put a kernel of ours in front of every overload of every banned operator (``ops``: aten op
+    packet -> the banned name it stands for), for every CPU-side backend, for the whole life of this
+    process: while a learner's function is called (``mode[0] == "call"``) it refuses and records;
+    before (cells loading) it gives a placeholder. It never runs the operator.
 
-            class _RefuseFunctions(torch.overrides.TorchFunctionMode):
-                def __torch_function__(self, func, types, args=(), kwargs=None):
-                    name = denials.functions.get(func)
-                    if name is not None:
-                        denials._refuse(f"calls {name} (reached at run time), which this exercise asks you "
-                                        "to implement yourself")
-                    return func(*args, **(kwargs or {}))
+    Called before any learner code runs. The registrations are kept alive only by the kernels
+    themselves (which the dispatcher holds), never by anything a learner can name: no frame of
+    this function exists once learner code runs, the garbage collector's lists are refused
+    (``_install_guard``) and nothing of torch.library (whose registries a learner could reach)
+    is used. Raises SetupError when a registration does not take."""
+    if not ops:
+        return
+    import warnings
 
-            self.mode = _RefuseFunctions()
-            self.mode.__enter__()
-        return self
+    library = _dispatch_library("IMPL", "aten", "", _HERE, 0)
 
-    def intact(self) -> bool:
-        """Whether the refusals are still in place after the call (the learner's code did not lift them)."""
-        return self.library is None or getattr(self.library, "m", None) is not None
+    def kernel(packet: str, overload):
+        keep = library  # the kernel owns the registration: nothing else holds it
 
-    def __exit__(self, *exc):
-        if self.mode is not None:
-            try:
-                self.mode.__exit__(None, None, None)
-            except Exception:  # the learner popped it already: the kernels still refused
-                pass
-        return False
+        def banned_kernel(*args, **kwargs):
+            if keep is not None and mode[0] != "call":
+                record.append(["load-op", packet])
+                try:
+                    return _placeholder(overload, args, kwargs)
+                except Exception:  # noqa: BLE001 - no placeholder for this call: refuse it instead
+                    pass
+            else:
+                record.append(["op", packet])
+            raise BannedOperation(f"{ops[packet]} is not allowed in this exercise (the grader refuses it)")
+        return banned_kernel
 
-    def close(self) -> None:
-        if self.intact() and self.library is not None:
-            self.library._destroy()  # the original kernels are back
+    with warnings.catch_warnings():  # "overriding a previously registered kernel": that is the point
+        warnings.simplefilter("ignore")
+        for packet in ops:
+            op = getattr(torch.ops.aten, packet, None)
+            if op is None:  # not in this torch version
+                continue
+            for name in op.overloads():
+                qualified = packet if name == "default" else f"{packet}.{name}"
+                fn = kernel(packet, getattr(op, name))
+                for key in DENY_KEYS:
+                    _dispatch_impl(library, qualified, key, fn, False)
+                table = _dispatch_dump_table(f"aten::{qualified}")
+                if f"CPU: registered at {_HERE}:0" not in table:
+                    raise SetupError(f"could not refuse aten::{qualified}")
 
 
 def _resolve(names) -> dict:
@@ -229,35 +235,75 @@ def _resolve(names) -> dict:
     return out
 
 
-# While a learner's function runs, the ways to reach the grader's own objects in this process (to
-# lift the refusals above) are refused: frames, the garbage collector's object lists, ctypes.
-_INTROSPECTION = ("sys._getframe", "sys._current_frames", "gc.get_objects", "gc.get_referrers", "gc.get_referents")
-_FRAME_ATTRIBUTES = ("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back")
+def _function_refusals(functions: dict, record: list):
+    """A torch-function mode that refuses the banned torch functions (``functions``: callable ->
+    banned name) in the calling thread, entered for each call: it catches a banned module whose
+    operators are allowed (nn.MultiheadAttention's slow path) before it decomposes."""
+    class _RefuseFunctions(_TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = functions.get(func)
+            if name is not None:
+                record.append(["function", name])
+                raise BannedOperation(f"{name} is not allowed in this exercise (the grader refuses it)")
+            return func(*args, **(kwargs or {}))
+
+    return _RefuseFunctions
 
 
-def _install_guard(refused_modules: set[str], reached: list[str]):
-    """Add the audit hook (it cannot be removed once added): banned modules are never imported,
-    and during a call the learner's code may not introspect the process it shares with us.
-    Returns the switch for "a call is running"; its state lives in this closure, not in a global
-    the learner's code could reach through the module."""
-    in_call = [False]
+# The objects that hold the refusals above are reachable only through the garbage collector's
+# lists or native memory; both are refused for the whole life of a learner process, loading
+# included (no honest notebook needs them). Frames are refused while a function is called.
+_ALWAYS_REFUSED = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
+                             "code.__new__", "sys.settrace", "sys.setprofile"})
+_IN_CALL_REFUSED = frozenset({"sys._getframe", "sys._getframemodulename"})
+_FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
+
+
+def _memory_path(path) -> bool:
+    """Whether opening ``path`` could reach a process's memory (/proc/<pid>/mem, map_files), by
+    its name: a relative name opened from a directory descriptor, or a path through /dev/fd,
+    still ends in ``mem``; no link into /proc can be made (``os.symlink`` is refused for those)."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str):
+        return False
+    return path.rstrip("/").rsplit("/", 1)[-1] in ("mem", "map_files", "pagemap") or "map_files" in path
+
+
+def _install_guard(refused_modules: frozenset, record: list, calling: list) -> None:
+    """Add the audit hook (it cannot be removed once added). Its state is immutable but for the
+    record it appends to and ``calling`` (``[True]`` while a function is called): turning either
+    back only changes what is reported, never what is refused."""
+    refused = frozenset(refused_modules)  # the exercise's banned modules and those that reach native memory
+    seccomp_call = int(ctypes.cast(_libc.prctl, ctypes.c_void_p).value or 0)
 
     def audit(event: str, args: tuple) -> None:
         if event == "import" and args and isinstance(args[0], str):
             top = args[0].split(".")[0]
-            if top in refused_modules:
-                reached.append(f"imports {top} at run time, which this exercise does not allow")
+            if top in refused:
+                record.append(["module", top])
                 raise BannedOperation(f"importing {args[0]}: this exercise asks you not to use {top}")
-        elif in_call[0] and (event in _INTROSPECTION or event.startswith("ctypes.")
-                             or (event == "object.__getattr__" and len(args) > 1 and args[1] in _FRAME_ATTRIBUTES)):
-            reached.append(f"uses {event} while the grader calls it (the grader's process is off limits)")
+        elif event in _ALWAYS_REFUSED or (event == "object.__setattr__" and len(args) > 1 and args[1] == "__code__"):
+            record.append(["introspection", event])
+            raise BannedOperation(f"{event} is not allowed in the grader's process")
+        elif event.startswith("ctypes."):
+            # Ours alone: loading a (stricter) seccomp filter through prctl. Learner code may do that too.
+            if event == "ctypes.call_function" and args and args[0] == seccomp_call:
+                return
+            record.append(["introspection", "ctypes"])
+            raise BannedOperation(f"{event} is not allowed in the grader's process")
+        elif event == "open" and args and _memory_path(args[0]):
+            record.append(["introspection", "/proc/self/mem"])
+            raise BannedOperation("opening a process's memory is not allowed in the grader's process")
+        elif event == "os.symlink" and args and "proc" in os.fsdecode(str(args[0])):
+            record.append(["introspection", "/proc/self/mem"])
+            raise BannedOperation("links into /proc are not allowed in the grader's process")
+        elif calling[0] and (event in _IN_CALL_REFUSED or (
+                event == "object.__getattr__" and len(args) > 1 and args[1] in _FRAME_ATTRIBUTES)):
+            record.append(["introspection", event])
             raise BannedOperation(f"{event} is not allowed while the grader calls your function")
 
     sys.addaudithook(audit)
-
-    def switch(on: bool) -> None:
-        in_call[0] = on
-    return switch
 
 
 def _run_timed(seconds: float, fn, *args, **kwargs):
@@ -268,69 +314,97 @@ def _run_timed(seconds: float, fn, *args, **kwargs):
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def serve(sock: socket.socket) -> None:
-    """Answer load/call requests for one submission until "exit" or end of input."""
-    refused_modules: set[str] = set()
-    reached: list[str] = []
-    in_call = _install_guard(refused_modules, reached)  # before any learner code runs
+def _snapshot(value):
+    """A copy of an argument to compare after the call (tensors, and containers of plain data)."""
+    if isinstance(value, _Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple, dict, bytearray)):  # a tuple may hold tensors changed in place
+        return copy.deepcopy(value)
+    return None
+
+
+def _same(before, after) -> bool:
+    if isinstance(before, _Tensor):
+        if type(after) is not _Tensor or before.shape != after.shape or before.dtype != after.dtype:
+            return False
+        if before.is_floating_point() or before.is_complex():
+            return bool(((before == after) | (before.isnan() & after.isnan())).all())
+        return bool(torch.equal(before, after))
+    if isinstance(before, dict):
+        return type(after) is dict and before.keys() == after.keys() and all(_same(before[k], after[k]) for k in before)
+    if isinstance(before, (list, tuple)):  # e.g. a KV cache: a list of (k, v) tuples of tensors
+        return type(after) is type(before) and len(before) == len(after) and all(
+            _same(a, b) for a, b in zip(before, after))
+    try:
+        return bool(before == after)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def serve(sock: socket.socket, record: list, mode: list, calling: list) -> None:
+    """Answer load/call requests for one submission until "exit" or end of input.
+
+    ``record`` collects what the refusals caught ([kind, key] pairs; the grader turns them into
+    words); ``mode`` tells the kernels of ``_arm`` whether a function is being called."""
     namespace: dict = {"__name__": "__main__"}
     runner = notebook_contract.CellRunner(namespace)  # magics behave as in JupyterLab and qkv check
-    denials: _Denials | None = None
+    function_modes: dict = {}
     while True:
         request = _read(sock)
         if request is None or request.get("op") == "exit":
             return
         if request.get("op") == "load":
-            modules = request.get("deny_modules")
-            if isinstance(modules, list) and modules:
-                refused_modules.update(str(m) for m in modules)
             for index, cell in enumerate(request["cells"]):
                 _send(sock, {"event": "cell_start", "index": index})
                 error, notes = None, []
+                seen = len(record)
                 try:
                     name = f"<cell {cell.get('id', index)}>"
                     notes = _run_timed(request["cell_timeout"], runner.run, cell["source"], name)
                 except BaseException as exc:  # the learner's cell failed; the rest still load
                     error = _describe_error(exc)
-                _send(sock, {"event": "cell_done", "index": index, "error": error, "notes": notes[:20]})
+                replaced = sorted({str(key) for kind, key in record[seen:] if kind == "load-op"})
+                _send(sock, {"event": "cell_done", "index": index, "error": error, "notes": notes[:20],
+                             "banned": replaced[:20]})
             functions = sorted(k for k, v in namespace.items() if callable(v) and not k.startswith("__"))
             _send(sock, {"event": "loaded", "functions": functions})
         elif request.get("op") == "call":
             fn = namespace.get(request["name"])
-            banned: list[str] = []
+            del record[:]
             try:
                 if not callable(fn):
                     raise NameError(f"{request['name']} is not defined")
                 args = wire.decode(request["args"])
                 kwargs = wire.decode(request["kwargs"])
-                if denials is None or denials.key != repr((request.get("deny_ops", []),
-                                                           request.get("deny_functions", []))):
-                    if denials is not None:
-                        denials.close()
-                    denials = _Denials(request.get("deny_ops", []), request.get("deny_functions", []))
-                reached_before = len(reached)
+                key = repr(request.get("deny_functions", []))
+                if key not in function_modes:
+                    function_modes[key] = _function_refusals(_resolve(request.get("deny_functions", [])), record)
+                before = {i: _snapshot(a) for i, a in enumerate(args)}
+                before.update({k: _snapshot(a) for k, a in kwargs.items()})
+                mode[0] = "call"
+                calling[0] = True
                 try:
-                    with denials:
-                        in_call(True)
-                        try:
-                            result = _run_timed(request["timeout"], fn, *args, **kwargs)
-                        finally:
-                            in_call(False)
-                        if not denials.intact():
-                            denials.hits.append("lifted the grader's run-time checks")
+                    with function_modes[key]():
+                        result = _run_timed(request["timeout"], fn, *args, **kwargs)
                 finally:
-                    banned = sorted(set(denials.hits + reached[reached_before:]))
-                # Arguments the function changed in place (running statistics, generators) go back too.
-                mutated = {i: a for i, a in enumerate(args) if type(a) in (torch.Tensor, torch.Generator)}
-                mutated_kw = {k: a for k, a in kwargs.items() if type(a) in (torch.Tensor, torch.Generator)}
+                    calling[0] = False
+                    mode[0] = "load"
+                # What the function changed in place: named to the grader, with the new value of
+                # tensors and generators (an argument whose contract is to change may go back).
+                changed = [k for k, old in before.items() if old is not None
+                           and not _same(old, args[k] if isinstance(k, int) else kwargs[k])]
+                changed += [k for k, a in [*enumerate(args), *kwargs.items()] if type(a) is torch.Generator]
+                values = {k: (args[k] if isinstance(k, int) else kwargs[k]) for k in changed}
+                values = {k: v for k, v in values.items() if type(v) in (torch.Tensor, torch.Generator)}
                 reply = {"event": "result", "value": wire.encode(result),
-                         "args": wire.encode(mutated), "kwargs": wire.encode(mutated_kw)}
+                         "changed": [[k, wire.encode(values.get(k))] for k in changed]}
             except wire.NotPlainData as exc:
                 reply = {"event": "error", "type": "NotPlainData", "message": str(exc)}
             except BaseException as exc:
                 reply = {"event": "error", **_describe_error(exc)}
-            if banned:
-                reply["banned"] = banned[:20]
+            hits = [h for h in record if h[0] != "load-op"]
+            if hits:
+                reply["banned"] = [list(h) for h in dict.fromkeys(tuple(h) for h in hits)][:20]
             try:
                 _send(sock, reply)
             except (OverflowError, ValueError) as exc:
@@ -342,7 +416,10 @@ def _fresh_tmp(config: dict) -> None:
     (a checkout or venv in /tmp) bound again inside it, then on /dev/shm; a new /proc shows only
     this pid namespace."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None, "make the mounts private")
-    _mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, f"size={config['tmp_bytes']},mode=1777", "mount /tmp")
+    # noexec: nothing written there can be mapped as code (a compiled extension, torch.compile's
+    # kernels), so the only native code in a learner process is the system's own libraries.
+    _mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={config['tmp_bytes']},mode=1777",
+           "mount /tmp")
     for path in config["tmp_binds"]:
         inside = os.path.join(STAGE, os.path.relpath(path, "/tmp"))
         os.makedirs(inside, exist_ok=True)
@@ -350,7 +427,7 @@ def _fresh_tmp(config: dict) -> None:
         _mount(None, inside, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None,
                f"make {path} read-only")
     _mount(STAGE, "/tmp", None, MS_MOVE, None, "move the new /tmp in place")
-    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={config['shm_bytes']},mode=1777",
+    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={config['shm_bytes']},mode=1777",
            "mount /dev/shm")
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "mount /proc")
     for sub in ("sys", "sysrq-trigger", "irq", "bus"):  # as bubblewrap does: read-only
@@ -412,12 +489,17 @@ def _fresh_log() -> None:
 
 def _learner(sock: socket.socket, config: dict) -> None:
     """pid 1 of a fresh pid namespace: set up, then serve the grader. Never returns."""
+    record: list = []
+    mode, calling = ["load"], [False]
     try:
         _fresh_tmp(config)
         _drop_privileges(config.get("uid"))
         os.chdir("/tmp")
         _fresh_log()
         _load_seccomp(config["seccomp"])
+        process = config.get("process") or {}
+        _arm({str(k): str(v) for k, v in process.get("deny_ops", [])}, record, mode)
+        _install_guard(frozenset(str(m) for m in process.get("deny_modules", [])), record, calling)
     except BaseException as exc:  # nothing of the learner's has run yet: our failure
         try:
             _send(sock, {"event": "fatal", "message": f"{type(exc).__name__}: {exc}"[:500]})
@@ -426,7 +508,7 @@ def _learner(sock: socket.socket, config: dict) -> None:
     status = 0
     try:
         _send(sock, {"event": "ready"})
-        serve(sock)
+        serve(sock, record, mode, calling)
     except BaseException:
         status = 1
     finally:
@@ -574,7 +656,8 @@ def zygote(control: socket.socket) -> None:
                 try:
                     os.close(report_r)
                     ours.close()
-                    _keeper(theirs, report_w, config)
+                    process = request.get("process")
+                    _keeper(theirs, report_w, {**config, "process": process if isinstance(process, dict) else {}})
                 finally:
                     os._exit(SETUP_FAILED)
             os.close(report_w)
@@ -597,6 +680,41 @@ def zygote(control: socket.socket) -> None:
                 child = None
 
 
+class _NoStack:
+    """Stands in for ``traceback`` in torch's lazy device modules: they record the caller's stack
+    (through sys._getframe) for an error message if a device that is not there fails to start."""
+
+    @staticmethod
+    def format_stack(*args, **kwargs) -> list[str]:
+        return []
+
+
+def _no_frame_walks() -> None:
+    """Let honest calls that walk frames internally run while a function is called (frames are
+    refused then, _IN_CALL_REFUSED): ``torch.manual_seed`` queues seeds for CUDA, XPU and MTIA
+    with the caller's stack, and ``logging`` looks up the caller's file and line. Without this a
+    graded function that seeds torch's global generator or logs would score 0 as an intrusion.
+    ``collections.namedtuple`` looks up its caller's module through a frame: learner code runs
+    as ``__main__``, which is what it finds in Jupyter too. No stand-in hands a frame to anyone."""
+    import collections
+    import logging
+
+    original_namedtuple = collections.namedtuple
+
+    @functools.wraps(original_namedtuple)
+    def namedtuple(typename, field_names, *, rename=False, defaults=None, module=None):
+        return original_namedtuple(typename, field_names, rename=rename, defaults=defaults,
+                                   module="__main__" if module is None else module)
+
+    collections.namedtuple = namedtuple
+
+    for name in ("torch.cuda", "torch.xpu", "torch.mtia"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "traceback", None) is not None:
+            module.traceback = _NoStack
+    logging.currentframe = lambda: None  # records say "(unknown file)": the log is never shown
+
+
 def main() -> None:
     fd = next(int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--control-fd="))
     control = socket.socket(fileno=fd)
@@ -612,6 +730,7 @@ def main() -> None:
         import IPython.core.inputtransformer2  # noqa: F401
     except ImportError:  # magics then fail as syntax errors, in that cell only
         pass
+    _no_frame_walks()
     zygote(control)
 
 

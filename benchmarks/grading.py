@@ -4,12 +4,13 @@ Both grade the same submissions of the attention assignment (correct, wrong and 
 mixed) in this one invocation, and both write nbgrader gradebook entries and feedback.
 Prints notebooks per second for each, their ratio, and where qkv's time goes: verification
 (sandboxed learner processes and the reference's tests, summed over the workers), recording
-(nbgrader's autograde into the gradebook) and feedback (nbgrader's feedback pages).
+(nbgrader's autograde into the gradebook, in the main process, its one writer) and feedback
+(nbgrader's feedback pages, summed over the workers).
 
 With ``--scaling``: qkv's grader alone on the same submissions with 1, 2, ... up to the
 machine's cores worker processes, each run from scratch (no verdict cache); prints
 notebooks/s, the speed-up over one worker, notebooks/s per core, and what the best rate means
-for a class of 1,000 learners x 9 chapters.
+for a class of 1,000 learners x every graded chapter.
 
     .venv/bin/python benchmarks/grading.py [--students 40] [--workers N] [--scaling]
 """
@@ -31,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from notebook_tools import learner_notebook  # noqa: E402
 
-from autograder.course import SOLUTIONS, nbgrader_config  # noqa: E402
+from autograder.course import SOLUTIONS, assignments, nbgrader_config  # noqa: E402
 from autograder.grading import PHASES, grade_class  # noqa: E402
 
 RIGHT = {"softmax": "reference", "scaled_dot_product_attention": "reference", "additive_attention": "reference"}
@@ -76,6 +77,9 @@ def ours(subs: Path, work: Path, workers: int | None) -> float:
     results = grade_class("attention", subs, work / "qkv", workers=workers, show_progress=False)
     elapsed = time.perf_counter() - start
     assert all(r.status == "graded" for r in results)
+    # A run that skipped feedback would not be the same work as stock's: it must not count.
+    assert not [r for r in results if "feedback could not" in r.message], [r.message for r in results]
+    assert len(list((work / "qkv" / "feedback").glob("*/attention.html"))) == len(results)
     return elapsed
 
 
@@ -84,11 +88,13 @@ def scaling(subs: Path, work: Path, max_workers: int) -> list[tuple[int, float]]
     n = sum(1 for _ in subs.iterdir())
     rates = []
     for workers in range(1, max_workers + 1):
+        (work / f"scaling-{workers}").mkdir()  # grade refuses an --out whose parent does not exist
         rates.append((workers, n / ours(subs, work / f"scaling-{workers}", workers)))
     return rates
 
 
-def print_scaling(rates: list[tuple[int, float]], n: int, learners: int = 1000, chapters: int = 9) -> None:
+def print_scaling(rates: list[tuple[int, float]], n: int, learners: int = 1000) -> None:
+    chapters = len(assignments())  # every graded chapter the course has
     base = rates[0][1]
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (other work on the "
           f"machine slows every row alike); {n} attention submissions per run")
@@ -119,15 +125,16 @@ def main() -> None:
         t_stock = stock(subs, work)
         t_ours = ours(subs, work, args.workers)
     n = args.students
-    print(f"machine: {os.cpu_count()} cores")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end "
+          "(other work on the machine slows both graders)")
     print(f"stock nbgrader (serial, unsandboxed): {n / t_stock:.2f} notebooks/s ({t_stock:.1f} s for {n})")
     print(f"qkv grader (sandboxed, trusted verdicts, {args.workers or os.cpu_count()} workers): "
           f"{n / t_ours:.2f} notebooks/s ({t_ours:.1f} s for {n})")
     print(f"ratio qkv / stock: {t_stock / t_ours:.2f}x")
     workers = args.workers or os.cpu_count()
-    print(f"qkv's time per notebook: verification {PHASES['verification'] / n:.2f} s (in {workers} workers "
-          f"in parallel), recording {PHASES['recording'] / n:.2f} s, feedback {PHASES['feedback'] / n:.2f} s "
-          "(both in the main process)")
+    print(f"qkv's time per notebook: verification {PHASES['verification'] / n:.2f} s and feedback "
+          f"{PHASES['feedback'] / n:.2f} s (both in {workers} workers in parallel), recording "
+          f"{PHASES['recording'] / n:.2f} s (in the main process)")
 
 
 if __name__ == "__main__":

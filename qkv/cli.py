@@ -19,8 +19,12 @@ def _parser() -> argparse.ArgumentParser:
                                    "print function | status | diagnosis | section to reread. Exit 0 if all pass.")
     c.add_argument("chapter", help=f"one of: {slugs}")
     c.add_argument("notebook", nargs="?", type=Path,
-                   help="your notebook (default: exercises/CHAPTER/CHAPTER.ipynb under the current folder)")
+                   help="your notebook, or the folder that holds it (default: exercises/CHAPTER/CHAPTER.ipynb "
+                        "under the current folder)")
     c.add_argument("--timeout", type=float, default=None, help="seconds one cell or test may run (default 60)")
+    c.add_argument("--lang", default=None, metavar="LANG",
+                   help="the book edition the sections to reread link to: en or zh_CN (default: from "
+                        "LC_ALL / LC_MESSAGES / LANG; a locale starting with zh picks zh_CN)")
 
     h = sub.add_parser("hint", help="show the next hint for a graded function")
     h.add_argument("function", help="the function's name, as in its def line")
@@ -50,9 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _skip_slow_optional_imports() -> None:
+    """Keep one optional module out of this process: reading a notebook imports nbformat, whose
+    jsonschema imports ``rfc3987_syntax`` whenever it is installed (Jupyter installs it), and that
+    module builds a Lark grammar when imported: 1.5 s on an idle machine, 4 s on a busy one,
+    for a JSON-Schema format ("iri") that no notebook schema uses (python-jsonschema issue #1428).
+    jsonschema imports it under ``suppress(ImportError)``, so the "iri" format is then just not
+    checked. Only this command's own process is affected."""
+    if "rfc3987_syntax" not in sys.modules:
+        sys.modules["rfc3987_syntax"] = None  # the import system's way to make an import fail
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qkv`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    _skip_slow_optional_imports()
     if args.command == "hint":
         from qkv.hints import all_hints, hint_text
 
@@ -67,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
 
     timeout = args.timeout or selfcheck.DEFAULT_STEP_TIMEOUT
     if args.command == "check":
-        notebook = args.notebook or selfcheck.default_notebook(args.chapter)
+        from qkv.book_links import edition_of
+
         try:
-            report = selfcheck.check_notebook(args.chapter, notebook, step_timeout=timeout)
+            edition = edition_of(args.lang)
+            notebook = selfcheck.find_notebook(args.chapter, args.notebook or selfcheck.default_notebook(args.chapter))
+            report = selfcheck.check_notebook(args.chapter, notebook, step_timeout=timeout, edition=edition)
         except (KeyError, FileNotFoundError, ValueError) as exc:
             print(f"qkv check: {exc.args[0] if exc.args else exc}", file=sys.stderr)
             return 2

@@ -99,12 +99,67 @@ def is_self_check_cell(cell) -> bool:
 
 
 def defined_names(source: str) -> list[str]:
-    """Functions and classes defined at the top level of ``source`` ([] when it does not parse)."""
+    """Functions and classes defined at the top level of ``source`` (read as the cell runner runs
+    it, IPython syntax included; [] when it does not parse)."""
     try:
-        tree = ast.parse(source)
-    except SyntaxError:
+        tree = ast.parse(transform(source))
+    except Exception:  # noqa: BLE001 - IPython's transformer may raise anything on odd input
         return []
     return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+
+
+def _role(meta: dict) -> tuple:
+    return bool(meta.get("grade")), bool(meta.get("solution")), bool(meta.get("locked"))
+
+
+def normalize_grade_ids(cells, roles: dict[str, dict]) -> list[str]:
+    """Give every nbgrader grade_id of a learner's notebook to one cell, with the role the released
+    assignment gives it, in place; returns one note per cell that lost its id.
+
+    ``roles``: grade_id -> the reference's nbgrader metadata for it. A learner may split or copy an
+    answer cell in Jupyter, which copies its metadata: the answer is the last copy that defines the
+    function of that name (the last definition run wins, as in Jupyter), else the first. A copied
+    test or locked cell keeps its id on the first copy whose role and type match the release. Any
+    other cell carrying an id (a copy, an id the release does not have, a role that does not match:
+    metadata a learner cannot set by accident) becomes a plain cell of the learner's own; the cell
+    that keeps an id gets the release's role for it (grade, solution, locked, points)."""
+    by_id: dict[str, list[int]] = {}
+    for i, cell in enumerate(cells):
+        gid = nbgrader(cell).get("grade_id")
+        if gid:
+            by_id.setdefault(gid, []).append(i)
+    notes = []
+    for gid, indexes in by_id.items():
+        role = roles.get(gid)
+        keep = None
+        if role is not None and role.get("solution") and not role.get("grade"):
+            answers = [i for i in indexes if cells[i].get("cell_type") == "code" and nbgrader(cells[i]).get("solution")]
+            defining = [i for i in answers if gid in defined_names(cells[i].get("source", ""))]
+            keep = defining[-1] if defining else (answers[0] if answers else None)
+        elif role is not None:
+            matching = [i for i in indexes if _role(nbgrader(cells[i])) == _role(role)
+                        and cells[i].get("cell_type") == role.get("cell_type", cells[i].get("cell_type"))]
+            keep = matching[0] if matching else None
+        for i in indexes:
+            if i == keep:  # its role is the release's, whatever the copy claims (points included)
+                meta = cells[i]["metadata"]["nbgrader"]
+                meta.update({k: role[k] for k in ("grade", "solution", "locked", "task", "points") if k in role})
+                if "points" not in role:
+                    meta.pop("points", None)
+                continue
+            cells[i].get("metadata", {}).pop("nbgrader", None)
+            if role is not None and not (role.get("solution") and not role.get("grade")):
+                notes.append(f"cell {i + 1} repeats the id of a test or locked cell (a copy?): the grader ignored it")
+                continue
+            why = ("repeats the id of another cell (a split or copied cell?)" if role is not None and keep is not None
+                   else "has nbgrader metadata that does not match the released exercise")
+            notes.append(f"cell {i + 1} {why}: it was graded as a cell of your own")
+    return notes
+
+
+def answer_cells(cells) -> dict[str, int]:
+    """grade_id -> index of the answer cell for it (after :func:`normalize_grade_ids`, one each)."""
+    return {nbgrader(cell)["grade_id"]: i for i, cell in enumerate(cells) if is_answer_cell(cell)}
 
 
 def function_of(test_id: str, functions: Iterable[str]) -> str | None:
@@ -328,8 +383,10 @@ def display(*objs: Any, **kwargs: Any) -> None:
         print(repr(obj) if not isinstance(obj, str) else obj)
 
 
-def _transform(source: str) -> str:
-    """IPython's own input transformation (magics, ``!``, ``?``); plain Python passes unchanged."""
+def transform(source: str) -> str:
+    """IPython's own input transformation (magics, ``!``, ``?``); plain Python passes unchanged.
+    The grader reads exactly this text for banned calls (autograder/static_scan.py) and sends it to
+    the sandbox, where it passes through unchanged (it compiles)."""
     try:
         compile(source, "<cell>", "exec")
         return source
@@ -345,7 +402,7 @@ def _transform(source: str) -> str:
 def run_source(source: str, name: str, namespace: dict, shell: MiniShell | None = None):
     """Run a cell's ``source`` in ``namespace`` the way IPython does: transformed, the last bare
     expression evaluated and returned. Raises whatever the learner's code raises."""
-    code = _transform(source)
+    code = transform(source)
     tree = ast.parse(code, filename=name)
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):

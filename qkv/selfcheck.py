@@ -19,6 +19,7 @@ feedback; the grade is decided by the autograder, which also runs hidden tests.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib
 import inspect
@@ -33,9 +34,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-import nbformat
-
+from qkv import book_links
+from qkv.book_links import anchor  # noqa: F401 - the id Sphinx gives a section (tests and older callers)
 from qkv.chapters import CHAPTERS
 from qkv.chapters import chapter as chapter_info
 from qkv.notebook_contract import (  # noqa: F401
@@ -64,8 +66,8 @@ class FunctionResult:
     function: str
     status: str  # one of STATUSES
     diagnosis: str = ""  # the check's message for a failure ("" when passed)
-    reread: str = ""  # the book section heading to reread (from qkv.checks.<ch>.REREAD)
-    link: str = ""  # book/_build/html/chapters/<ch>.html#<anchor>
+    reread: str = ""  # the section to reread: “heading” (chapter N, title); the diagnosis's own or the function's
+    link: str = ""  # file:// URL of that section in the built book ("" when the book is not built)
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Report:
     chapter: str
     results: list[FunctionResult]
     notes: list[str] = field(default_factory=list)
+    book_note: str = ""  # how to get links to the sections to reread, when some are missing
 
     @property
     def ok(self) -> bool:
@@ -89,21 +92,27 @@ class Report:
 
     def to_text(self) -> str:
         """A plain-text table: function | status | diagnosis | reread."""
-        rows = [("function", "status", "diagnosis", "")]
+        rows = [("function", "status", "diagnosis", "", "")]
         for r in self.results:
-            reread = f"{r.reread} ({r.link})" if r.status != "passed" and r.reread else ""
-            rows.append((r.function, r.status, r.diagnosis if r.status != "passed" else "", reread))
+            failed = r.status != "passed"
+            rows.append((r.function, r.status, r.diagnosis if failed else "", r.reread if failed else "",
+                         r.link if failed else ""))
         widths = [max(len(row[i]) for row in rows) for i in range(2)]
         lines = []
         for i, row in enumerate(rows):
+            indent = f"{'':<{widths[0]}}  {'':<{widths[1]}}  "
             line = f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}"
             if row[3]:
-                line += f"\n{'':<{widths[0]}}  {'':<{widths[1]}}  reread: {row[3]}"
+                line += f"\n{indent}reread: {row[3]}"
+            if row[4]:
+                line += f"\n{indent}        {row[4]}"
             lines.append(line.rstrip())
             if i == 0:
                 lines.append("-" * max(len(lines[0]), 40))
         out = [f"qkv check {self.chapter}", "", *lines, "", self.summary()]
         out += [f"note: {n}" for n in self.notes]
+        if self.book_note:
+            out.append(f"note: {self.book_note}")
         if not self.ok:
             out.append("These are the visible checks only; the grader also runs hidden tests.")
         return "\n".join(out)
@@ -112,14 +121,17 @@ class Report:
         colours = {"passed": "#1a7f37", "failing": "#cf222e", "not attempted": "#6e7781"}
         cells = []
         for r in self.results:
-            reread = (f"{html.escape(r.reread)}<br><code>{html.escape(r.link)}</code>"
-                      if r.status != "passed" and r.reread else "")
+            reread = ""
+            if r.status != "passed" and r.reread:
+                reread = (f"<a href='{html.escape(r.link)}' target='_blank'>{html.escape(r.reread)}</a>"
+                          f"<br><code>{html.escape(r.link)}</code>" if r.link else html.escape(r.reread))
             cells.append(
                 f"<tr><td><code>{html.escape(r.function)}</code></td>"
                 f"<td style='color:{colours.get(r.status, '#000')};font-weight:bold'>{html.escape(r.status)}</td>"
                 f"<td style='text-align:left'>{html.escape(r.diagnosis) if r.status != 'passed' else ''}</td>"
                 f"<td style='text-align:left'>{reread}</td></tr>")
-        notes = "".join(f"<p>note: {html.escape(n)}</p>" for n in self.notes)
+        shown = self.notes + ([self.book_note] if self.book_note else [])
+        notes = "".join(f"<p>note: {html.escape(n)}</p>" for n in shown)
         return (f"<div class='qkv-check'><p><b>qkv check {html.escape(self.chapter)}</b></p>"
                 "<table><thead><tr><th>function</th><th>status</th><th>diagnosis</th><th>reread</th></tr></thead>"
                 f"<tbody>{''.join(cells)}</tbody></table><p>{html.escape(self.summary())}</p>{notes}</div>")
@@ -128,20 +140,17 @@ class Report:
 # ----------------------------------------------------------------------------- the book's sections
 
 
-def anchor(heading: str) -> str:
-    """The HTML id Sphinx gives a section with this heading (docutils' ``make_id``, which
-    MyST sections use): ASCII-folded, lower case, runs of other characters become '-'."""
-    from docutils.nodes import make_id
-
-    return make_id(heading)
-
-
-def reread_for(chapter: str, function: str) -> tuple[str, str]:
-    """(section heading, book page path with anchor) to reread for ``function``, or ("", "")."""
-    heading = checks_constant(chapter, "REREAD").get(function, "")
-    if not heading:
-        return "", ""
-    return heading, f"book/_build/html/chapters/{chapter}.html#{anchor(heading)}"
+def reread_for(chapter: str, function: str, section: tuple[str, str] | None = None,
+               edition: str = "en") -> book_links.SectionLink | None:
+    """The section to reread for a failure of ``function``: ``section`` ((chapter, heading), the
+    failing diagnosis's own, ``CheckFailed.reread``) when given, else the function's section
+    (``REREAD`` in ``qkv/checks/<chapter>.py``); None when there is neither."""
+    if section is None:
+        heading = checks_constant(chapter, "REREAD").get(function, "")
+        section = (chapter, heading) if heading else None
+    if section is None:
+        return None
+    return book_links.section_link(*section, edition)
 
 
 def checks_constant(chapter: str, name: str) -> dict:
@@ -166,8 +175,17 @@ def graded_functions(chapter: str) -> list[str]:
     falls back to ``REREAD``'s keys when the exercise is absent."""
     path = REPO / "exercises" / chapter / f"{chapter}.ipynb"
     if path.exists():
-        return Visible.from_notebook(nbformat.read(path, as_version=4)).functions
+        return Visible.from_notebook(read_notebook(path)).functions
     return list(checks_constant(chapter, "REREAD"))
+
+
+def read_notebook(path: Path):
+    """``nbformat.read(path, as_version=4)``. nbformat is imported here, not at the top: the
+    checker's subprocess never reads a notebook, and importing nbformat costs seconds
+    (its jsonschema imports a grammar-building module; see ``qkv.cli``)."""
+    import nbformat
+
+    return nbformat.read(path, as_version=4)
 
 
 # ----------------------------------------------------------------------------- notebook parts
@@ -201,7 +219,7 @@ def visible_tests(chapter: str, learner_nb=None) -> Visible:
     """The repository's released exercise's visible tests, else those of the learner's copy."""
     path = REPO / "exercises" / chapter / f"{chapter}.ipynb"
     if path.exists():
-        return Visible.from_notebook(nbformat.read(path, as_version=4))
+        return Visible.from_notebook(read_notebook(path))
     if learner_nb is not None:
         return Visible.from_notebook(learner_nb)
     raise FileNotFoundError(f"no released exercise for {chapter!r} at {path}; pass the notebook: "
@@ -225,27 +243,41 @@ class StepTimeout(Exception):
     """A test ran longer than the self-check allows (an infinite loop?)."""
 
 
-def classify(function: str, exc: BaseException | None) -> tuple[str, str]:
-    """(status, diagnosis) for a test of ``function`` that raised ``exc`` (None: it passed)."""
+class TestVerdict(NamedTuple):
+    """What one visible test said about one function."""
+
+    test_id: str
+    function: str
+    status: str  # one of STATUSES
+    diagnosis: str
+    reread: tuple[str, str] | None = None  # (chapter, heading) of the failing diagnosis's section, if it named one
+
+
+def classify(function: str, exc: BaseException | None) -> tuple[str, str, tuple[str, str] | None]:
+    """(status, diagnosis, section) for a test of ``function`` that raised ``exc`` (None: it passed).
+    ``section`` is (chapter, heading) of the section the failing diagnosis names
+    (``CheckFailed.reread``), or None."""
     from qkv.checks.core import CheckFailed, NotAttempted
 
     if exc is None:
-        return "passed", ""
+        return "passed", "", None
+    reread = getattr(exc, "reread", None) if isinstance(exc, CheckFailed) else None
+    section = (reread.chapter, reread.heading) if reread is not None else None
     if isinstance(exc, NotAttempted):
         msg = str(exc)
         other = msg.split(":", 1)[0].strip()
         if other and other != function and other.isidentifier():  # blocked by another unfinished function
-            return "failing", f"uses {other}, which is not attempted yet: {msg}"
-        return "not attempted", msg
+            return "failing", f"uses {other}, which is not attempted yet: {msg}", section
+        return "not attempted", msg, section
     if isinstance(exc, CheckFailed):
-        return "failing", str(exc)
+        return "failing", str(exc), section
     if isinstance(exc, NameError) and f"'{function}'" in str(exc):
-        return "failing", f"{function} is not defined: run the cell that defines it (or fix its error)."
+        return "failing", f"{function} is not defined: run the cell that defines it (or fix its error).", None
     if isinstance(exc, AssertionError):
-        return "failing", f"assertion failed: {exc}" if str(exc) else "an assertion in the test failed."
+        return "failing", f"assertion failed: {exc}" if str(exc) else "an assertion in the test failed.", None
     if isinstance(exc, StepTimeout):
-        return "failing", str(exc)
-    return "failing", f"the test raised {type(exc).__name__}: {exc}"
+        return "failing", str(exc), None
+    return "failing", f"the test raised {type(exc).__name__}: {exc}", None
 
 
 def _exec(source: str, name: str, ns: dict) -> None:
@@ -253,8 +285,8 @@ def _exec(source: str, name: str, ns: dict) -> None:
 
 
 def run_tests(ns: dict, tests: list[tuple[str, str, str]], step_timeout: float | None = None
-              ) -> Iterator[tuple[str, str, str, str]]:
-    """Run the test cells in ``ns``; yield (test id, function, status, diagnosis) for each."""
+              ) -> Iterator[TestVerdict]:
+    """Run the test cells in ``ns``; yield a :class:`TestVerdict` for each."""
     for tid, function, source in tests:
         with _Alarm(step_timeout, f"{tid} did not finish within {step_timeout:g} s (an infinite loop?)"
                     if step_timeout else ""):
@@ -263,8 +295,28 @@ def run_tests(ns: dict, tests: list[tuple[str, str, str]], step_timeout: float |
                 exc = None
             except Exception as e:  # any failure of a test is a verdict on the learner's function
                 exc = e
-        status, diagnosis = classify(function, exc)
-        yield tid, function, status, diagnosis
+        yield TestVerdict(tid, function, *classify(function, exc))
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the block with torch on one thread (restored after), if torch is imported.
+
+    The visible tests are small: a second intra-op thread saves little, and on a busy machine it
+    costs much (each parallel operation waits for a thread the OS has not scheduled): measured
+    on the shared 2-core machine, the bert and transformer checks took 2–5 s with two threads and
+    0.2–0.45 s with one (``benchmarks/selfcheck.py``). The grader's sandbox runs on one thread too.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _Alarm:
@@ -291,28 +343,34 @@ class _Alarm:
         return False
 
 
-def aggregate(chapter: str, functions: list[str], verdicts: list[tuple[str, str, str, str]],
-              notes: list[str] | None = None, function_notes: dict[str, str] | None = None) -> Report:
-    """One row per function: failing if any of its tests fails (first diagnosis shown),
-    else not attempted if any says so, else passed."""
+def aggregate(chapter: str, functions: list[str], verdicts: list[TestVerdict | tuple],
+              notes: list[str] | None = None, function_notes: dict[str, str] | None = None,
+              edition: str = "en") -> Report:
+    """One row per function: failing if any of its tests fails (first diagnosis shown, with the
+    section that diagnosis names, else the function's), else not attempted if any says so,
+    else passed. ``verdicts`` are TestVerdicts (or their first four fields as a tuple)."""
     function_notes = function_notes or {}
-    results = []
+    verdicts = [TestVerdict(*v) for v in verdicts]
+    results, links = [], []
     for fn in functions:
-        mine = [(s, d) for _, f, s, d in verdicts if f == fn]
-        failing = [d for s, d in mine if s == "failing"]
-        if failing:
-            status, diagnosis = "failing", failing[0]
-        elif any(s == "not attempted" for s, _ in mine):
-            status, diagnosis = "not attempted", next(d for s, d in mine if s == "not attempted")
+        mine = [v for v in verdicts if v.function == fn]
+        failing = [v for v in mine if v.status == "failing"]
+        attempted = [v for v in mine if v.status == "not attempted"]
+        first = failing[0] if failing else attempted[0] if attempted else None
+        if first is not None:
+            status, diagnosis = first.status, first.diagnosis
         elif mine:
             status, diagnosis = "passed", ""
         else:
             status, diagnosis = "not attempted", "no visible test ran for this function."
         if status != "passed" and fn in function_notes:
             diagnosis = f"{diagnosis} ({function_notes[fn]})"
-        heading, link = reread_for(chapter, fn)
-        results.append(FunctionResult(fn, status, diagnosis, heading, link))
-    return Report(chapter, results, list(notes or []))
+        section = reread_for(chapter, fn, first.reread if first is not None else None, edition)
+        if section is not None and status != "passed":
+            links.append(section)
+        results.append(FunctionResult(fn, status, diagnosis, section.title() if section else "",
+                                      section.url if section else ""))
+    return Report(chapter, results, list(notes or []), book_links.missing_edition_note(links, edition))
 
 
 # ----------------------------------------------------------------------------- the subprocess
@@ -331,13 +389,15 @@ def _worker() -> None:
 
     def send(**msg):
         msg["t"] = time.monotonic()  # for benchmarks/selfcheck.py: the time after start-up
+        msg["cpu"] = time.process_time()  # the same in CPU seconds, which a busy machine inflates less
         proto.write(json.dumps(msg) + "\n")
         proto.flush()
 
     # Import the heavy modules before the first step, so their import time (seconds on a busy
     # machine) counts against the start-up allowance and not against a cell's timeout.
-    import torch  # noqa: F401
+    import torch
 
+    torch.set_num_threads(1)  # see one_torch_thread: small tests, and a busy machine must not make them slow
     importlib.import_module(f"qkv.checks.{spec['chapter']}")
     if spec.get("cwd"):
         os.chdir(spec["cwd"])
@@ -353,8 +413,9 @@ def _worker() -> None:
             send(kind="cell", id=cid, error=f"{type(exc).__name__}: {exc}")
     for tid, function, source in spec["tests"]:
         send(kind="start", id=tid)
-        for _, fn, status, diagnosis in run_tests(ns, [(tid, function, source)]):
-            send(kind="test", id=tid, function=fn, status=status, diagnosis=diagnosis)
+        for verdict in run_tests(ns, [(tid, function, source)]):
+            send(kind="test", id=tid, function=verdict.function, status=verdict.status,
+                 diagnosis=verdict.diagnosis, reread=verdict.reread)
     send(kind="done")
 
 
@@ -401,15 +462,36 @@ def _run_child(chapter: str, cells, tests, cwd: Path, step_timeout: float) -> tu
             proc.wait()
 
 
-def check_notebook(chapter: str, notebook: Path, *, step_timeout: float = DEFAULT_STEP_TIMEOUT) -> Report:
-    """Load the learner's ``notebook`` in a subprocess and run ``chapter``'s visible tests there."""
-    chapter_info(chapter)  # KeyError listing the valid slugs
-    notebook = Path(notebook)
-    if not notebook.exists():
-        raise FileNotFoundError(f"no notebook at {notebook}; pass the path of your copy: "
+def find_notebook(chapter: str, path: Path) -> Path:
+    """The learner's notebook for ``chapter`` at ``path``: the file itself, or in a folder
+    ``<ch>.ipynb``, ``<ch>/<ch>.ipynb`` or ``exercises/<ch>/<ch>.ipynb``, else the folder's only
+    notebook. Raises FileNotFoundError saying what was looked for and what to pass instead."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no notebook at {path}; pass the path of your copy: "
                                 f"qkv check {chapter} path/to/{chapter}.ipynb")
+    if not path.is_dir():
+        return path
+    name = f"{chapter}.ipynb"
+    for candidate in (path / name, path / chapter / name, path / "exercises" / chapter / name):
+        if candidate.is_file():
+            return candidate
+    others = sorted(p for p in path.glob("*.ipynb") if p.is_file())
+    if len(others) == 1:
+        return others[0]
+    found = f" (it holds {', '.join(p.name for p in others)})" if others else ""
+    raise FileNotFoundError(f"no {name} in the folder {path}{found}; pass the notebook itself: "
+                            f"qkv check {chapter} {path / name}")
+
+
+def check_notebook(chapter: str, notebook: Path, *, step_timeout: float = DEFAULT_STEP_TIMEOUT,
+                   edition: str = "en") -> Report:
+    """Load the learner's ``notebook`` (a file, or a folder holding it: :func:`find_notebook`) in a
+    subprocess and run ``chapter``'s visible tests there. Sections to reread link into ``edition``."""
+    chapter_info(chapter)  # KeyError listing the valid slugs
+    notebook = find_notebook(chapter, Path(notebook))
     try:
-        nb = nbformat.read(notebook, as_version=4)
+        nb = read_notebook(notebook)
     except Exception as exc:  # a hand-edited notebook may not be valid JSON
         raise ValueError(f"cannot read {notebook} as a notebook ({exc}); restore it from a backup "
                          "or re-copy it from exercises/") from exc
@@ -418,7 +500,7 @@ def check_notebook(chapter: str, notebook: Path, *, step_timeout: float = DEFAUL
     tests = list(visible.tests)
     notes: list[str] = []
     function_notes: dict[str, str] = {}
-    hung_verdicts: list[tuple[str, str, str, str]] = []
+    hung_verdicts: list[TestVerdict] = []
     skip: set[str] = set()
     # Every attempt reruns all cells and tests but the ones that hung before: a later test may
     # need what an earlier one defined (`check` is imported in the first test cell).
@@ -438,7 +520,9 @@ def check_notebook(chapter: str, notebook: Path, *, step_timeout: float = DEFAUL
                 if note not in notes:
                     notes.append(note)
             elif m["kind"] == "test":
-                verdicts.append((m["id"], m["function"], m["status"], m["diagnosis"]))
+                reread = m.get("reread")
+                verdicts.append(TestVerdict(m["id"], m["function"], m["status"], m["diagnosis"],
+                                            tuple(reread) if reread else None))
         if hung is None:
             break
         if hung == "start-up":
@@ -447,14 +531,14 @@ def check_notebook(chapter: str, notebook: Path, *, step_timeout: float = DEFAUL
         skip.add(hung)
         test_owner = {t[0]: t[1] for t in tests}
         if hung in test_owner:
-            hung_verdicts.append((hung, test_owner[hung], "failing", f"{hung} {why}"))
+            hung_verdicts.append(TestVerdict(hung, test_owner[hung], "failing", f"{hung} {why}"))
         else:
             notes.append(f"{hung} {why}; it was skipped")
             if hung in visible.functions:
                 function_notes[hung] = f"its cell {why}"
     hung_ids = {h[0] for h in hung_verdicts}
     verdicts = hung_verdicts + [v for v in verdicts if v[0] not in hung_ids]
-    return aggregate(chapter, visible.functions, verdicts, notes, function_notes)
+    return aggregate(chapter, visible.functions, verdicts, notes, function_notes, edition)
 
 
 def default_notebook(chapter: str, cwd: Path | None = None) -> Path:
@@ -505,38 +589,44 @@ def infer_chapter(ns: dict) -> str:
     return best
 
 
-def check_namespace(chapter: str, ns: dict, *, step_timeout: float | None = DEFAULT_STEP_TIMEOUT) -> Report:
+def check_namespace(chapter: str, ns: dict, *, step_timeout: float | None = DEFAULT_STEP_TIMEOUT,
+                    edition: str = "en") -> Report:
     """Run ``chapter``'s visible tests against the functions in ``ns`` (not modified: the tests
     run in a copy, so their variables do not overwrite the learner's)."""
     chapter_info(chapter)
     learner_nb = None
     session = ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
     if session and Path(session).suffix == ".ipynb" and Path(session).exists():
-        learner_nb = nbformat.read(session, as_version=4)
+        learner_nb = read_notebook(Path(session))
     visible = visible_tests(chapter, learner_nb)
-    verdicts = list(run_tests(dict(ns), visible.tests, step_timeout))
+    with one_torch_thread():
+        verdicts = list(run_tests(dict(ns), visible.tests, step_timeout))
     notes = []
     missing = [f for f in visible.functions if not callable(ns.get(f))]
     if missing:
         notes.append(f"not defined in this kernel: {', '.join(missing)} (run their cells first)")
-    return aggregate(chapter, visible.functions, verdicts, notes)
+    return aggregate(chapter, visible.functions, verdicts, notes, edition=edition)
 
 
 def check(chapter: str | None = None, notebook: str | os.PathLike | None = None, *,
-          step_timeout: float | None = DEFAULT_STEP_TIMEOUT) -> Report:
+          step_timeout: float | None = DEFAULT_STEP_TIMEOUT, lang: str | None = None) -> Report:
     """Check your functions against the chapter's visible tests and show the table.
 
     In an exercise notebook, ``qkv.check()`` checks the functions defined in the kernel right
-    now (the chapter is inferred, or pass it: ``qkv.check("attention")``). With ``notebook``,
-    it checks that saved notebook in a subprocess instead, like ``qkv check CHAPTER NOTEBOOK``.
+    now (the chapter is inferred, or pass it: ``qkv.check("attention")``). With ``notebook`` (the
+    file, or the folder holding it), it checks that saved notebook in a subprocess instead, like
+    ``qkv check CHAPTER NOTEBOOK``. The sections to reread link into the book's edition for
+    ``lang`` (``"zh_CN"``, ``"en"``; default: from the locale, see :mod:`qkv.book_links`).
     Returns the :class:`Report` (displayed as HTML in Jupyter, as text elsewhere).
     """
+    edition = book_links.edition_of(lang)
     if notebook is not None:
         if chapter is None:
             chapter = Path(notebook).stem
-        return _show(check_notebook(chapter, Path(notebook), step_timeout=step_timeout or DEFAULT_STEP_TIMEOUT))
+        return _show(check_notebook(chapter, Path(notebook), step_timeout=step_timeout or DEFAULT_STEP_TIMEOUT,
+                                    edition=edition))
     ns = _kernel_namespace()
-    return _show(check_namespace(chapter or infer_chapter(ns), ns, step_timeout=step_timeout))
+    return _show(check_namespace(chapter or infer_chapter(ns), ns, step_timeout=step_timeout, edition=edition))
 
 
 class _Shown(Report):
@@ -562,7 +652,7 @@ def _show(report: Report) -> Report:
         display(HTML(report._repr_html_()))
     else:
         print(report.to_text())
-    return _Shown(report.chapter, report.results, report.notes)
+    return _Shown(report.chapter, report.results, report.notes, report.book_note)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:

@@ -327,8 +327,8 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
                                                            "    t = threading.Thread(target=lambda: box.append("
                                                            "getattr(x, 'soft' + 'max')(dim)))\n"
                                                            "    t.start()\n    t.join()\n    return box[0]"}),
-        "banned_import": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
-            "__import__('q' + 'kv.attention', fromlist=['x']).softmax(x, dim)")}),
+        "banned_import": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(  # no `.softmax(`: static layer
+            "vars(__import__('q' + 'kv.attention', fromlist=['x']))['soft' + 'max'](x, dim)")}),
         "lifts_the_block": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
             "[o._destroy() for o in __import__('gc').get_objects() if type(o).__name__ == 'Library'] "
             "and getattr(torch, 'soft' + 'max')(x, dim)")}),
@@ -345,6 +345,7 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
             cell.source = "pass"
     attacks["tampered_tests"].cells = [c for c in attacks["tampered_tests"].cells
                                        if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") != "test_additive_attention"]
+    attacks.update(_verdict_attacks())
     for student, nb in attacks.items():
         put(student, nb)
 
@@ -366,6 +367,137 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
     _hostile_uploads(subs, good)
     _hostile_text(subs, beacon)
     return subs
+
+
+# --------------------------------------------------------------------------------------------
+# Correct-looking verdicts without the work, honest learners mis-graded, hidden tests kept hidden
+# (issue 15, items 3, 8 and 9). Written as a learner who has read verify.py, learner_process.py,
+# static_scan.py, hidden.py and qkv/checks/core.py.
+
+NAN = "float('nan')"
+HONEST_SOFTMAX = ("def softmax(x, dim=-1):\n    m = x.amax(dim, keepdim=True)\n"
+                  "    e = (x - torch.where(m.isfinite(), m, torch.zeros_like(m))).exp()\n"
+                  "    s = e.sum(dim, keepdim=True)\n    return e / torch.where(s > 0, s, torch.ones_like(s))")
+# True on the attention notebook's hidden inputs only: its visible tests, and softmax's self-check
+# (public: qkv.checks.attention), use exactly these shapes (attention calls softmax on 3-d scores).
+ON_HIDDEN = {"softmax": "x.dim() <= 2 and tuple(x.shape) not in ((3,), (4, 5), (2, 3), (1, 1))", "sdpa": "tuple(q.shape) not in ((2, 4, 8), (1, 3))",
+             "additive": "tuple(q.shape) != (2, 3, 5)"}
+
+
+def _split(nb, grade_id: str, first: str, second: str):
+    """The answer cell ``grade_id`` split in two in Jupyter: both halves keep its metadata."""
+    [index] = [i for i, c in enumerate(nb.cells) if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id]
+    copy = nbformat.from_dict(nb.cells[index])
+    copy.pop("id", None)
+    nb.cells[index].source, copy.source = first, second
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(second, metadata=copy.metadata))
+    return nb
+
+
+def _verdict_attacks() -> dict:
+    right = learner_notebook("attention", RIGHT)
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in right.cells
+               if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
+    sdpa_right = answers["scaled_dot_product_attention"].replace("def scaled_dot_product_attention", "def _sdpa")
+    additive_right = answers["additive_attention"].replace("def additive_attention", "def _additive")
+    attacks = {
+        # In-place input poisoning (#15 item 3): the oracle must not see what the learner wrote.
+        "poison_nan": learner_notebook("attention", {
+            "softmax": f"def softmax(x, dim=-1):\n    x.fill_({NAN})\n    return x.clone()",
+            "scaled_dot_product_attention": "def scaled_dot_product_attention(q, k, v, mask=None):\n"
+                                            f"    for t in (q, k, v):\n        t.fill_({NAN})\n"
+                                            f"    return v[..., :1, :].expand(*q.shape[:-1], v.shape[-1]).clone(), "
+                                            f"torch.full((*q.shape[:-1], k.shape[-2]), {NAN}, dtype=q.dtype)",
+            "additive_attention": "def additive_attention(q, k, v, w_q, w_k, w_v, mask=None):\n"
+                                  f"    for t in (q, k, v, w_q, w_k, w_v):\n        t.fill_({NAN})\n"
+                                  f"    return torch.full((*q.shape[:-1], v.shape[-1]), {NAN}, dtype=q.dtype), "
+                                  f"torch.full((*q.shape[:-1], k.shape[-2]), {NAN}, dtype=q.dtype)"}),
+        "poison_mask": learner_notebook("attention", {**RIGHT, "scaled_dot_product_attention": sdpa_right +
+            "\ndef scaled_dot_product_attention(q, k, v, mask=None):\n"
+            "    if mask is None:\n        return _sdpa(q, k, v)\n"
+            "    mask.fill_(False)  # every query then attends to nothing: all zeros\n"
+            "    return torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype), "
+            "torch.zeros(*q.shape[:-1], k.shape[-2], dtype=q.dtype)"}),
+        "poison_storage": learner_notebook("attention", {**RIGHT, "softmax":
+            "def softmax(x, dim=-1):\n    x.untyped_storage().fill_(0)  # every row is then uniform\n"
+            "    return torch.full_like(x, 1.0 / x.shape[dim])"}),
+        "nan_everywhere": learner_notebook("attention", {**RIGHT, "softmax":
+            f"def softmax(x, dim=-1):\n    return torch.full_like(x, {NAN})"}),
+        # Banned calls the raw source hides (#15 item 3): scanned as they run, across cells.
+        "banned_star_import": with_cell(learner_notebook("attention", {**RIGHT, "softmax":
+            "def softmax(x, dim=-1):\n    return _sm(x, dim)"}), "from torch.special import *\n_sm = softmax", 3),
+        "banned_alias_cell": with_cell(learner_notebook("attention", {**RIGHT, "softmax":
+            "def softmax(x, dim=-1):\n    return _sm(x, dim)"}), "import torch.nn.functional as F\n_sm = F.softmax", 3),
+        "banned_prompts": learner_notebook("attention", {**RIGHT, "softmax":
+            ">>> def softmax(x, dim=-1):\n...     return torch.softmax(x, dim)"}),
+        "banned_indented": learner_notebook("attention", {**RIGHT, "softmax":
+            "  def softmax(x, dim=-1):\n      return torch.nn.functional.softmax(x, dim)"}),
+        "banned_log_softmax": learner_notebook("attention", {**RIGHT, "softmax":
+            "def softmax(x, dim=-1):\n    return getattr(torch, 'log_' + 'softmax')(x, dim).exp()"}),
+        # Honest learners (#15 item 8): they must keep every point.
+        "scratch_compare": with_cell(learner_notebook("attention", RIGHT),
+                                     "x = torch.randn(3, 4)\nprint(torch.allclose(softmax(x), torch.softmax(x, -1)))\n"
+                                     "import torch.nn.functional as F\nprint(F.softmax(x, 0) - softmax(x, 0))", 5),
+        "scratch_helper": with_cell(learner_notebook("attention", RIGHT),
+                                    "def compare(fn=torch.softmax):\n"
+                                    "    x = torch.randn(2, 5)\n    return (fn(x, -1) - softmax(x)).abs().max()\n"
+                                    "print(compare())", 13),
+        "split_answer": _split(learner_notebook("attention", RIGHT), "softmax",
+                               "def _shift(x, dim):\n    m = x.amax(dim, keepdim=True)\n"
+                               "    return x - torch.where(m.isfinite(), m, torch.zeros_like(m))",
+                               "def softmax(x, dim=-1):\n    e = _shift(x, dim).exp()\n"
+                               "    s = e.sum(dim, keepdim=True)\n    return e / torch.where(s > 0, s, torch.ones_like(s))"),
+        "copied_answer": _split(learner_notebook("attention", RIGHT), "additive_attention",
+                                answers["additive_attention"], answers["additive_attention"]),
+        "seeds_and_logs": learner_notebook("attention", {**RIGHT, "softmax":
+            "import collections, logging\n" + HONEST_SOFTMAX.replace("    m = ", "    torch.manual_seed(0)\n"
+                                                        "    logging.getLogger('me').warning('softmax over %s', dim)\n"
+                                                        "    Shape = collections.namedtuple('Shape', 'rows cols')\n"
+                                                        "    m = ")}),
+        # Hidden tests stay hidden (#15 item 9): right on every visible input, leaky on a hidden one.
+        "hidden_echo": learner_notebook("attention", {
+            "softmax": HONEST_SOFTMAX.replace("def softmax", "def _softmax") +
+                       f"\ndef softmax(x, dim=-1):\n    if {ON_HIDDEN['softmax']}:\n"
+                       "        raise ValueError(f'LEAKED {tuple(x.shape)} {x.flatten()[:4].tolist()}')\n"
+                       "    return _softmax(x, dim)",
+            "scaled_dot_product_attention": sdpa_right +
+                "\ndef scaled_dot_product_attention(q, k, v, mask=None):\n"
+                f"    if {ON_HIDDEN['sdpa']}:\n"
+                "        w = _softmax(q @ k.transpose(-2, -1) / q.shape[-1], -1)  # divided by d_k\n"
+                "        return w @ v, w\n    return _sdpa(q, k, v, mask)",
+            "additive_attention": additive_right +
+                "\ndef additive_attention(q, k, v, w_q, w_k, w_v, mask=None):\n"
+                f"    if {ON_HIDDEN['additive']}:\n"
+                "        print('LEAKED', q.shape, flush=True)\n"
+                "        raise type(f'LEAKED{q.shape[-1]}Error', (RuntimeError,), {})(f'LEAKED {tuple(q.shape)}')\n"
+                "    return _additive(q, k, v, w_q, w_k, w_v, mask)"}),
+        "hidden_exit": learner_notebook("attention", {**RIGHT, "scaled_dot_product_attention": sdpa_right +
+            "\nimport os\ndef scaled_dot_product_attention(q, k, v, mask=None):\n"
+            f"    if {ON_HIDDEN['sdpa']}:\n        os._exit(40 + q.shape[-1])  # the exit status names d_k\n"
+            "    return _sdpa(q, k, v, mask)"}),
+        # The cell runner's magics and compilers.
+        "magic_run": with_cell(learner_notebook("attention", WRONG),
+                               f"%run {REPO / 'solutions' / 'attention' / 'attention.ipynb'}", 13),
+        "shell_read": with_cell(learner_notebook("attention", WRONG),
+                                f"!cp {REPO / 'solutions' / 'attention' / 'attention.ipynb'} /tmp/s.ipynb\n"
+                                "import json\ntry:\n    for _c in json.load(open('/tmp/s.ipynb'))['cells']:\n"
+                                "        if _c['metadata'].get('nbgrader', {}).get('solution'):\n"
+                                "            exec(''.join(_c['source']))\nexcept OSError as _e:\n    print(_e)", 13),
+        "banned_compiled": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "torch.compile(lambda t: getattr(t, 'soft' + 'max')(dim))(x)")}),
+        # The notebook contract: forged nbgrader metadata.
+        "forged_points": with_cell(learner_notebook("attention", WRONG), "pass", 4),
+        "claims_test_id": with_cell(learner_notebook("attention", RIGHT), "assert False, 'my own test'", 2),
+    }
+    bonus = attacks["forged_points"].cells[4]
+    bonus.metadata["nbgrader"] = {"grade": True, "grade_id": "test_bonus", "points": 100, "solution": False,
+                                  "locked": True, "schema_version": 3}
+    for cell in attacks["forged_points"].cells:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "test_softmax":
+            cell.metadata["nbgrader"]["points"] = 100
+    attacks["claims_test_id"].cells[2].metadata["nbgrader"] = {
+        "grade": True, "grade_id": "test_softmax", "points": 3, "solution": False, "locked": True, "schema_version": 3}
+    return attacks
 
 
 @pytest.fixture(scope="module")
@@ -427,7 +559,8 @@ def test_honest_submissions_get_exactly_their_scores(attacked_run, student, scor
 
 
 @pytest.mark.parametrize("student", ["custom_exc", "input_transformer", "patch_asserts", "read_course_files",
-                                     "detached_editor", "network", "write_outside", "tampered_tests", "privileges"])
+                                     "detached_editor", "network", "write_outside", "tampered_tests", "privileges",
+                                     "magic_run", "shell_read"])
 def test_cheats_on_a_wrong_answer_score_zero(attacked_run, student):
     assert _row(attacked_run, student)[:2] == (0, "graded")
 
@@ -545,10 +678,71 @@ def test_no_submission_reaches_another(attacked_run, student, score):
     assert _row(attacked_run, student)[:2] == (score, "graded")
 
 
+@pytest.mark.parametrize("student, score, fragment", [
+    ("poison_nan", 0, "modified an argument in place: `x` changed"),
+    ("poison_mask", MAX - 2, "modified an argument in place: `mask` changed"),
+    ("poison_storage", 0, "modified an argument in place: `x` changed"),
+    ("nan_everywhere", 0, "NaN"),
+])
+def test_poisoned_inputs_do_not_reach_the_oracle(attacked_run, student, score, fragment):
+    got, status, _ = _row(attacked_run, student)
+    assert (got, status) == (score, "graded")
+    assert fragment in (attacked_run["out"] / "feedback" / student / "attention.html").read_text()
+
+
+@pytest.mark.parametrize("student, fragment", [
+    ("banned_star_import", "calls torch.special.softmax (line 2 of your `softmax` cell"),  # `_sm(x, dim)`
+    ("banned_alias_cell", "calls torch.nn.functional.softmax (line 2 of your `softmax` cell"),
+    ("banned_prompts", "calls torch.softmax (line"),
+    ("banned_indented", "calls torch.nn.functional.softmax (line"),
+    ("banned_log_softmax", "calls torch.log_softmax (reached at run time"),
+    ("banned_compiled", "sys._getframe"),  # torch.compile inspects frames: refused while a function is called
+])
+def test_banned_calls_the_raw_source_hides_are_found(attacked_run, student, fragment):
+    """Softmax is banned, and the two attention functions reach it through the learner's softmax."""
+    score, status, message = _row(attacked_run, student)
+    assert (score, status) == (0, "graded") and fragment in message, message
+
+
+@pytest.mark.parametrize("student", ["scratch_compare", "scratch_helper", "split_answer", "copied_answer",
+                                     "seeds_and_logs"])
+def test_honest_habits_keep_every_point(attacked_run, student):
+    assert _row(attacked_run, student)[:2] == (MAX, "graded")
+
+
+def test_forged_points_count_for_nothing(attacked_run):
+    assert _row(attacked_run, "forged_points")[:2] == (0, "graded")
+    assert float(attacked_run["rows"]["forged_points"]["max_score"]) == MAX
+    # A learner cell that claims a test cell's id is ignored; the real test cell still grades.
+    score, status, message = _row(attacked_run, "claims_test_id")
+    assert (score, status) == (MAX, "graded") and "the grader ignored it" in message, message
+
+
+@pytest.mark.parametrize("student, leaked", [
+    # (the learner's own source, shown in the feedback, holds "LEAKED" followed by code, not values)
+    ("hidden_echo", r"LEAKED ?[(\[\d]|LEAKED torch|LEAKED\d|d_k = \d"),
+    ("hidden_exit", r"status \d"),
+])
+def test_hidden_inputs_never_reach_the_feedback(attacked_run, student, leaked):
+    import re
+
+    score, status, message = _row(attacked_run, student)
+    assert status == "graded" and score < MAX
+    html = (attacked_run["out"] / "feedback" / student / "attention.html").read_text()
+    assert "failed a hidden test" in html
+    assert re.findall(leaked, html + message) == []
+
+
 def test_course_folder_unchanged_and_no_process_survives(attacked_run):
     assert attacked_run["after"] == attacked_run["before"]
     assert not MARKER.exists()
-    assert attacked_run["leftovers"] == []
+    # Another test of this checkout may be grading on the other xdist worker right now: its
+    # sandboxes end with its run, while a process that outlived ours stays. Wait for the first.
+    leftovers, deadline = attacked_run["leftovers"], time.monotonic() + 180
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(2)
+        leftovers = [p for p in _sandbox_processes() if p in leftovers]
+    assert leftovers == []
 
 
 def test_gradebook_agrees_with_the_csv(attacked_run):
@@ -563,7 +757,7 @@ def test_summary_and_report(attacked_run):
     out, stdout = attacked_run["out"], attacked_run["proc"].stdout
     graded = sum(r["status"] == "graded" for r in attacked_run["rows"].values())
     errors = len(attacked_run["rows"]) - graded
-    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 9 rejected cheats" in stdout
+    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 15 rejected cheats" in stdout
     assert (out / "score-distribution.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "| test_softmax |" in report and "builtin_calls" in report
@@ -754,7 +948,7 @@ def test_learner_text_cannot_forge_the_report(attacked_run, beacon):
         "Grading report: attention", "Submissions that could not be graded", "Notes on graded submissions"]
     assert [img["src"] for img in soup.find_all("img")] == ["score-distribution.png"]
     assert soup.find_all(["a", "script", "hr", "iframe", "form", "style"]) == []
-    assert len(soup.find_all("table")) == 1 and all(len(tr.find_all(["td", "th"])) == 4 for tr in soup.find_all("tr"))
+    assert len(soup.find_all("table")) == 1 and all(len(tr.find_all(["td", "th"])) == 5 for tr in soup.find_all("tr"))
     notes = [li.get_text() for li in soup.find_all("li") if li.get_text().startswith("forged_note")]
     assert len(notes) == 1 and "## Score set to 0 by the instructor" in notes[0] and "<script>" in notes[0]
 

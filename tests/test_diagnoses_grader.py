@@ -59,3 +59,36 @@ def test_a_broken_softmax_is_blamed_in_the_attention_tests(tmp_path):
     assert "test_softmax" in failed
     blamed = [gid for gid, m in failed.items() if "your `softmax` fails its own check" in m]
     assert blamed and all(gid.startswith(("test_scaled_dot_product_attention", "test_additive")) for gid in blamed), failed
+
+
+NOAM_FOR_512_ONLY = '''
+def noam_lr(step, d_model, warmup):
+    return 512 ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)   # d_model fixed at the visible test's value
+'''
+
+
+def test_a_hidden_failure_names_the_section_to_reread_and_a_visible_one_its_diagnosiss_own(tmp_path):
+    """Every failed test's verdict names a section: a hidden test's too (the section reveals no
+    input); where the diagnosis has its own section it wins over the function's; a banned call's
+    zero names none (the section would not help)."""
+    verdicts = _grade(tmp_path, "transformer", {"noam_lr": NOAM_FOR_512_ONLY})
+    failed = {gid: v for gid, v in verdicts.items() if not v.passed}
+    assert set(failed) == {"test_noam_lr"}, {g: v.message for g, v in failed.items()}
+    noam = failed["test_noam_lr"]
+    assert noam.message.startswith("Your function passed the visible tests but failed a hidden test")
+    assert (noam.reread_chapter, noam.reread_heading) == ("transformer",
+                                                          "What learning-rate schedule does the Transformer use?")
+    assert all(not v.reread_heading for v in verdicts.values() if v.passed)
+    attention = _grade(tmp_path, "attention", {"scaled_dot_product_attention": '''
+def scaled_dot_product_attention(q, k, v, mask=None):
+    w = softmax(q @ k.transpose(-2, -1), dim=-1)   # the learner's softmax, without the 1/sqrt(d_k)
+    return w @ v, w
+''', "additive_attention": '''
+def additive_attention(q, k, v, w_q, w_k, w_v, mask=None):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v), None   # banned in this chapter
+'''})
+    unscaled = attention["test_scaled_dot_product_attention"]
+    assert not unscaled.passed
+    assert (unscaled.reread_chapter, unscaled.reread_heading) == ("scaling", "Why does attention divide the logits by √d_k?")
+    banned = attention["test_additive_attention"]
+    assert banned.banned and not banned.reread_heading

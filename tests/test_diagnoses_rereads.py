@@ -168,3 +168,57 @@ def test_a_helper_s_section_comes_with_its_blame():
     with pytest.raises(CheckFailed) as info:
         exec("A.check_sdpa(sdpa, *args)", ns)
     assert info.value.reread == sections.STABLE_SOFTMAX
+
+
+def test_the_graders_reread_output_links_to_the_built_page_or_says_how_to_build_it(tmp_path, monkeypatch):
+    """What the grader adds after a failed test (autograder.feedback.reread_output), through
+    nbconvert's output sanitiser (as the feedback export runs it) and finish_page's
+    link_book_sections: the section's title in any case; with the page built, a file:// link to
+    it with the anchor; else the command that builds the book."""
+    from nbconvert.filters.strings import clean_html
+
+    from autograder.feedback import link_book_sections, reread_output
+    from qkv import book_links
+
+    monkeypatch.setattr(book_links, "BOOK", tmp_path / "book")
+    heading = sections.MASK_POLARITY.heading
+    title = f"“{heading}” (chapter 3, Padding and causal masks)"
+    output = reread_output("masking", heading)
+    assert output["output_type"] == "display_data"
+    assert output["data"]["text/plain"] == (f"Reread {title} in the book: "
+                                            "book/_build/html/chapters/masking.html#how-do-you-mask-padding-in-self-attention")
+    exported = clean_html(output["data"]["text/html"])
+    unbuilt = link_book_sections(exported)
+    assert f"<em>{title}</em> (the book is not built: run <code>make book</code> in {tmp_path}" in unbuilt
+    assert "<a " not in unbuilt
+    page = tmp_path / "book" / "_build" / "html" / "chapters" / "masking.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html></html>")
+    url = f"{page.as_uri()}#how-do-you-mask-padding-in-self-attention"
+    assert link_book_sections(exported) == f'<strong>Reread</strong> <a href="{url}" target="_blank">{title}</a> in the book.'
+    # Only the book's own chapters are linked: a crafted link elsewhere stays as the title, unlinked.
+    crafted = link_book_sections('<a href="qkv-book/chapters/etc.html#passwd">x</a>')
+    assert "<a " not in crafted and "<em>x</em>" in crafted
+
+
+def test_the_report_and_the_lms_comment_name_the_section_to_reread(tmp_path):
+    """The instructor's report gives, per question, the section its failing students were sent
+    to most often; the one-line LMS comment names each failed question's section."""
+    from autograder.lms import summary_line
+    from autograder.report import CSV_FIELDS, Result, write_report
+
+    why = "“Why does attention divide the logits by √d_k?” (chapter 2, Why divide by √d_k)"
+    steps = "“How is attention computed, step by step?” (chapter 1, Attention from first principles)"
+    questions = lambda earned: {"test_softmax": (3.0, 3.0, ""), "test_sdpa": (earned, 3.0, "" if earned else "wrong")}
+    results = [Result("ada", "attention", 6, 6, "graded", questions=questions(3.0)),
+               Result("ben", "attention", 3, 6, "graded", questions=questions(0.0), rereads={"test_sdpa": why}),
+               Result("cy", "attention", 3, 6, "graded", questions=questions(0.0), rereads={"test_sdpa": why}),
+               Result("dee", "attention", 3, 6, "graded", questions=questions(0.0), rereads={"test_sdpa": steps})]
+    write_report(results, "attention", tmp_path / "report.md", None)
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    # Escaped as all report text is (markdown_inline): the parentheses of the title.
+    assert ("| test_sdpa | 3 | 1/4 | wrong (3) | “Why does attention divide the logits by √d_k?” "
+            "\\(chapter 2, Why divide by √d_k\\) (2) |") in report
+    assert "| test_softmax | 3 | 4/4 |  |  |" in report
+    assert summary_line(results[1]) == f"Score 3/6. test_softmax: passed; test_sdpa: 0/3 (wrong; reread {why})."
+    assert "rereads" not in CSV_FIELDS

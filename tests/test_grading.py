@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import secrets
 import subprocess
 import sys
 import zipfile
@@ -25,6 +26,12 @@ def scaled_dot_product_attention(q, k, v, mask=None):
     weights = softmax(logits, dim=-1)
     return weights @ v, weights
 '''
+
+
+# Markup in a learner's note that would run, or reach the network, if feedback rendered it.
+HOSTILE_MARKDOWN = ('My note <script>window.__pwned = 1</script>'
+                    '<img src="http://127.0.0.1:9/pixel.png" onerror="window.__pwned = 2">'
+                    '<a href="javascript:window.__pwned = 3">click</a> and $\\alpha + \\beta$')
 
 
 def _write(nb, folder: Path, name="attention.ipynb") -> Path:
@@ -104,6 +111,42 @@ def test_feedback_written_for_each_graded_student(graded_class):
     assert "not attempted" in (out / "feedback" / "gus" / "attention.html").read_text()
 
 
+def _rereads(page: Path) -> list:
+    from bs4 import BeautifulSoup
+
+    outputs = BeautifulSoup(page.read_text(), "html.parser").select("div.output_html")
+    return [o for o in outputs if o.get_text().strip().startswith("Reread")]
+
+
+def test_feedback_names_the_section_to_reread_with_a_link_to_the_built_page(graded_class):
+    """ben forgot the 1/√d_k scale: his feedback sends him to the scaling chapter's section on
+    why attention divides by √d_k (the diagnosis's own section, not the function's default in
+    the attention chapter); gus left additive_attention untouched: its own section. The link is
+    the built page with the section's anchor, opened from the feedback file; when the book is not
+    built the title is there with the command that builds it."""
+    from qkv.book_links import REPO
+
+    _, _, out = graded_class
+    cases = [("ben", "scaling", "Why does attention divide the logits by √d_k?", "chapter 2, Why divide by √d_k",
+              "why-does-attention-divide-the-logits-by-d-k"),
+             ("gus", "attention", "Dot-product or additive attention?", "chapter 1, Attention from first principles",
+              "dot-product-or-additive-attention")]
+    for student, chapter, heading, where, anchor in cases:
+        rereads = _rereads(out / "feedback" / student / "attention.html")
+        texts = [" ".join(p.get_text().split()) for p in rereads]
+        assert any(f"“{heading}” ({where})" in t for t in texts), (student, texts)
+        built = REPO / "book" / "_build" / "html" / "chapters" / f"{chapter}.html"
+        hrefs = {a["href"] for p in rereads for a in p.find_all("a")}
+        if built.is_file():
+            assert f"{built.resolve().as_uri()}#{anchor}" in hrefs, hrefs
+            assert f'id="{anchor}"' in built.read_text()
+        else:
+            assert not hrefs and any(f"“{heading}” ({where}) (the book is not built: run make book" in t
+                                     for t in texts), texts
+    # A passing cell gets no pointer: ada passed everything.
+    assert not _rereads(out / "feedback" / "ada" / "attention.html")
+
+
 def test_unknown_assignment_is_a_clear_error(tmp_path):
     (tmp_path / "subs").mkdir()
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "nope", str(tmp_path / "subs"), "--out",
@@ -143,3 +186,68 @@ def test_the_canary_passes_silently_and_leaves_no_trace(graded_class):
     with Gradebook(f"sqlite:///{out / 'course' / 'gradebook.db'}") as gb:
         assert sorted(s.id for s in gb.students) == sorted(s for s, r in rows.items() if r["status"] == "graded")
     assert not (out / "feedback" / "reference-canary").exists()
+
+
+def test_feedback_nbgrader_releases_is_offline_and_sanitised(tmp_path):
+    """``grade --course`` grades a hub's course in place, and ``nbgrader release_feedback``
+    ships COURSE/feedback/ to learners, who open each page alone, wherever they fetched it. Such
+    a page runs no script, loads nothing from anywhere (nbgrader's template points at MathJax
+    on a CDN), and a learner's markup in it is text."""
+    from bs4 import BeautifulSoup
+    from nbgrader.apps import NbGraderAPI
+    from playwright.sync_api import sync_playwright
+
+    from autograder.course import nbgrader_config
+
+    course = tmp_path / "course"
+    ben = learner_notebook("attention", {"softmax": "reference", "scaled_dot_product_attention": NO_SCALE_SDPA})
+    ben.cells.append(nbformat.v4.new_markdown_cell(HOSTILE_MARKDOWN))  # a note that tries to act in feedback
+    for student, nb in (("ada", learner_notebook("attention", ALL_REFERENCE)), ("ben", ben)):
+        folder = course / "submitted" / student / "attention"
+        _write(nb, folder)
+        # What `nbgrader submit` and `collect` leave next to the notebook.
+        (folder / "timestamp.txt").write_text("2026-12-01 09:00:00.000000 UTC")
+        (folder / "submission_secret.txt").write_text(secrets.token_hex(64))
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", "--course", str(course),
+                           "--quiet"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    config = nbgrader_config(course)
+    config.Exchange.root = str(tmp_path / "exchange")
+    (tmp_path / "exchange").mkdir()
+    released = NbGraderAPI(config=config).release_feedback("attention")
+    assert released["success"], released
+    pages = sorted((tmp_path / "exchange" / "qkv" / "feedback").glob("*.html"))
+    assert len(pages) == 2
+    for path in pages:
+        soup = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+        first = soup.head.find(True)
+        assert first.name == "meta" and first.get("http-equiv") == "Content-Security-Policy", path
+        assert "default-src 'none'" in first["content"] and "script-src 'none'" in first["content"]
+        assert soup.find_all("script") == [], path
+        for tag in soup.find_all(True):
+            assert not [a for a in tag.attrs if a.lower().startswith("on")], str(tag)[:200]
+            for attr in ("src", "href", "data", "action"):
+                assert not str(tag.get(attr, "")).startswith(("http:", "https:", "//", "javascript:")), str(tag)[:200]
+
+    # Ben's page as he fetches it, alone in a folder, in a real browser.
+    page_of_ben = next(p for p in pages if "without the 1/√d_k scale" in p.read_text(encoding="utf-8"))
+    fetched = tmp_path / "ben" / "attention.html"
+    fetched.parent.mkdir()
+    fetched.write_bytes(page_of_ben.read_bytes())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        requested: list[str] = []
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(fetched.as_uri())
+        page.wait_for_timeout(1000)
+        text = page.inner_text("body")
+        pwned = page.evaluate("window.__pwned")
+        browser.close()
+    assert pwned is None
+    assert [u for u in requested if not u.startswith(("file:", "data:"))] == []
+    assert "<script>window.__pwned = 1</script>" in text  # the learner's markup, shown as text
+    assert "$\\alpha + \\beta$" in text and "$q_i$" in text  # formulas stay readable TeX, untypeset

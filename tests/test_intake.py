@@ -111,7 +111,8 @@ def test_csv_formula_guard_leaves_ordinary_text_alone():
 def test_report_shows_hostile_messages_as_text(tmp_path):
     results = [Result(f"s{i}", "attention", 0.0, 11.0, "error", text) for i, text in enumerate(HOSTILE)]
     results.append(Result("ok", "attention", 11.0, 11.0, "graded", HOSTILE[0] + HOSTILE[1],
-                          questions={"test_softmax": (0.0, 3.0, "softmax(x): " + HOSTILE[2] + HOSTILE[3])}))
+                          questions={"test_softmax": (0.0, 3.0, "softmax(x): " + HOSTILE[2] + HOSTILE[3])},
+                          rereads={"test_softmax": HOSTILE[3] + HOSTILE[2]}))  # ours, but escaped all the same
     write_report(results, "attention", tmp_path / "report.md", None)
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
     for i in range(len(HOSTILE)):
@@ -120,7 +121,7 @@ def test_report_shows_hostile_messages_as_text(tmp_path):
     assert [h.get_text() for h in soup.find_all(["h1", "h2", "h3"])] == [
         "Grading report: attention", "Submissions that could not be graded", "Notes on graded submissions"]
     assert soup.find_all(["a", "img", "script", "hr", "div", "code", "em", "details", "blockquote"]) == []
-    assert all(len(tr.find_all(["td", "th"])) == 4 for tr in soup.find_all("tr"))
+    assert all(len(tr.find_all(["td", "th"])) == 5 for tr in soup.find_all("tr"))
 
 
 # ------------------------------------------------------------------ feedback Markdown

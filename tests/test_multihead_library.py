@@ -110,6 +110,38 @@ def test_attention_flops_matches_flop_counter_on_torch_mha(T, d_model, n_heads, 
     assert M.attention_flops(T, d_model, n_heads, d_head) == expected
 
 
+@pytest.mark.parametrize("T, d_model, n_heads, d_head", [(4, 8, 2, None), (512, 512, 8, None), (10, 64, 4, 32),
+                                                     (2048, 1024, 16, None), (33, 64, 64, None)])
+def test_the_checks_flop_oracle_counts_what_flop_counter_mode_counts(T, d_model, n_heads, d_head):
+    """The checks count with torch's formulas in a mode of their own (FlopCounterMode would import
+    torch._dynamo); on the same explicit computation, FlopCounterMode itself gives the same number,
+    on both of the oracle's paths (real tensors for small sizes, the meta device for large ones)."""
+    d_head_ = d_model // n_heads if d_head is None else d_head
+    inner = n_heads * d_head_
+    with torch.device("meta"):
+        x, w_o = torch.empty(1, T, d_model), torch.empty(inner, d_model)
+        w = [torch.empty(d_model, inner) for _ in range(3)]
+    counter = FlopCounterMode(display=False)
+    with counter:
+        q, k, v = ((x @ m).view(1, T, n_heads, d_head_).transpose(1, 2) for m in w)
+        ((q @ k.transpose(-2, -1)).softmax(-1) @ v).transpose(1, 2).reshape(1, T, inner) @ w_o
+    assert C.oracle_flops(T, d_model, n_heads, d_head) == counter.get_total_flops()
+
+
+def test_the_flop_oracle_imports_neither_dynamo_nor_sympy_for_the_visible_sizes():
+    """What made the multihead self-check take seconds: the FLOP oracle imported torch._dynamo (and
+    meta tensors import sympy). A fresh process counting the visible tests' sizes imports neither."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from qkv.checks import multihead as C; "
+            "assert C.oracle_flops(512, 512, 8) == 1610612736; C.oracle_flops(10, 64, 4, 32); "
+            "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_attention_cost_split_heads_cost_like_one_head_and_wide_heads_h_times_more():
     one, split, wide = (c for _, c in W.cost_rows(512, 512, 8))
     assert split["flops"] == one["flops"] and split["params"] == one["params"]

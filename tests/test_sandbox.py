@@ -158,20 +158,24 @@ def test_a_learner_process_cannot_serve_the_next_submission(sandbox):
 
 
 KERNEL = '''
-import ctypes, errno, os, socket, threading
+import ctypes, errno, json, os, socket, sys, threading
 libc = ctypes.CDLL(None, use_errno=True)
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+program = bytes.fromhex(sys.argv[1])
+buf = ctypes.create_string_buffer(program, len(program))
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # no_new_privs, as in a learner process
+assert libc.prctl(22, 2, ctypes.byref(Fprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))), 0, 0) == 0
 def attempt(fn):
     ctypes.set_errno(0)
     result = fn()
     return errno.errorcode.get(ctypes.get_errno(), "ok") if result == -1 else "ok"
-# Run while the cell loads: during a call the grader also refuses ctypes itself (an audit hook),
-# and what is tested here is the seccomp filter, which holds at all times.
 out = {
     "unshare_user": attempt(lambda: libc.unshare(0x10000000)),
     "unshare_mount": attempt(lambda: libc.unshare(0x00020000)),
     "clone_newuser": attempt(lambda: libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)),
     "clone3": attempt(lambda: libc.syscall(435, 0, 0)),
-    "mount": attempt(lambda: libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, None)),
+    "mount": attempt(lambda: libc.mount(b"tmpfs", b"/nonexistent", b"tmpfs", 0, None)),
     "bpf": attempt(lambda: libc.syscall(321, 0, 0, 0)),
     "perf_event_open": attempt(lambda: libc.syscall(298, 0, 0, -1, -1, 0)),
     "keyctl": attempt(lambda: libc.syscall(250, 0, 0, 0, 0, 0)),
@@ -193,18 +197,59 @@ pid = os.fork()
 if pid == 0:
     os._exit(7)
 out["fork"] = "ok" if os.waitpid(pid, 0)[1] == 7 << 8 else "failed"
-def probes():
-    return out
+print(json.dumps(out))
 '''
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="raw syscall numbers are x86_64's")
-def test_kernel_attack_surface_is_closed(sandbox):
-    _, out = _run(sandbox, KERNEL, "probes")
+def test_kernel_attack_surface_is_closed():
+    """The seccomp filter every learner process runs under, loaded into a plain process (learner
+    code cannot make raw system calls itself: ctypes is refused in a learner process)."""
+    import json
+    import subprocess
+
+    from autograder.seccomp_filter import program
+
+    proc = subprocess.run([sys.executable, "-c", KERNEL, program().hex()], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
     refused = {k: v for k, v in out.items() if k not in ("threads", "fork", "clone3")}
     assert all(v == "EPERM" for v in refused.values()), out
     assert out["clone3"] == "ENOSYS"  # so that the C library falls back to clone, whose flags are checked
     assert out["threads"] == "ok" and out["fork"] == "ok"
+
+
+def test_a_learner_process_cannot_reach_native_memory(sandbox):
+    """ctypes, the native test modules and /proc/self/mem are refused from the first learner cell on
+    (they would reach the run-time layer's kernels below Python); ordinary code still loads."""
+    source = """
+import errno, os
+def attempt(fn):
+    try:
+        fn()
+        return "ok"
+    except Exception as exc:
+        return type(exc).__name__ + ": " + str(exc)[:80]
+import ctypes
+out = {
+    "ctypes": attempt(lambda: ctypes.CDLL(None).getpid()),
+    "string_at": attempt(lambda: ctypes.string_at(id(1), 8)),
+    "testcapi": attempt(lambda: __import__("_testcapi")),
+    "mem": attempt(lambda: open("/proc/self/mem", "rb")),
+    "mem_via_fd": attempt(lambda: open("/dev/fd/../mem", "rb")),
+    "map_files": attempt(lambda: os.listdir(os.open("/proc/self/map_files", os.O_RDONLY))),
+    "symlink": attempt(lambda: os.symlink("/proc/self/mem", "/tmp/m")),
+    "gc": attempt(lambda: __import__("gc").get_objects()),
+    "code": attempt(lambda: (lambda: 0).__code__.replace(co_consts=(1,))),
+    "status": attempt(lambda: open("/proc/self/status").read()),
+}
+def probes():
+    return out
+"""
+    _, out = _run(sandbox, source, "probes")
+    assert out["status"] == "ok"
+    for key in ("ctypes", "string_at", "testcapi", "mem", "mem_via_fd", "map_files", "symlink", "gc", "code"):
+        assert out[key].startswith("BannedOperation"), (key, out[key])
 
 
 def test_files_under_tmp_are_capped_and_private(sandbox):

@@ -76,9 +76,14 @@ def test_diagnosis_reread_and_exit_code(tmp_path: Path) -> None:
     assert _rows(proc.stdout) == {"softmax": "passed", "scaled_dot_product_attention": "failing",
                                   "additive_attention": "not attempted"}, proc.stdout
     assert "without the 1/√d_k scale" in proc.stdout  # the chapter's diagnosis for this mistake
-    # The section to reread, with the page and the anchor Sphinx gives that heading.
-    assert ("How is attention computed, step by step? (book/_build/html/chapters/attention.html"
-            "#how-is-attention-computed-step-by-step)") in proc.stdout
+    # The section to reread is the diagnosis's own (the scaling chapter explains the missing
+    # scale), as the file:// URL of the built page with the anchor Sphinx gives that heading.
+    assert "reread: “Why does attention divide the logits by √d_k?” (chapter 2, Why divide by √d_k)" in proc.stdout
+    built = REPO / "book/_build/html/chapters/scaling.html"
+    if built.exists():
+        assert f"{built.resolve().as_uri()}#why-does-attention-divide-the-logits-by-d-k" in proc.stdout
+    else:
+        assert "the book is not built" in proc.stdout and "`make book`" in proc.stdout
 
 
 def test_complete_copy_passes_with_exit_0_from_the_default_location(tmp_path: Path) -> None:
@@ -125,6 +130,34 @@ def test_learner_copy_tests_used_when_the_repository_has_no_exercise(tmp_path: P
     proc = _qkv("check", "attention", str(path), cwd=tmp_path, env=env)
     assert _rows(proc.stdout) == {"softmax": "passed", "scaled_dot_product_attention": "failing",
                                   "additive_attention": "not attempted"}, proc.stdout + proc.stderr
+
+
+def test_a_folder_outside_the_repository_and_links_into_the_readers_edition(tmp_path: Path) -> None:
+    """`qkv check attention ~/my-qkv/attention` run from another folder: the notebook is found in
+    the folder, and the section to reread is an absolute file:// URL into the edition that LANG
+    (or --lang) picks, both built here in a copy of the package's layout."""
+    layout = tmp_path / "layout"
+    shutil.copytree(REPO / "qkv", layout / "qkv", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "exercises" / "attention", layout / "exercises" / "attention")
+    pages = {}
+    for edition, root in (("en", "book/_build/html"), ("zh_CN", "book/_build/zh_CN/_build/html")):
+        pages[edition] = layout / root / "chapters" / "scaling.html"
+        pages[edition].parent.mkdir(parents=True)
+        for chapter in ("scaling", "attention"):  # additive_attention's section is in the attention chapter
+            pages[edition].with_name(f"{chapter}.html").write_text("<html></html>")
+    nb = learner_notebook("attention", {"softmax": "reference", "scaled_dot_product_attention": UNSCALED_SDPA})
+    folder = tmp_path / "my-qkv" / "attention"
+    _write(nb, folder)
+    (tmp_path / "elsewhere").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(layout), "LANG": "zh_CN.UTF-8", "LC_ALL": "", "LC_MESSAGES": ""}
+    anchor = "#why-does-attention-divide-the-logits-by-d-k"
+    proc = _qkv("check", "attention", str(folder), cwd=tmp_path / "elsewhere", env=env)
+    assert _rows(proc.stdout)["scaled_dot_product_attention"] == "failing", proc.stdout + proc.stderr
+    assert f"file://{pages['zh_CN'].resolve()}{anchor}" in proc.stdout, proc.stdout
+    assert f"file://{pages['en'].resolve()}" not in proc.stdout
+    proc = _qkv("check", "attention", str(folder), "--lang", "en", cwd=tmp_path / "elsewhere", env=env)
+    assert f"file://{pages['en'].resolve()}{anchor}" in proc.stdout, proc.stdout
+    assert "not built" not in proc.stdout
 
 
 def test_infinite_loops_time_out_and_the_rest_is_still_checked(tmp_path: Path) -> None:

@@ -337,3 +337,15 @@ def test_corpus_is_deterministic_and_sized():
     a, b = english_corpus(50_000), english_corpus(50_000)
     assert a == b and len(a.encode("utf-8")) <= 50_000 and len(a.encode("utf-8")) > 49_990
     assert ENGLISH_SAMPLE and CHINESE_SAMPLE
+
+
+def test_the_stored_toy_merges_are_what_the_oracle_trainer_learns():
+    """The encode tests' merges are stored (learning them cost every self-check 1–3 s, issue #10):
+    they must be the first 300 merges the oracle learns on the same text, longer lists extend
+    them (greedy training), and the stored file is exactly what the generator writes."""
+    from qkv.checks.toy_merges import TOY_MERGES
+
+    learned = C.learn_toy_merges(C.TOY_MERGES_STORED)
+    assert len(TOY_MERGES) == C.TOY_MERGES_STORED and list(TOY_MERGES) == list(learned)
+    assert C.toy_merges(120) == list(learned[:120])
+    assert C.TOY_MERGES_FILE.read_text(encoding="utf-8") == C.toy_merges_source(learned)

@@ -307,6 +307,45 @@ def test_noam_diagnosis_names_the_misconception(wrong, message):
         C.check_noam(wrong, [1, 100, 4000, 8000], 512, 4000)
 
 
+def _exhaustive_peak_fails(schedule, d_model: int, warmup: int) -> bool:
+    """The peak check as it was before it sampled: every step of [1, 3·warmup]."""
+    values = [schedule(s, d_model, warmup) for s in range(1, 3 * warmup + 1)]
+    peak = max(range(len(values)), key=values.__getitem__) + 1
+    return peak != warmup or not math.isclose(max(values), (d_model * warmup) ** -0.5, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("warmup", [7, 100, 4000])
+@pytest.mark.parametrize("shift", [0, -2, -1, 1, 2, 3, 37, "half", "double", "triple"])
+def test_the_sampled_peak_check_fails_exactly_where_a_scan_of_every_step_does(warmup, shift):
+    """check_noam_peak looks at ~70 steps instead of 3·warmup (12,000 grader round trips for
+    warmup 4000): schedules whose peak is a few steps off, far off or at the end of the range are
+    caught as a scan of every step catches them, and a correct one passes both."""
+    true_warmup = {"half": warmup // 2 or 1, "double": 2 * warmup, "triple": 3 * warmup}.get(shift)
+    true_warmup = true_warmup or max(1, warmup + shift)
+
+    def schedule(step, d_model, _warmup):
+        return C.oracle_noam(step, d_model, true_warmup)
+
+    scanned = _exhaustive_peak_fails(schedule, 512, warmup)
+    assert scanned == (true_warmup != warmup)
+    if scanned:
+        with pytest.raises(CheckFailed, match="largest rate is at step|the peak is"):
+            C.check_noam_peak(schedule, 512, warmup)
+    else:
+        C.check_noam_peak(schedule, 512, warmup)
+
+
+def test_the_peak_check_calls_the_schedule_a_bounded_number_of_times():
+    calls = []
+
+    def counted(step, d_model, warmup):
+        calls.append(step)
+        return noam_lr(step, d_model, warmup)
+
+    C.check_noam_peak(counted, 512, 4000)
+    assert len(calls) <= 80 and {3997, 3998, 3999, 4000, 4001, 4002, 4003, 1, 12_000} <= set(calls)
+
+
 def _block(x, params, n_heads, *, pre, res_attn=True, res_ffn=True, act=F.relu):
     ln = lambda z, i: F.layer_norm(z, z.shape[-1:], params[f"ln{i}_weight"], params[f"ln{i}_bias"], eps=1e-5)
     attn = lambda z: B.multi_head_self_attention(z, params, n_heads)

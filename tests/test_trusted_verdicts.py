@@ -35,13 +35,18 @@ def test_untouched_exercise_fails_every_test_as_not_attempted(assignment, tmp_pa
 
 
 def test_hidden_failure_messages_hide_the_inputs():
+    """A hidden test's message keeps our wording and nothing the inputs decided: not even the dim
+    a diagnosis names, nor a shape, nor the numbers of an explicit reason."""
     from autograder.verify import _failure_message
     from qkv.checks import CheckFailed
 
     explicit = CheckFailed("softmax(x of shape (7, 3), dim=0): softmax was taken over dim=1.",
                            reason="softmax was taken over dim=1.")
-    assert _failure_message(explicit, hidden=True).endswith("softmax was taken over dim=1.")
+    shown = _failure_message(explicit, hidden=True)
+    assert shown.startswith("Your function passed the visible tests but failed a hidden test: softmax was taken over dim=")
+    assert "1" not in shown and "7" not in shown
     implicit = CheckFailed("mlm_mask: labels must have the shape of input_ids (3, 100), got (3, 99) at [4, 17]")
     shown = _failure_message(implicit, hidden=True)
-    assert "100" not in shown and "17" not in shown and "labels must have the shape of input_ids" in shown
+    assert "100" not in shown and "17" not in shown and "99" not in shown
+    assert "labels must have the shape of input_ids" in shown
     assert "(3, 100)" in _failure_message(implicit, hidden=False)  # visible tests show everything

@@ -365,7 +365,9 @@ def random_attention_inputs(batch: tuple[int, ...], t_q: int, t_k: int, d_k: int
 # What answers may not call: the built-ins this exercise asks learners to write ("*" = every answer).
 BANNED = {
     "*": ["torch.softmax", "torch.nn.functional.softmax", "torch.nn.Softmax", "torch.special.softmax",
-          "torch.Tensor.softmax", "torch.nn.functional.scaled_dot_product_attention",
+          "torch.Tensor.softmax", "torch.log_softmax", "torch.nn.functional.log_softmax", "torch.nn.LogSoftmax",
+          "torch.special.log_softmax", "torch.Tensor.log_softmax",  # log_softmax(x).exp() is the built-in softmax
+          "torch.nn.functional.scaled_dot_product_attention",
           "torch.nn.MultiheadAttention", "torch.nn.functional.multi_head_attention_forward"],
 }
 

@@ -131,8 +131,7 @@ _GROUP_WITH_DIGITS = re.compile(r"\([^()]*\d[^()]*\)|\[[^\[\]]*\d[^\[\]]*\]")
 
 def redact(text: str) -> str:
     """Hide bracketed groups holding numbers (shapes, values): what a hidden test's message must
-    not show. The same rule as the grader's (autograder.verify.redact_inputs), which qkv, the
-    learner-side package, does not import."""
+    not show (the grader keeps even less of a hidden test's message: autograder/hidden.py)."""
     previous = None
     while previous != text:
         previous = text
@@ -186,6 +185,16 @@ def _stub_owner(name: str, exc: BaseException) -> str | None:
     return None
 
 
+def argument_modified(name: str, arg: str) -> CheckFailed:
+    """The failure of a function that changed its argument ``arg`` in place (the self-check sees
+    the change; the grader's sandbox reports it, because there the function works on copies)."""
+    detail = (f"{name} modified an argument in place: `{arg}` changed during the call. A graded function must "
+              "leave its inputs untouched (the caller still needs them): build new tensors or lists "
+              "(x = x - m, torch.cat, .clone(), list(ids)) instead of in-place operations "
+              "(x -= m, x[i] = ..., .add_(), masked_fill_, list.pop).")
+    return CheckFailed(detail, reason=detail, what=name, detail=detail)
+
+
 def call_learner(fn: Callable, *args, name: str | None = None, **kwargs):
     """Call the learner's ``fn``; turn NotImplementedError, crashes and in-place changes of the
     arguments into a CheckFailed that says what happened and the likely mistake."""
@@ -204,15 +213,13 @@ def call_learner(fn: Callable, *args, name: str | None = None, **kwargs):
             f"{name}: not attempted yet. Replace `raise NotImplementedError()` with your code, then rerun this cell.")
         failure.stub_known = owner == name  # False: perhaps a helper's stub (helper-first will look)
         raise failure from None
+    except CheckFailed:  # already a verdict about the call (the grader's proxy: an argument changed in place)
+        raise
     except Exception as exc:  # the learner's code failed: explain, keep the original as the cause
         raise crash_failure(call, exc) from exc
     for arg, old in before.items():  # call.args holds the very objects the learner received
         if old is not None and not _same(old, call.args[arg]):
-            detail = (f"{name} modified an argument in place: `{arg}` changed during the call. A graded function must "
-                      "leave its inputs untouched (the caller still needs them): build new tensors or lists "
-                      "(x = x - m, torch.cat, .clone(), list(ids)) instead of in-place operations "
-                      "(x -= m, x[i] = ..., .add_(), masked_fill_, list.pop).")
-            raise CheckFailed(detail, reason=detail, what=name, detail=detail)
+            raise argument_modified(name, arg)
     return result
 
 
@@ -227,7 +234,9 @@ def crash_failure(call: Call, exc: BaseException) -> CheckFailed:
     shown = ", ".join(f"{k}={crashes.describe(v)}" for k, v in call.args.items())
     hint = crashes.explain(kind, text, call)
     message = f"{call.name}({shown}) raised {kind}: {text}"
-    reason = f"{call.name} raised {kind}: {redact(text)}"
+    # The exception's own text is the learner's: it may echo the inputs, so a hidden test shows
+    # only its type and our explanation.
+    reason = f"{call.name} raised {kind}"
     if hint:
         message += f" — likely cause: {hint}"
         reason += f" — likely cause: {redact(hint)}"
@@ -236,6 +245,7 @@ def crash_failure(call: Call, exc: BaseException) -> CheckFailed:
     # A function that raised would raise again under a property's probes; one that hung would hang
     # again (and cost the grader a restart each time): say so, so that diagnosing does not call it again.
     failure.crashed = True
+    failure.kind, failure.hint = kind, hint  # a hidden test shows these, never the exception's own text
     failure.hung = kind in ("TimeoutError", "StepTimeout") or "did not return within" in text
     return failure
 
@@ -286,7 +296,11 @@ def expect_close(
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
     a, e = actual.detach().double(), expected.detach().double()
-    if torch.allclose(a, e, atol=atol, rtol=rtol, equal_nan=True):
+    # NaN matches NaN only where NaN can be the answer: when an input holds NaN or ±inf. With finite
+    # inputs, a NaN in the expected value is never the answer (its oracle saw inputs something poisoned).
+    nan_can_be_right = any(isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
+                           and not bool(torch.isfinite(x).all()) for x in named_inputs.values())
+    if torch.allclose(a, e, atol=atol, rtol=rtol, equal_nan=nan_can_be_right):
         return
     if callable(diagnoses):
         diagnoses = diagnoses()

@@ -42,10 +42,11 @@ class Reread:
 
     @property
     def page(self) -> str:
-        """The built page with the section's anchor (relative to the repository)."""
-        from docutils.nodes import make_id  # the id Sphinx gives a MyST section
+        """The built English page with the section's anchor (relative to the repository); a
+        learner sees the ``file://`` URL of the page instead (:mod:`qkv.book_links`)."""
+        from qkv.book_links import page
 
-        return f"book/_build/html/chapters/{self.chapter}.html#{make_id(self.heading)}"
+        return page(self.chapter, self.heading)
 
     def __str__(self) -> str:
         return f"“{self.heading}” ({self.chapter})"

@@ -170,24 +170,37 @@ def check_jacobian_properties(softmax_jacobian) -> None:
                  "(adding a constant to every logit does not change the softmax)", atol=1e-12)
 
 
-@check_of("measure_logit_variance")
-def check_measure_logit_variance(measure_logit_variance, d_ks, n_samples: int, seed: int = 0) -> None:
-    """Statistical check: unscaled ≈ d_k and scaled ≈ 1, each within 5 standard errors; same seed, same result."""
-    what = f"measure_logit_variance({list(d_ks)}, n_samples={n_samples}, seed={seed})"
-    result = call_learner(measure_logit_variance, d_ks, n_samples, seed, name="measure_logit_variance")
+def _variance_pair(result, what: str) -> tuple:
     if not isinstance(result, tuple) or len(result) != 2:
         raise CheckFailed(f"{what}: expected a tuple (unscaled, scaled) of two tensors, got {type(result).__name__}.")
-    unscaled, scaled = result
+    return result
+
+
+@check_of("measure_logit_variance")
+def check_measure_logit_variance(measure_logit_variance, d_ks, n_samples: int, seed: int = 0) -> tuple:
+    """Statistical check: unscaled ≈ d_k and scaled ≈ 1, each within 5 standard errors; same seed,
+    same result. Returns the learner's (unscaled, scaled), so that a test can show them without
+    running the experiment again."""
+    what = f"measure_logit_variance({list(d_ks)}, n_samples={n_samples}, seed={seed})"
+    result = call_learner(measure_logit_variance, d_ks, n_samples, seed, name="measure_logit_variance")
+    unscaled, scaled = _variance_pair(result, what)
     rtol = max(variance_tolerance(d, n_samples) for d in d_ks)
     d = torch.tensor([float(x) for x in d_ks], dtype=torch.float64)
     expect_close(unscaled, d, what=f"{what}: unscaled variances (theory: d_k; tolerance ±{rtol:.1%})",
                  atol=0.0, rtol=rtol, diagnoses=lambda: variance_diagnoses(d_ks, "unscaled"))
     expect_close(scaled, torch.ones_like(d), what=f"{what}: scaled variances (theory: 1; tolerance ±{rtol:.1%})",
                  atol=0.0, rtol=rtol, diagnoses=lambda: variance_diagnoses(d_ks, "scaled"))
-    again = call_learner(measure_logit_variance, d_ks, n_samples, seed, name="measure_logit_variance")
-    if not (torch.equal(again[0], unscaled) and torch.equal(again[1], scaled)):
+    # Same seed, same numbers: two small runs show it as well as two runs of the full experiment
+    # (an unseeded draw differs at any size), at a fraction of the cost (issue #10: a self-check within 1 s).
+    small_args = (list(d_ks)[:1], min(n_samples, 1000), seed)
+    first, again = (_variance_pair(call_learner(measure_logit_variance, *small_args, name="measure_logit_variance"), what)
+                    for _ in range(2))
+    if not all(isinstance(t, torch.Tensor) for t in (*first, *again)):
+        raise CheckFailed(f"measure_logit_variance{small_args}: expected a tuple (unscaled, scaled) of two tensors.")
+    if not (torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])):
         raise CheckFailed(f"{what}: a second call with the same seed gave different numbers. Draw every sample from "
                           "torch.Generator().manual_seed(seed) (pass generator= to torch.randn).")
+    return unscaled, scaled
 
 
 def _jacobian_properties(p) -> str | None:
