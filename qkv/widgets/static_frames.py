@@ -10,6 +10,7 @@ book's execution cache like any other output.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import itertools
 import sys
@@ -208,5 +209,11 @@ def render_static_view(controls: Sequence[widgets.ValueWidget], parts: Sequence[
         sizes = ", ".join(f"{g.description} {len(g.values)}" for g in grids)
         raise ValueError(f"{count} frames ({sizes} values) exceed the static book's limit of {MAX_FRAMES}: "
                          "give live_view a coarser grid for the largest controls")
-    frames = [render_frames(part.render, [grids[i] for i in idx]) for part, idx in zip(parts, part_controls)]
+    # Each value set on a control would send the front end a state message; hundreds of them in
+    # one cell can overrun the kernel's output channel (ZeroMQ drops what exceeds its queue, and
+    # a build once waited on a lost message). The front end needs the final state only.
+    with contextlib.ExitStack() as held:
+        for control in controls:
+            held.enter_context(control.hold_sync())
+        frames = [render_frames(part.render, [grids[i] for i in idx]) for part, idx in zip(parts, part_controls)]
     return frames_view_html(title, grids, list(zip(parts, part_controls, frames)))
