@@ -1,6 +1,7 @@
 # The two commands of the README, and the steps they share.
-#   make book   build the book (offline, strict) and print where the HTML is
+#   make book   build the book's English and Chinese editions (offline, strict), print where they are
 #   make test   run the whole test suite
+#   make translations   after editing a page: regenerate the catalogs, then translate what changed
 # Both create or reuse .venv and install what they need. The system packages come first
 # (.ci/system-packages.sh): installed when run as root with apt-get, otherwise one line
 # naming them, before anything else runs.
@@ -18,7 +19,7 @@ GPT2   := data/gpt2/.fetched
 HUBDEPS := hub/node_modules/.installed
 JOBS   ?= auto
 
-.PHONY: book test exercises grade-demo clean system-packages hub hub-deps
+.PHONY: book test exercises translations grade-demo clean system-packages hub hub-deps
 
 # Which system packages to check: set per goal, inherited by every prerequisite it builds.
 SYSTEM_FOR := none
@@ -32,8 +33,10 @@ system-packages:
 $(STAMP) $(VENDOR) $(GPT2) $(HUBDEPS): | system-packages
 
 book: system-packages $(STAMP) $(VENDOR) $(GPT2)
-	$(VENV)/bin/jupyter-book build book -W -n --keep-going
-	@echo "Book built: $(CURDIR)/book/_build/html/index.html"
+	$(PY) book/editions.py build
+
+translations: $(STAMP) $(VENDOR) $(GPT2)
+	$(PY) book/editions.py translations
 
 test: system-packages $(STAMP) $(VENDOR) $(GPT2) $(HUBDEPS)
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup

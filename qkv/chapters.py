@@ -71,3 +71,29 @@ def available_slugs(book_dir: Path = BOOK_DIR) -> set[str]:
 
     walk(toc)
     return {c.slug for c in CHAPTERS if f"chapters/{c.slug}" in files}
+
+
+def course_map_html(book_dir: Path = BOOK_DIR) -> str:
+    """The intro page's course map: an HTML table of every chapter, linked when available.
+
+    Titles, descriptions and headers carry translation markers (``qkv.i18n``), so the Chinese
+    edition shows the same table translated.
+    """
+    import html
+
+    from qkv.i18n import mark
+
+    def text(s: str) -> str:
+        return mark(s, html.escape(s), inline=True)
+
+    ready = available_slugs(book_dir)
+    rows = []
+    for ch in CHAPTERS:
+        title = text(ch.title)
+        if ch.slug in ready:
+            title, status = f'<a href="chapters/{ch.slug}.html">{title}</a>', text("available")
+        else:
+            status = text("coming")
+        rows.append(f"<tr><td>{ch.number}</td><td>{title}</td><td>{text(ch.questions)}</td><td>{status}</td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("#", text("chapter"), text("questions"), text("status")))
+    return f'<table class="table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'

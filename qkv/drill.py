@@ -23,6 +23,7 @@ from mdit_py_plugins.dollarmath import dollarmath_plugin
 
 from qkv.chapters import BOOK_DIR, CHAPTERS, available_slugs
 from qkv.citations import CitationError
+from qkv.i18n import mark
 from qkv.quiz import markdown_to_html
 
 SHORT_ANSWER = "**Short answer.**"
@@ -130,6 +131,43 @@ def chapter_questions(slug: str, book_dir: Path = BOOK_DIR) -> list[Question]:
     return extract_questions(path.read_text(encoding="utf-8"))
 
 
+_TABLE_RULE = re.compile(r"^\|?\s*:?-{3,}")
+_LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+")
+
+
+def translatable_html(markdown: str, *, page: str, bibfile: Path) -> str:
+    """``markdown`` as HTML whose every message carries a translation marker (``qkv.i18n``).
+
+    The pieces are cut the way Sphinx's gettext builder cuts a page (a paragraph on one line, a
+    list item, a table cell), so each piece's translation is found in the chapter's catalog
+    under the same msgid.
+    """
+    def render(text: str, inline: bool) -> str:
+        return mark(text, markdown_to_html(text, inline=inline, citation_page=page, bibfile=bibfile),
+                    inline=inline, page=page)
+
+    parts: list[str] = []
+    for block in re.split(r"\n[ \t]*\n", markdown.strip()):
+        lines = [line.strip() for line in block.splitlines() if line.strip()]
+        if not lines:
+            continue
+        if all(line.startswith("|") for line in lines):
+            rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines
+                    if not _TABLE_RULE.match(line)]
+            head, body = rows[0], rows[1:]
+            html_rows = ["<tr>" + "".join(f"<th>{render(c, True) if c else ''}</th>" for c in head) + "</tr>"]
+            html_rows += ["<tr>" + "".join(f"<td>{render(c, True) if c else ''}</td>" for c in row) + "</tr>"
+                          for row in body]
+            parts.append(f'<table class="table"><thead>{html_rows[0]}</thead><tbody>{"".join(html_rows[1:])}</tbody></table>')
+        elif all(_LIST_ITEM.match(line) for line in lines):
+            tag = "ol" if lines[0][0].isdigit() else "ul"
+            items = "".join(f"<li>{render(_LIST_ITEM.sub('', line, count=1), True)}</li>" for line in lines)
+            parts.append(f"<{tag}>{items}</{tag}>")
+        else:
+            parts.append(render(" ".join(lines), False))
+    return "\n".join(parts)
+
+
 def render_drill(book_dir: Path = BOOK_DIR) -> str:
     """The drill as HTML: per available chapter (in course order), one ``<details>`` per question.
 
@@ -139,6 +177,7 @@ def render_drill(book_dir: Path = BOOK_DIR) -> str:
     bibliography entry; an unknown key raises ``CitationError`` naming the chapter and question.
     """
     ready = available_slugs(book_dir)
+    full_answer = mark("full answer", "full answer", inline=True)
     parts = ['<div class="qkv-drill">',
              "<style>.qkv-drill details { border: 1px solid #ccc; border-radius: 4px; margin: 0.4em 0; "
              "padding: 0.3em 0.7em; } .qkv-drill summary { cursor: pointer; font-weight: 600; }</style>"]
@@ -147,19 +186,23 @@ def render_drill(book_dir: Path = BOOK_DIR) -> str:
             continue
         questions = chapter_questions(ch.slug, book_dir)
         parts.append(f'<section class="qkv-drill-chapter" data-chapter="{ch.slug}">')
-        parts.append(f'<h2><a href="chapters/{ch.slug}.html">{ch.number}. {html.escape(ch.title)}</a></h2>')
+        title = mark(ch.title, html.escape(ch.title), inline=True)
+        parts.append(f'<h2><a href="chapters/{ch.slug}.html">{ch.number}. {title}</a></h2>')
         page = f"chapters/{ch.slug}.html"
         for q in questions:
             try:
-                answer = markdown_to_html(q.short_answer, citation_page=page,
-                                          bibfile=book_dir / "references.bib")
+                # The label stays on the first paragraph, as on the page: the paragraph is then
+                # the very message the chapter's catalog translates.
+                answer = translatable_html(f"{SHORT_ANSWER} {q.short_answer}", page=page,
+                                           bibfile=book_dir / "references.bib")
             except CitationError as err:
                 raise CitationError(f"{ch.slug}.md, short answer of {q.heading!r}: {err}") from err
+            summary = mark(q.heading, markdown_to_html(q.heading, inline=True), inline=True)
             parts.append(
                 '<details class="qkv-drill-question">'
-                f"<summary>{markdown_to_html(q.heading, inline=True)}</summary>"
+                f"<summary>{summary}</summary>"
                 f'<div class="qkv-drill-answer">{answer}</div>'
-                f'<p><a class="qkv-drill-link" href="chapters/{ch.slug}.html#{q.anchor}">full answer</a></p>'
+                f'<p><a class="qkv-drill-link" href="chapters/{ch.slug}.html#{q.anchor}">{full_answer}</a></p>'
                 "</details>")
         parts.append("</section>")
     parts.append("</div>")

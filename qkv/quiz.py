@@ -29,6 +29,7 @@ from mdit_py_plugins.dollarmath import dollarmath_plugin
 from mdit_py_plugins.myst_role import myst_role_plugin
 
 from qkv.citations import BIBFILE, CitationError, cite_html
+from qkv.i18n import mark
 
 MIN_OPTIONS = 2
 MAX_OPTIONS = 6  # options are lettered A–F
@@ -131,27 +132,35 @@ def validate_quiz(questions: list[dict[str, Any]]) -> None:
                 raise CitationError(f"{where} ({q['question'][:40]!r}): {err}") from err
 
 
+def _translatable(text: str, *, inline: bool = False) -> str:
+    """``text`` rendered from markdown inside a marker the Chinese edition translates (qkv.i18n)."""
+    return mark(text, markdown_to_html(text, inline=inline), inline=inline)
+
+
 def render_quiz(questions: list[dict[str, Any]]) -> str:
     """Validate ``questions`` (see ``validate_quiz``) and return the quiz as static HTML.
 
     Structure: ``div.qkv-quiz > ol > li.qkv-quiz-question``, holding the prompt and one
     ``details.qkv-quiz-option`` per option (``data-correct="true"|"false"``) whose body starts
-    with "Correct." or "Not quite." and continues with the explanation.
+    with "Correct." or "Not quite." and continues with the explanation. Every text is wrapped in
+    a translation marker (``qkv.i18n``), so the Chinese edition shows the same quiz translated.
     """
     validate_quiz(questions)
+    correct = _translatable("Correct.", inline=True)
+    wrong = _translatable("Not quite.", inline=True)
     parts = [f'<div class="qkv-quiz">{_STYLE}',
-             "<p>Click an option to see whether it is right, and why.</p>",
+             f"<p>{_translatable('Click an option to see whether it is right, and why.', inline=True)}</p>",
              '<ol class="qkv-quiz-questions">']
     for q in questions:
         parts.append('<li class="qkv-quiz-question">')
-        parts.append(f'<div class="qkv-quiz-prompt">{markdown_to_html(q["question"])}</div>')
+        parts.append(f'<div class="qkv-quiz-prompt">{_translatable(q["question"])}</div>')
         for letter, opt in zip("ABCDEF", q["options"]):
-            verdict = ('<strong class="qkv-quiz-verdict-correct">Correct.</strong>' if opt["correct"]
-                       else '<strong class="qkv-quiz-verdict-wrong">Not quite.</strong>')
+            verdict = (f'<strong class="qkv-quiz-verdict-correct">{correct}</strong>' if opt["correct"]
+                       else f'<strong class="qkv-quiz-verdict-wrong">{wrong}</strong>')
             parts.append(
                 f'<details class="qkv-quiz-option" data-correct="{str(opt["correct"]).lower()}">'
-                f'<summary>{letter}. {markdown_to_html(opt["text"], inline=True)}</summary>'
-                f'<p class="qkv-quiz-explanation">{verdict} {markdown_to_html(opt["why"], inline=True)}</p>'
+                f'<summary>{letter}. {_translatable(opt["text"], inline=True)}</summary>'
+                f'<p class="qkv-quiz-explanation">{verdict} {_translatable(opt["why"], inline=True)}</p>'
                 "</details>")
         parts.append("</li>")
     parts.append("</ol></div>")
