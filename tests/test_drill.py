@@ -112,7 +112,7 @@ def test_render_drill_lists_available_chapters_in_order_with_links(tmp_path):
                      "chapters/masking.html#what-is-softmax-and-is-it-stable"]
     first = soup.select_one("details.qkv-drill-question")
     assert first.summary.get_text() == "Q one?"
-    assert first.select_one(".qkv-drill-answer").get_text().strip() == r"One \(x<y\) & two."
+    assert first.select_one(".qkv-drill-answer").get_text().strip() == r"Short answer. One \(x<y\) & two."
     assert first.select_one("span.math") is not None
 
 
