@@ -12,12 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import matplotlib
-
 from autograder.learner_text import csv_cell, markdown_inline
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 @dataclass
@@ -62,8 +57,13 @@ def plot_distribution(results: list[Result], path: Path) -> Path | None:
     graded = [r for r in results if r.status == "graded" and r.questions]
     if not graded:
         return None
+    # matplotlib's object API, imported here: no pyplot state, no backend to select, and the
+    # grader's processes that never draw (its workers) do not pay for importing it.
+    from matplotlib.figure import Figure
+
     questions = list(graded[0].questions)
-    fig, axes = plt.subplots(1, len(questions) + 1, figsize=(3.2 * (len(questions) + 1), 3), squeeze=False)
+    fig = Figure(figsize=(3.2 * (len(questions) + 1), 3))
+    axes = fig.subplots(1, len(questions) + 1, squeeze=False)
     for ax, q in zip(axes[0], questions):
         possible = graded[0].questions[q][1]
         earned = Counter(r.questions[q][0] for r in graded if q in r.questions)
@@ -77,7 +77,6 @@ def plot_distribution(results: list[Result], path: Path) -> Path | None:
     axes[0][0].set_ylabel("students")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -1,6 +1,6 @@
 """Build the book's editions and keep the Chinese catalogs current.
 
-    python book/editions.py build [en|zh_CN|all]   # strict, offline builds; prints where the HTML is
+    python book/editions.py build [en|zh_CN|all] [--always]   # strict, offline builds; prints where the HTML is
     python book/editions.py translations           # regenerate the .pot files, update the .po files
 
 One source, two editions. The pages (``book/**/*.md``) are written in English; the Chinese
@@ -9,15 +9,20 @@ edition is the same pages built by Sphinx with ``language: zh_CN`` and the messa
 Both editions read one execution cache, so every cell runs once and the two editions show the
 same code, outputs and figures. The Chinese build's configuration is ``_config.yml`` plus the
 few overrides in :func:`edition_config`; it is written to ``book/_build/zh_CN/_config.yml``
-at build time, never kept as a second copy.
+at build time, never kept as a second copy. An edition whose inputs (pages, configuration,
+extensions, catalogs, the ``qkv`` library, the installed packages) did not change since its last
+strict build is not built again (``--always`` builds anyway).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import yaml
@@ -106,10 +111,53 @@ def _jupyter_book() -> str:
     return str(Path(sys.executable).parent / "jupyter-book")
 
 
-def build(edition: str, *, strict: bool = True) -> Path:
-    """Build one edition; return its HTML folder. Raises CalledProcessError when the build fails."""
+# What a build reads, besides the installed packages: the book's sources, configuration,
+# extensions, vendored assets and catalogs, and the library its pages import.
+INPUT_ROOTS = (BOOK, BOOK.parent / "qkv")
+STAMP = ".qkv-inputs"  # next to an edition's html/ folder: the inputs its last strict build read
+
+
+def inputs_fingerprint(edition: str, strict: bool) -> str:
+    """A digest of every input file's path, size and modification time (``INPUT_ROOTS``, build
+    outputs and caches left out), the installed packages' folder and the interpreter: what
+    ``make`` would compare. Changing, adding or removing any input changes it."""
+    digest = hashlib.sha256(f"{edition}\0{strict}\0{sys.version}\0{sys.executable}\n".encode())
+    for folder in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]):
+        digest.update(f"{folder}\0{os.stat(folder).st_mtime_ns}\n".encode())  # a package installed or removed
+    for root in INPUT_ROOTS:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in ("_build", "__pycache__", ".ipynb_checkpoints"))
+            for name in sorted(filenames):
+                st = os.stat(os.path.join(dirpath, name))
+                digest.update(f"{dirpath}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _stamp(edition: str) -> Path:
+    return html_dir(edition).parent / STAMP
+
+
+def up_to_date(edition: str, strict: bool = True) -> bool:
+    """Whether ``edition`` was built strictly from exactly the current inputs (and is still there)."""
+    stamp = _stamp(edition)
+    return ((html_dir(edition) / "index.html").is_file() and stamp.is_file()
+            and stamp.read_text(encoding="utf-8") == inputs_fingerprint(edition, strict))
+
+
+def build(edition: str, *, strict: bool = True, always: bool = False) -> Path:
+    """Build one edition; return its HTML folder. Raises CalledProcessError when the build fails.
+
+    Like ``make``, skips the build when no input changed since the last strict build of this
+    edition (Sphinx's own no-change rebuild still costs seconds: starting up, and formatting
+    every bibliography again); ``always`` builds anyway.
+    """
     if edition not in EDITIONS:
         raise ValueError(f"unknown edition {edition!r}; choose one of {', '.join(EDITIONS)}")
+    fingerprint = inputs_fingerprint(edition, strict)  # before the build: an edit made during it counts
+    if not always and up_to_date(edition, strict):
+        print(f"{LABELS[edition]}: up to date (no input changed since its last build)")
+        return html_dir(edition)
+    _stamp(edition).unlink(missing_ok=True)
     command = [_jupyter_book(), "build", str(BOOK)]
     if edition != "en":
         out = _output_path(edition)
@@ -121,6 +169,7 @@ def build(edition: str, *, strict: bool = True) -> Path:
     if strict:
         command += ["-W", "-n", "--keep-going"]
     subprocess.run(command, check=True)
+    _stamp(edition).write_text(fingerprint, encoding="utf-8")
     return html_dir(edition)
 
 
@@ -189,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="build the book strictly (both editions by default)")
     p.add_argument("edition", nargs="?", default="all", choices=[*EDITIONS, "all"])
+    p.add_argument("--always", action="store_true", help="build even when no input changed since the last build")
     sub.add_parser("translations", help="regenerate .pot files and update the zh_CN .po files")
     args = parser.parse_args(argv)
     try:
@@ -197,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"updated {po.relative_to(BOOK.parent)}")
             return 0
         editions = EDITIONS if args.edition == "all" else (args.edition,)
-        built = [(edition, build(edition)) for edition in editions]
+        built = [(edition, build(edition, always=args.always)) for edition in editions]
     except subprocess.CalledProcessError as exc:
         print(f"book build failed ({' '.join(exc.cmd[1:3])}): see the messages above", file=sys.stderr)
         return 1

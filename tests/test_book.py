@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -12,6 +16,9 @@ from bs4 import BeautifulSoup
 from qkv.chapters import CHAPTERS, available_slugs
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("book")]
+
+BOOK = Path(__file__).resolve().parent.parent / "book"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _pages(html: Path):
@@ -82,3 +89,30 @@ def test_intro_maps_all_nine_chapters(built_book):
             assert (built_book / link["href"]).is_file()
         else:
             assert status == "coming" and link is None
+
+
+def _rebuild() -> str:
+    """A strict build of the English edition into book/_build; its log without colour codes."""
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run([str(jb), "build", str(BOOK), "-W", "-n", "--keep-going"],
+                          capture_output=True, text=True, timeout=1800)
+    log = _ANSI.sub("", proc.stdout + proc.stderr)
+    assert proc.returncode == 0, log[-6000:]
+    return log
+
+
+def _executed(log: str) -> set[str]:
+    return {Path(m).stem for m in re.findall(r"(\S+\.md): Executed notebook", log)}
+
+
+def test_generated_pages_rerun_when_a_page_they_read_changes_and_only_then(built_book):
+    """The course map and the drill are computed from the chapters (book/_ext/generated_pages.py):
+    a rebuild with nothing changed reads and runs no page (issue 11's no-change budget), and a
+    changed chapter re-runs both, so the drill never shows an old short answer."""
+    quiet = _rebuild()
+    assert _executed(quiet) == set()
+    assert re.search(r"updating environment: (\[[^]]*\] )?0 added, 0 changed, 0 removed", quiet), quiet[-3000:]
+
+    os.utime(BOOK / "chapters" / "attention.md")  # saved again: same text, so its cached outputs still apply
+    touched = _rebuild()
+    assert _executed(touched) == {"intro", "drill"}, touched[-3000:]
