@@ -34,13 +34,14 @@ import json
 import multiprocessing
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +60,7 @@ from nbgrader.preprocessors import (
     OverwriteKernelspec,
     SaveAutoGrades,
 )
-from sqlalchemy.exc import SAWarning
+from sqlalchemy.exc import OperationalError, SAWarning
 from tqdm import tqdm
 
 from autograder import nbgrader_course, nbgrader_reuse
@@ -220,6 +221,7 @@ class _Course:
         nbgrader_reuse.install()  # recording is serial in this process: let nbgrader keep what it built
         self.assignment, self.course, self.feedback_root, self.limits = assignment, course, feedback_root, limits
         self.in_place = in_place
+        self.worker_feedback_failed = False
         self.source_nb = _prepare_course(assignment, course, solutions)
         self.verdict_dir = course / "verdicts"
         self.verdict_dir.mkdir(exist_ok=True)
@@ -263,8 +265,8 @@ class _Course:
                                    f"{exc}); rerun the same command to retry")
 
     def submit_feedback(self, pool: ProcessPoolExecutor, recorded: _Recorded) -> Future:
-        return pool.submit(_feedback_job, str(self.course), str(self.verdict_dir), self.assignment,
-                           recorded.sub.student_id, str(self.feedback_root))
+        return pool.submit(_feedback_job, str(self.course), str(self.verdict_dir), str(self.source_nb),
+                           self.assignment, recorded.sub.student_id, str(self.feedback_root))
 
     def feedback_here(self, recorded: _Recorded) -> _FeedbackOutcome:
         """The feedback job, in this process: when a worker could not do it (a broken pool, or the
@@ -303,7 +305,14 @@ class _Course:
         """The student's row once their feedback job ended: retried here if the worker failed."""
         try:
             outcome = future.result()
-        except Exception:  # noqa: BLE001 (a broken pool: write it here)
+        except (BrokenExecutor, OperationalError, sqlite3.OperationalError):
+            outcome = None  # a worker died, or the gradebook stayed locked while this process wrote: write it here
+        except Exception as exc:  # noqa: BLE001 (a grader bug: the page is still written, here, and said once)
+            if not self.worker_feedback_failed:
+                self.worker_feedback_failed = True
+                print(one_line(f"warning: writing feedback in a worker failed ({type(exc).__name__}: {exc}); "
+                               "writing it in the main process instead (slower). Please report this."),
+                      file=sys.stderr)
             outcome = None
         if outcome is None or outcome.failed:
             outcome = self.feedback_here(recorded)
@@ -542,11 +551,12 @@ def _verify_job(source_nb: str, submission_nb: str, assignment: str, limits: Lim
 _FEEDBACK_APIS: dict[tuple[str, str], NbGraderAPI] = {}
 
 
-def _feedback_job(course: str, verdict_dir: str, assignment: str, student_id: str,
+def _feedback_job(course: str, verdict_dir: str, source_nb: str, assignment: str, student_id: str,
                   feedback_root: str) -> _FeedbackOutcome:
     api = _FEEDBACK_APIS.get((course, verdict_dir))
     if api is None:
-        api = _FEEDBACK_APIS[course, verdict_dir] = NbGraderAPI(config=_grading_config(Path(course), Path(verdict_dir)))
+        config = _grading_config(Path(course), Path(verdict_dir), Path(source_nb))
+        api = _FEEDBACK_APIS[course, verdict_dir] = NbGraderAPI(config=config)
     return _write_feedback(api, Path(course), assignment, student_id, Path(feedback_root))
 
 

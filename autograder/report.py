@@ -93,7 +93,8 @@ def write_report(results: list[Result], assignment: str, path: Path, plot: Path 
                  f"{sum(r.banned for r in results)} with banned calls (scored 0 on those questions).")
     if graded:
         scores = sorted(r.score for r in graded)
-        mid = scores[len(scores) // 2] if len(scores) % 2 else (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+        half = len(scores) // 2
+        mid = scores[half] if len(scores) % 2 else (scores[half - 1] + scores[half]) / 2
         lines += ["", f"Score (of {graded[0].max_score:g}): mean {sum(scores) / len(scores):.2f}, median {mid:g}, "
                   f"min {scores[0]:g}, max {scores[-1]:g}."]
     if graded and graded[0].questions:

@@ -69,6 +69,20 @@ def test_run_completes_with_exit_code_zero(graded_class):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_feedback_is_written_by_the_workers(graded_class, tmp_path):
+    """The workers write feedback pages; the main process does so only when a worker fails, and
+    then says so. (A wrong call signature once sent every page back to the main process, silently.)"""
+    proc, _, out = graded_class
+    assert "writing feedback in a worker failed" not in proc.stderr
+    from autograder.grading import _feedback_job
+
+    course = out / "course"
+    outcome = _feedback_job(str(course), str(course / "verdicts"), str(course / "source" / "attention" / "attention.ipynb"),
+                            "attention", "ada", str(tmp_path / "feedback"))
+    assert outcome.notes == []
+    assert "softmax" in (tmp_path / "feedback" / "ada" / "attention.html").read_text(encoding="utf-8")
+
+
 def test_csv_has_the_documented_header(graded_class):
     _, _, out = graded_class
     assert open(out / "grades.csv").readline().strip() == "student_id,assignment,score,max_score,status,message"

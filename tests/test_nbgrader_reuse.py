@@ -35,7 +35,8 @@ from nbgrader.api import Gradebook
 answers = {{
     "ada": {{"softmax": "reference", "scaled_dot_product_attention": "reference", "additive_attention": "reference"}},
     "ben": {{"softmax": "reference", "scaled_dot_product_attention":
-             "def scaled_dot_product_attention(q, k, v, mask=None):\n    w = softmax(q @ k.transpose(-2, -1))\n    return w @ v, w"}},
+             "def scaled_dot_product_attention(q, k, v, mask=None):\n"
+             "    w = softmax(q @ k.transpose(-2, -1))\n    return w @ v, w"}},
     "cy": {{}},
 }}
 if __name__ == "__main__":  # the grader's workers are spawned: they re-import this file

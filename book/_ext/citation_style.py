@@ -12,7 +12,6 @@ import functools
 from dataclasses import dataclass, field
 
 import pybtex.plugin
-
 from sphinxcontrib.bibtex.plugin import register_plugin
 from sphinxcontrib.bibtex.style.referencing import BracketStyle
 from sphinxcontrib.bibtex.style.referencing.author_year import AuthorYearReferenceStyle
