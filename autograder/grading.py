@@ -37,6 +37,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections import Counter, deque
@@ -137,13 +138,17 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
         raise GradingSetupError(str(exc)) from None
     ctx = multiprocessing.get_context("spawn")  # workers must not inherit the main process's state
     workers = max(1, workers or os.cpu_count() or 1)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_warm_worker) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_warm_worker,
+                             initargs=(limits,)) as pool:
         # Start every worker now: their imports (torch, nbgrader: seconds) overlap the course's
         # preparation and the canary instead of delaying the class.
         for _ in range(workers):
             pool.submit(_ready)
         with tempfile.TemporaryDirectory(prefix="qkv-grade-") as tmp:  # gone before anyone is graded
             template = _course_template(assignment, solutions, course, Path(tmp))
+            # This process mostly waits while the canary runs in a worker: load the plotting
+            # library then, not after the last student.
+            threading.Thread(target=_load_plotting, name="qkv-load-plotting", daemon=True).start()
             _canary(assignment, solutions, template, pool, limits, out)
             if not course.exists():  # first run: the prepared course is the one the canary passed in
                 shutil.copytree(template, course)
@@ -154,6 +159,14 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
         finally:
             if in_place:  # run as root on the instructor's course: hand back what was written
                 nbgrader_course.give_back_to_owner(course)
+
+
+def _load_plotting() -> None:
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+    except Exception:  # noqa: BLE001 (the plot imports it again and reports what fails)
+        pass
 
 
 def check_arguments(assignment: str, submissions: Path | None, out: Path, solutions: Path = SOLUTIONS) -> None:
@@ -519,10 +532,11 @@ def _grade_students(assignment: str, submissions: Path | None, out: Path, soluti
 
 # --------------------------------------------------------------------------- worker side
 
-def _warm_worker() -> None:
+def _warm_worker(limits: Limits | None = None) -> None:
     import torch
 
     import autograder.verify  # noqa: F401  (imports torch and the checks once per worker)
+    from autograder.learner_process import warm_sandbox
 
     nbgrader_reuse.install()  # the feedback jobs read the gradebook with nbgrader
 
@@ -531,6 +545,8 @@ def _warm_worker() -> None:
     # collections do not walk it while grading, and the worker's exit does not either (with torch
     # and nbgrader loaded, the pool's shutdown took ~1 s per worker, ~0.2 s frozen).
     gc.freeze()
+    if limits is not None:
+        warm_sandbox(limits)  # its sandbox imports torch too: before the first submission, not during it
 
 
 def _ready() -> None:

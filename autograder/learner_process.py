@@ -50,6 +50,15 @@ class _Zygotes:
         self.sandbox: Sandbox | None = None
         atexit.register(self.close)
 
+    def warm(self, limits: Limits) -> None:
+        """Start the sandbox now (it imports torch: seconds) rather than on the first submission.
+        A failure here is left for that submission to meet, and report, as usual."""
+        if self.sandbox is None:
+            try:
+                self.sandbox = Sandbox(limits).start()
+            except InfrastructureError:
+                self.sandbox = None
+
     def fresh_child(self, limits: Limits, deny_ops: dict[str, str], deny_modules) -> Child:
         if self.sandbox is not None and (not self.sandbox.alive or self.sandbox.limits != limits):
             self.close()
@@ -82,6 +91,11 @@ class _Zygotes:
 
 
 _ZYGOTES = _Zygotes()
+
+
+def warm_sandbox(limits: Limits) -> None:
+    """Start this process's sandbox ahead of its first learner process (see ``_Zygotes.warm``)."""
+    _ZYGOTES.warm(limits)
 
 
 class LearnerProcess:
