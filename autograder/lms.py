@@ -157,7 +157,8 @@ def read_download(lms: str, archive: Path, assignment: str, scratch: Path,
                 if not _copy_member(zf, member, dest):
                     unmapped.append(f"{name}: unpacks to more than its declared size; it was not unpacked")
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DownloadError(f"{archive.name} could not be read as a zip ({exc}); download it again from the LMS") from None
+        raise DownloadError(f"{archive.name} could not be read as a zip ({exc}); "
+                            "download it again from the LMS") from None
     if lms == "canvas":
         for student in students.values():
             _resolve_canvas_renames(folder / student.student_id, assignment, student)

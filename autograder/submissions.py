@@ -87,12 +87,12 @@ def _from_entry(entry: Path, assignment: str, scratch: Path) -> Submission | Non
     if entry.is_dir():
         sid = entry.name
         if not STUDENT_ID.match(sid):
-            return Submission(_safe_id(sid), problem=f"invalid student id {sid!r}: use letters, digits, '.', '_' or '-'")
+            return Submission(_safe_id(sid), problem=_invalid_id(sid))
         return _find_notebook(Submission(sid), entry, assignment)
     if entry.suffix.lower() == ".zip":
         sid = entry.stem
         if not STUDENT_ID.match(sid):
-            return Submission(_safe_id(sid), problem=f"invalid student id {sid!r}: use letters, digits, '.', '_' or '-'")
+            return Submission(_safe_id(sid), problem=_invalid_id(sid))
         target = scratch / sid
         problem = _safe_unzip(entry, target)
         if problem:
@@ -100,6 +100,10 @@ def _from_entry(entry: Path, assignment: str, scratch: Path) -> Submission | Non
             return Submission(sid, problem=problem)
         return _find_notebook(Submission(sid), target, assignment)
     return None  # stray files (a README, a CSV) are not submissions
+
+
+def _invalid_id(sid: str) -> str:
+    return f"invalid student id {sid!r}: use letters, digits, '.', '_' or '-'"
 
 
 def _safe_id(name: str) -> str:
@@ -135,7 +139,8 @@ def _safe_unzip(archive: Path, target: Path) -> str | None:
                 if stat.S_ISLNK(m.external_attr >> 16):
                     return f"the zip contains a symbolic link {m.filename!r}; it was not unpacked"
                 if len(name.parts) > MAX_PATH_PARTS:
-                    return f"the zip contains a path nested more than {MAX_PATH_PARTS} folders deep; it was not unpacked"
+                    return (f"the zip contains a path nested more than {MAX_PATH_PARTS} folders deep; "
+                            "it was not unpacked")
             target.mkdir(parents=True, exist_ok=True)
             written = 0
             for m in members:

@@ -8,6 +8,7 @@ each tree's own ``qkv`` comes first on ``PYTHONPATH`` (kernels inherit it).
 
     .venv/bin/python benchmarks/book_build.py                # baseline main, one round
     .venv/bin/python benchmarks/book_build.py --rounds 2 --baseline HEAD~3
+    .venv/bin/python benchmarks/book_build.py --no-change      # this checkout's no-change rebuilds only
 
 Budget (issue 11): cold build <= 2x the baseline, no-change rebuild <= 5 s.
 """
@@ -47,6 +48,29 @@ def build(tree: Path, output: Path) -> tuple[float, dict[str, float]]:
     return seconds, pages
 
 
+def no_change(rounds: int) -> None:
+    """Seconds of no-change rebuilds of this checkout's book/_build (built first if needed):
+    Sphinx's (``jupyter-book build``, English), and ``make book``'s (both editions, which skips
+    an edition whose inputs did not change; ``--always`` makes it run Sphinx for both)."""
+    editions = [sys.executable, str(REPO / "book" / "editions.py"), "build"]
+    subprocess.run(editions, check=True, capture_output=True)  # current: what follows changes nothing
+    jupyter_book = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(REPO / "book"),
+                    "-W", "-n", "--keep-going"]
+    for label, command in (("jupyter-book build (English)", jupyter_book), ("make book (both editions)", editions),
+                           ("make book, --always", [*editions, "--always"])):
+        seconds = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            proc = subprocess.run(command, capture_output=True, text=True)
+            seconds.append(time.perf_counter() - start)
+            if proc.returncode != 0:
+                raise SystemExit(f"{label} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+            if "Executed notebook" in proc.stdout + proc.stderr:
+                raise SystemExit(f"{label}: a page was executed although nothing changed")
+        print(f"no-change rebuild, {label:30} median {sorted(seconds)[len(seconds) // 2]:5.2f} s "
+              f"(min {min(seconds):.2f}, {rounds} runs; budget 5 s)", flush=True)
+
+
 def size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
@@ -55,7 +79,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", default="main", help="git ref to compare against (default: main)")
     parser.add_argument("--rounds", type=int, default=1, help="cold builds of each tree, alternating")
+    parser.add_argument("--no-change", action="store_true",
+                        help="only time no-change rebuilds of this checkout (3 runs each), no cold builds")
     args = parser.parse_args()
+    if args.no_change:
+        no_change(3)
+        return
 
     missing = [p for p in SHARED if not (REPO / p).exists()]
     if missing:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 
 import nbformat
+import nbgrader.converters.generate_feedback as generate_feedback
 import pytest
 from bs4 import BeautifulSoup
 from nbconvert.exporters import HTMLExporter
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 from traitlets.config import Config
 
-import nbgrader.converters.generate_feedback as generate_feedback
 from autograder.feedback import FeedbackExporter
 
 # A 1x1 transparent PNG.
@@ -48,8 +48,8 @@ def _notebooks() -> dict[str, nbformat.NotebookNode]:
         new_code_cell("def softmax(x, dim=-1):\n    return x.exp() / x.exp().sum(dim, keepdim=True)",
                       outputs=[new_output("stream", name="stdout", text="ok\n")]),
         new_code_cell("assert softmax(x).sum() == 1", metadata={"nbgrader": {
-            "grade": True, "solution": False, "grade_id": "test_softmax", "points": 3, "score": 3.0, "schema_version": 3,
-            "locked": True}}),
+            "grade": True, "solution": False, "grade_id": "test_softmax", "points": 3, "score": 3.0,
+            "schema_version": 3, "locked": True}}),
     ])
     markdown_image = new_notebook(cells=[new_markdown_cell(f"see ![](data:image/png;base64,{PIXEL})")])
     output_image = new_notebook(cells=[new_code_cell("plot()", outputs=[
