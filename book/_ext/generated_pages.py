@@ -10,8 +10,8 @@ Any page whose front matter asks for ``execution_mode: force`` therefore declare
 read, every file it is generated from as a Sphinx dependency (``env.note_dependency``): Sphinx
 re-reads a page when a dependency is newer than the page's last read. A chapter edit re-runs
 those pages; a rebuild with nothing changed re-runs none of them (issue 11's no-change budget).
-The dependencies are deliberately broad (every page, every library module): a false re-read
-costs seconds, a missed one shows a stale answer.
+The dependencies are deliberately broad (every chapter page, every library module): a false
+re-read costs seconds, a missed one shows a stale answer.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _FORCE = re.compile(r"^\s*execution_mode:\s*force\s*$", re.M)
 # What a generated page may read, relative to the book's source folder. Files only: Sphinx
 # treats a folder dependency as missing, hence always changed. A page added to or removed from
 # the book changes _toc.yml (only_build_toc_files), which is a dependency.
-_INPUTS = ("_toc.yml", "references.bib", "*.md", "chapters/*.md")
+_INPUTS = ("_toc.yml", "references.bib", "chapters/*.md")
 _LIBRARY = Path(__file__).resolve().parents[2] / "qkv"  # the book's own library (the repository's qkv/)
 
 
