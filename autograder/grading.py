@@ -518,6 +518,9 @@ def _grade_students(assignment: str, submissions: Path | None, out: Path, soluti
             record(sub, verdicts)
         start_verifications()
     bar.close()
+    # Every job has ended: let the workers exit (ending their sandboxes takes a moment) while
+    # this process writes the outputs; leaving the pool's `with` block waits for them.
+    pool.shutdown(wait=False)
     remove_tree(unpacked)
 
     write_csv(results, out / "grades.csv")
