@@ -128,6 +128,8 @@ def inputs_fingerprint(edition: str, strict: bool) -> str:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d not in ("_build", "__pycache__", ".ipynb_checkpoints"))
             for name in sorted(filenames):
+                if name.endswith(".mo"):  # compiled from the .po files by the build itself
+                    continue
                 st = os.stat(os.path.join(dirpath, name))
                 digest.update(f"{dirpath}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()

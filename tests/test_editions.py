@@ -4,6 +4,7 @@ both editions, shared cells and outputs, and a browser check of a Chinese page f
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -295,3 +296,28 @@ def test_chinese_page_in_chromium_typesets_math_and_links_to_english(built_book,
             assert requests == []
         finally:
             browser.close()
+
+
+def test_inputs_fingerprint_changes_with_any_input_and_not_with_build_outputs(tmp_path, monkeypatch):
+    """`make book` skips an edition when this digest equals its last build's (book/editions.py)."""
+    (tmp_path / "chapters").mkdir()
+    page = tmp_path / "chapters" / "attention.md"
+    page.write_text("# Attention\n")
+    monkeypatch.setattr(editions, "INPUT_ROOTS", (tmp_path,))
+    first = editions.inputs_fingerprint("zh_CN", True)
+    assert editions.inputs_fingerprint("zh_CN", True) == first
+    assert editions.inputs_fingerprint("en", True) != first and editions.inputs_fingerprint("zh_CN", False) != first
+
+    (tmp_path / "_build").mkdir()  # what a build writes does not count
+    (tmp_path / "_build" / "page.html").write_text("<p>built</p>")
+    (tmp_path / "chapters.mo").write_bytes(b"compiled catalog")
+    assert editions.inputs_fingerprint("zh_CN", True) == first
+
+    os.utime(page, ns=(page.stat().st_atime_ns, page.stat().st_mtime_ns + 1_000_000))  # saved again
+    touched = editions.inputs_fingerprint("zh_CN", True)
+    assert touched != first
+    (tmp_path / "chapters" / "new.md").write_text("# New\n")  # a page added
+    added = editions.inputs_fingerprint("zh_CN", True)
+    assert added not in (first, touched)
+    (tmp_path / "chapters" / "new.md").unlink()  # and removed again
+    assert editions.inputs_fingerprint("zh_CN", True) == touched
