@@ -38,7 +38,7 @@ def is_generated(source: Path) -> bool:
 
 
 def inputs(srcdir: Path) -> list[Path]:
-    """Every file and folder a generated page may be computed from."""
+    """Every file a generated page may be computed from."""
     found: set[Path] = set()
     for pattern in _INPUTS:
         found.update(p for p in srcdir.glob(pattern) if p.exists())
