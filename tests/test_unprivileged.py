@@ -17,6 +17,7 @@ import nbformat
 import pytest
 import unprivileged
 from notebook_tools import REPO, learner_notebook
+from test_sandbox import _mount_parents_in_tmp
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading"),
               pytest.mark.skipif(os.geteuid() != 0, reason="creating a user needs root")]
@@ -113,7 +114,9 @@ def test_isolation_holds_for_an_ordinary_user(user, tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["mode"] == "user" and out["alive"] and out["honest"] == [1.0, 1.0]
     tmp, shm, others, fds, uid, pid, ppid, cap_eff, no_new_privs, seccomp = out["traces"]
-    assert tmp == ["learner-output.log"] and shm == [] and others == [] and (pid, ppid) == (1, 0)
+    # A checkout or venv under /tmp is mounted read-only in the learner's /tmp too (sandbox.command).
+    assert set(tmp) == {"learner-output.log"} | _mount_parents_in_tmp()
+    assert shm == [] and others == [] and (pid, ppid) == (1, 0)
     assert uid == user.pw_uid and cap_eff == "0000000000000000" and no_new_privs == "1" and seccomp == "2"
     kernel = out["kernel"]
     assert all(v == "EPERM" for k, v in kernel.items() if k not in ("threads", "fork", "clone3")), kernel
