@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,9 +111,11 @@ def main() -> None:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False)
     print(f"seconds to execute each page (last round): {'page':14} {'baseline':>8} {'this':>7}")
     for page in sorted(set(pages["baseline"]) | set(pages["this"])):
-        print(f"  {page:14} {pages['baseline'].get(page, float('nan')):7.1f} {pages['this'].get(page, float('nan')):7.1f}")
+        print(f"  {page:14} {pages['baseline'].get(page, float('nan')):7.1f} "
+              f"{pages['this'].get(page, float('nan')):7.1f}")
     base_s, this_s = min(times["baseline"]), min(times["this"])
-    print(f"cold build: {this_s:.1f} s vs {base_s:.1f} s for {args.baseline}: ratio {this_s / base_s:.2f} (budget 2.00)")
+    print(f"cold build: {this_s:.1f} s vs {base_s:.1f} s for {args.baseline}: "
+          f"ratio {this_s / base_s:.2f} (budget 2.00)")
     print(f"no-change rebuild: {rebuild['this']:.1f} s vs {rebuild['baseline']:.1f} s for {args.baseline}: "
           f"ratio {rebuild['this'] / rebuild['baseline']:.2f} (budget 5 s on an idle machine, 4.6 s today)")
 

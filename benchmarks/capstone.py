@@ -99,12 +99,13 @@ def main(argv=None) -> None:
     for n in args.lengths:
         out = {}
 
-        def run(cached: bool, n: int = n):
+        def run(cached: bool, n: int = n, out: dict = out):
             out[cached] = gpt.generate(net, prompt, n, kv_cache=cached)
 
         t = best_of(args.rounds, {"cached": lambda: run(True), "full": lambda: run(False)})
         same = torch.equal(out[True], out[False])
-        print(f"{n:>10} {n / t['cached']:>14,.0f} {n / t['full']:>12,.0f} {t['full'] / t['cached']:>15.1f} {str(same):>12}")
+        print(f"{n:>10} {n / t['cached']:>14,.0f} {n / t['full']:>12,.0f} "
+              f"{t['full'] / t['cached']:>15.1f} {str(same):>12}")
     print(f"\n(measured in {time.perf_counter() - start:.1f} s)")
 
 

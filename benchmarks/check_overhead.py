@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from notebook_tools import reference_namespace  # noqa: E402 - the test helper that loads a solution
 from qkv.chapters import CHAPTERS  # noqa: E402
 from qkv.checks.core import call_learner  # noqa: E402
 from qkv.selfcheck import Visible, run_tests  # noqa: E402
-from notebook_tools import reference_namespace  # noqa: E402 - the test helper that loads a solution
 
 
 def visible_seconds(slug: str, repeats: int = 3) -> tuple[float, bool]:

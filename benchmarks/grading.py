@@ -30,10 +30,9 @@ import nbformat
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from notebook_tools import learner_notebook  # noqa: E402
-
 from autograder.course import SOLUTIONS, assignments, nbgrader_config  # noqa: E402
 from autograder.grading import PHASES, grade_class  # noqa: E402
+from notebook_tools import learner_notebook  # noqa: E402
 
 RIGHT = {"softmax": "reference", "scaled_dot_product_attention": "reference", "additive_attention": "reference"}
 KINDS = [

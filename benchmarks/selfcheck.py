@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from notebook_tools import learner_notebook, solution_cell_ids  # noqa: E402
-
 from qkv import selfcheck  # noqa: E402
 from qkv.chapters import CHAPTERS  # noqa: E402
 

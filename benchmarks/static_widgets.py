@@ -19,8 +19,7 @@ matplotlib.use("Agg")
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 
 from qkv.gpt2_files import ENDOFTEXT, gpt2_merges  # noqa: E402
-from qkv.widgets import (attention, bert, masking, mqa_gqa, multihead, norms, scaling,  # noqa: E402
-                         tokenization, transformer)
+from qkv.widgets import attention, bert, masking, mqa_gqa, multihead, norms, scaling, tokenization, transformer  # noqa: E402
 from qkv.widgets.live import STATIC_BUILD_ENV  # noqa: E402
 
 BUILDERS = {

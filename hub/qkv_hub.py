@@ -55,7 +55,7 @@ class HubSettings:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> "HubSettings":
+    def load(cls, path: str | os.PathLike | None = None) -> HubSettings:
         path = path or os.environ.get(SETTINGS_ENV)
         if not path:
             raise SystemExit(f"{SETTINGS_ENV} is not set: start the hub with `make hub` or hub/start.py")

@@ -112,7 +112,8 @@ def ensure_runtime() -> Path:
     if _runnable_by_everyone(venv_python):
         return VENV / "bin"
     base_prefix, version = subprocess.run(
-        [str(VENV / "bin" / "python"), "-c", "import sys; print(sys.base_prefix); print('%d.%d' % sys.version_info[:2])"],
+        [str(VENV / "bin" / "python"), "-c",
+         "import sys; print(sys.base_prefix); print('%d.%d' % sys.version_info[:2])"],
         capture_output=True, text=True, check=True).stdout.split()
     interpreter = RUNTIME / "python"
     stamp = RUNTIME / ".copied-from"
@@ -122,8 +123,8 @@ def ensure_runtime() -> Path:
         shutil.copytree(base_prefix, interpreter, symlinks=True, ignore=lambda folder, names: [
             n for n in names if Path(folder) == stdlib and n in ("site-packages", "test")])
         (interpreter / "lib" / f"python{version}" / "site-packages").mkdir(exist_ok=True)
-        subprocess.run([str(interpreter / "bin" / f"python{version}"), "-m", "venv", "--without-pip", str(RUNTIME / "venv")],
-                       check=True, env=_runtime_env())
+        subprocess.run([str(interpreter / "bin" / f"python{version}"), "-m", "venv", "--without-pip",
+                        str(RUNTIME / "venv")], check=True, env=_runtime_env())
         stamp.write_text(str(venv_python))
     venv = RUNTIME / "venv"
     site = venv / "lib" / f"python{version}" / "site-packages"
@@ -185,7 +186,8 @@ def run_as(settings: HubSettings, account: pwd.struct_passwd, command: list[str]
                           extra_groups=os.getgrouplist(account.pw_name, account.pw_gid),
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
-        raise HubSetupError(f"`{' '.join(command)}` as {account.pw_name} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+        raise HubSetupError(f"`{' '.join(command)}` as {account.pw_name} failed:\n"
+                            f"{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
     return proc
 
 
@@ -193,7 +195,8 @@ def _account(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        raise HubSetupError(f"no local account {name!r}: create it with `useradd -m {name}` and `passwd {name}`") from None
+        raise HubSetupError(f"no local account {name!r}: "
+                            f"create it with `useradd -m {name}` and `passwd {name}`") from None
 
 
 def _group_members(group: str | None) -> list[str]:

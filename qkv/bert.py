@@ -19,7 +19,7 @@ Token ids are integer tensors; ``-100`` in a label tensor means "no loss here"
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -43,7 +43,8 @@ def _special_mask(input_ids: torch.Tensor, special: torch.Tensor | Iterable[int]
             )
         is_special = special.clone()
     else:
-        ids = torch.as_tensor(list(special) if not isinstance(special, torch.Tensor) else special, dtype=input_ids.dtype)
+        ids = torch.as_tensor(list(special) if not isinstance(special, torch.Tensor) else special,
+                              dtype=input_ids.dtype)
         is_special = torch.isin(input_ids, ids)
     return is_special | (input_ids == pad_id)
 
@@ -141,7 +142,8 @@ def linear_warmup_decay(step: int, peak_lr: float, warmup_steps: int, total_step
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if total_steps < 1 or not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, total_steps={total_steps}")
+        raise ValueError("need 0 <= warmup_steps < total_steps, "
+                         f"got warmup_steps={warmup_steps}, total_steps={total_steps}")
     if step >= total_steps:
         return 0.0
     if step < warmup_steps:
@@ -161,7 +163,8 @@ def adam_moments(grads: torch.Tensor, lrs: Sequence[float], betas=(0.9, 0.999), 
         the parameter change lr_t · m̂_t / (√v̂_t + eps) (Kingma & Ba 2015, Algorithm 1).
     """
     if grads.dim() != 2 or len(lrs) != grads.shape[0]:
-        raise ValueError(f"expected grads of shape (steps, n) and one lr per step, got {tuple(grads.shape)} and {len(lrs)} lrs")
+        raise ValueError("expected grads of shape (steps, n) and one lr per step, "
+                         f"got {tuple(grads.shape)} and {len(lrs)} lrs")
     b1, b2 = betas
     m = torch.zeros(grads.shape[1], dtype=grads.dtype)
     v = torch.zeros_like(m)
@@ -219,7 +222,8 @@ def max_context_score(position: int, chunk: tuple[int, int]) -> float:
     return min(position - start, end - 1 - position) + 0.01 * (end - start)
 
 
-def merge_chunk_predictions(chunk_preds: Sequence[torch.Tensor], chunks: Sequence[tuple[int, int]], n_tokens: int) -> torch.Tensor:
+def merge_chunk_predictions(chunk_preds: Sequence[torch.Tensor], chunks: Sequence[tuple[int, int]],
+                            n_tokens: int) -> torch.Tensor:
     """Merge per-chunk predictions into one prediction per token (the max-context rule).
 
     Args:
@@ -281,7 +285,8 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     """
     _check_hidden(hidden)
     if attention_mask.shape != hidden.shape[:2]:
-        raise ValueError(f"expected attention_mask of shape {tuple(hidden.shape[:2])}, got {tuple(attention_mask.shape)}")
+        raise ValueError(f"expected attention_mask of shape {tuple(hidden.shape[:2])}, "
+                         f"got {tuple(attention_mask.shape)}")
     keep = attention_mask.bool().unsqueeze(-1)                               # (B, T, 1)
     # Zero the padding vectors: BERT's outputs at [PAD] positions are not zero.
     total = torch.where(keep, hidden, torch.zeros_like(hidden)).sum(dim=1)   # (B, d)
@@ -321,7 +326,8 @@ class TinyBertEmbeddings(nn.Module):
             raise ValueError(
                 f"input has {T} tokens but the model has only {self.max_positions} learned positions "
                 f"(positions 0..{self.max_positions - 1}); truncate it, or split it with "
-                f"sliding_window_chunks(n_tokens={T}, window={self.max_positions}, stride=...) and merge the predictions"
+                f"sliding_window_chunks(n_tokens={T}, window={self.max_positions}, stride=...) "
+                "and merge the predictions"
             )
         positions = torch.arange(T, device=input_ids.device)
         segments = torch.zeros_like(input_ids) if segment_ids is None else segment_ids
@@ -351,17 +357,20 @@ class TinyEncoder(nn.Module):
     from position i.
     """
 
-    def __init__(self, d_model: int = 16, n_layers: int = 2, mask: str = "bidirectional", residual: bool = True, seed: int = 0):
+    def __init__(self, d_model: int = 16, n_layers: int = 2, mask: str = "bidirectional", residual: bool = True,
+                 seed: int = 0):
         super().__init__()
         torch.manual_seed(seed)
         self.mask_kind, self.residual = mask, residual
         self.qkv = nn.ModuleList(nn.Linear(d_model, 3 * d_model) for _ in range(n_layers))
         self.ffn = nn.ModuleList(
-            nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)) for _ in range(n_layers)
+            nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+            for _ in range(n_layers)
         )
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(2 * n_layers))
 
-    def forward(self, x: torch.Tensor, n_layers: int | None = None, queries: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, n_layers: int | None = None,
+                queries: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, d) -> (B, T, d), through the first ``n_layers`` layers (all by default).
 
         ``queries``: optional (B or 1, T, d) tensor the queries are computed from at every layer.
@@ -369,7 +378,8 @@ class TinyEncoder(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"expected x of shape (B, T, d), got {tuple(x.shape)}")
         if queries is not None and queries.shape[-2:] != x.shape[-2:]:
-            raise ValueError(f"expected queries of shape (B, T, d) = (*, {x.shape[1]}, {x.shape[2]}), got {tuple(queries.shape)}")
+            raise ValueError(f"expected queries of shape (B, T, d) = (*, {x.shape[1]}, {x.shape[2]}), "
+                             f"got {tuple(queries.shape)}")
         mask = attention_mask_for(self.mask_kind, x.shape[1])
         for layer in range(n_layers if n_layers is not None else len(self.qkv)):
             q, k, v = self.qkv[layer](x).chunk(3, dim=-1)                    # each (B, T, d)

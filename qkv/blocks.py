@@ -112,7 +112,8 @@ def pre_ln_block(x: torch.Tensor, params: dict[str, torch.Tensor], n_heads: int,
     return x + feed_forward(_ln(x, params, 2), params)
 
 
-def torch_encoder_layer(params: dict[str, torch.Tensor], n_heads: int, *, norm_first: bool) -> torch.nn.TransformerEncoderLayer:
+def torch_encoder_layer(params: dict[str, torch.Tensor], n_heads: int, *,
+                        norm_first: bool) -> torch.nn.TransformerEncoderLayer:
     """An ``nn.TransformerEncoderLayer`` (ReLU, no dropout, batch_first, eval mode) holding copies of ``params``."""
     d_ff, d = params["ff1_weight"].shape
     layer = torch.nn.TransformerEncoderLayer(d, n_heads, d_ff, dropout=0.0, batch_first=True, norm_first=norm_first,
@@ -123,7 +124,9 @@ def torch_encoder_layer(params: dict[str, torch.Tensor], n_heads: int, *, norm_f
         layer.self_attn.out_proj.weight.copy_(params["out_proj_weight"])
         layer.self_attn.out_proj.bias.copy_(params["out_proj_bias"])
         for i, norm in ((1, layer.norm1), (2, layer.norm2)):
-            norm.weight.copy_(params[f"ln{i}_weight"]); norm.bias.copy_(params[f"ln{i}_bias"])
+            norm.weight.copy_(params[f"ln{i}_weight"])
+            norm.bias.copy_(params[f"ln{i}_bias"])
         for i, lin in ((1, layer.linear1), (2, layer.linear2)):
-            lin.weight.copy_(params[f"ff{i}_weight"]); lin.bias.copy_(params[f"ff{i}_bias"])
+            lin.weight.copy_(params[f"ff{i}_weight"])
+            lin.bias.copy_(params[f"ff{i}_bias"])
     return layer.eval()

@@ -121,7 +121,8 @@ def translated_heading(heading: str, chapter: str, edition: str, book: Path | No
     book = BOOK if book is None else book
     if edition == "en":
         return heading
-    return _catalog(str(book / "locales" / edition / "LC_MESSAGES" / "chapters" / f"{chapter}.po")).get(heading, heading)
+    po_path = book / "locales" / edition / "LC_MESSAGES" / "chapters" / f"{chapter}.po"
+    return _catalog(str(po_path)).get(heading, heading)
 
 
 @functools.lru_cache(maxsize=32)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter, defaultdict
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import regex
 
@@ -136,7 +136,8 @@ def build_vocab(merges: Sequence[Pair], special_tokens: Sequence[str] = ()) -> d
 # ----------------------------------------------------------------------------- training
 
 
-def train_bpe_naive(text: str, vocab_size: int, special_tokens: Sequence[str] = ()) -> tuple[dict[int, bytes], list[Pair]]:
+def train_bpe_naive(text: str, vocab_size: int,
+                    special_tokens: Sequence[str] = ()) -> tuple[dict[int, bytes], list[Pair]]:
     """Reference trainer: recount every pair in every distinct pre-token after every merge.
 
     Returns ``(vocab, merges)``: ``vocab`` maps id -> bytes (ids 0-255 are the bytes,
@@ -172,7 +173,7 @@ class _Desc:
     def __init__(self, key: tuple[bytes, bytes]):
         self.key = key
 
-    def __lt__(self, other: "_Desc") -> bool:
+    def __lt__(self, other: _Desc) -> bool:
         return self.key > other.key
 
     def __eq__(self, other: object) -> bool:

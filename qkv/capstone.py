@@ -22,10 +22,10 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from qkv.chapters import chapter as chapter_info
 from qkv.gpt_training import Settings
@@ -156,7 +156,8 @@ class CapstoneReport:
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td><code>{html.escape(r.slot)}</code></td><td>{html.escape(r.chapter)}</td>"
-            f"<td><b>{'yours' if r.yours else 'library'}</b></td><td style='text-align:left'>{html.escape(r.note)}</td></tr>"
+            f"<td><b>{'yours' if r.yours else 'library'}</b></td>"
+            f"<td style='text-align:left'>{html.escape(r.note)}</td></tr>"
             for r in self.rows)
         rest = "".join(f"<p>{html.escape(line)}</p>" for line in self._result_lines() if line)
         return (f"<div class='qkv-capstone'><p><b>qkv capstone {html.escape(self.folder)}</b></p><table><thead><tr>"
@@ -251,7 +252,7 @@ def _worker() -> None:
         for cid, source in _SelfCheck.cells(Path(path)):
             send(kind="start", what=f"loading {chapter}: {cid}")
             try:
-                with own_model.alarm(spec["step_timeout"], f"cell {cid} of {chapter}"):
+                with own_model.Alarm(spec["step_timeout"], f"cell {cid} of {chapter}"):
                     run_cell(source, f"<{chapter}: {cid}>")
             except BaseException as exc:  # noqa: BLE001 - a learner cell may raise anything
                 load_notes.append(f"{chapter}: cell {cid} raised {type(exc).__name__}: {exc}")

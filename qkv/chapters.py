@@ -22,7 +22,8 @@ class Chapter:
 
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter(1, "attention", "Attention from first principles",
-            "what attention computes, self vs cross, k = v?, attention vs a fully connected layer, dot-product vs additive"),
+            "what attention computes, self vs cross, k = v?, attention vs a fully connected layer, "
+            "dot-product vs additive"),
     Chapter(2, "scaling", "Why divide by √d_k",
             "the variance argument, softmax saturation and vanishing gradients, alternatives"),
     Chapter(3, "masking", "Padding and causal masks",

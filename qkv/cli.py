@@ -11,7 +11,8 @@ from qkv.chapters import CHAPTERS
 
 def _parser() -> argparse.ArgumentParser:
     slugs = ", ".join(c.slug for c in CHAPTERS)
-    p = argparse.ArgumentParser(prog="qkv", description="Check your exercises, get hints, see your progress, train your own GPT.")
+    p = argparse.ArgumentParser(prog="qkv",
+                                description="Check your exercises, get hints, see your progress, train your own GPT.")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check", help="run a chapter's visible checks against your notebook",

@@ -15,7 +15,7 @@ import importlib
 import inspect
 import pydoc
 import warnings
-from functools import lru_cache
+from functools import cache
 
 # A fixed order: the corpus is a prefix of the concatenation, so n_bytes picks how much.
 STDLIB_MODULES: tuple[str, ...] = (
@@ -54,12 +54,13 @@ def _docstrings(module_name: str) -> list[str]:
             docs.append(pydoc.getdoc(obj))
         if inspect.isclass(obj):
             for member_name, member in sorted(vars(obj).items()):
-                if not member_name.startswith("_") and (inspect.isfunction(member) or inspect.ismethoddescriptor(member)):
+                if not member_name.startswith("_") and \
+                        (inspect.isfunction(member) or inspect.ismethoddescriptor(member)):
                     docs.append(pydoc.getdoc(member))
     return [d for d in docs if d]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _corpus_upto(n_bytes: int) -> str:
     parts: list[str] = []
     size = 0

@@ -70,7 +70,8 @@ def _sections(markdown: str) -> list[tuple[str, list[str]]]:
         opener = _FENCE.match(stripped)
         if fence is not None:
             # A fence closes with the same character repeated at least as often, and nothing else.
-            if opener and stripped == opener.group(1) and opener.group(1)[0] == fence[0] and len(opener.group(1)) >= len(fence):
+            if opener and stripped == opener.group(1) and opener.group(1)[0] == fence[0] \
+                    and len(opener.group(1)) >= len(fence):
                 fence = None
             if sections:
                 # Keep the line count but hide the content: a fence's text is never a short answer.
@@ -114,7 +115,8 @@ def extract_questions(markdown: str) -> list[Question]:
         if answer is None:
             continue
         if not answer:
-            raise ValueError(f"section {heading!r} has an empty **Short answer.** paragraph; write 2–4 sentences after the label")
+            raise ValueError(f"section {heading!r} has an empty **Short answer.** paragraph; "
+                             "write 2–4 sentences after the label")
         questions.append(Question(heading=heading, anchor=heading_anchor(heading), short_answer=answer))
     anchors = [q.anchor for q in questions]
     duplicates = sorted({a for a in anchors if anchors.count(a) > 1})
@@ -158,7 +160,8 @@ def translatable_html(markdown: str, *, page: str, bibfile: Path) -> str:
             html_rows = ["<tr>" + "".join(f"<th>{render(c, True) if c else ''}</th>" for c in head) + "</tr>"]
             html_rows += ["<tr>" + "".join(f"<td>{render(c, True) if c else ''}</td>" for c in row) + "</tr>"
                           for row in body]
-            parts.append(f'<table class="table"><thead>{html_rows[0]}</thead><tbody>{"".join(html_rows[1:])}</tbody></table>')
+            parts.append(f'<table class="table"><thead>{html_rows[0]}</thead>'
+                         f'<tbody>{"".join(html_rows[1:])}</tbody></table>')
         elif all(_LIST_ITEM.match(line) for line in lines):
             tag = "ol" if lines[0][0].isdigit() else "ul"
             items = "".join(f"<li>{render(_LIST_ITEM.sub('', line, count=1), True)}</li>" for line in lines)

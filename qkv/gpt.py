@@ -43,9 +43,9 @@ keys (already rotated by RoPE) and values of the S tokens seen so far.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,8 @@ import torch.nn.functional as F
 from qkv.attention import softmax as _softmax
 from qkv.gqa import repeat_kv as _repeat_kv
 from qkv.masks import causal_mask as _causal_mask
-from qkv.multihead import merge_heads as _merge_heads, split_heads as _split_heads
+from qkv.multihead import merge_heads as _merge_heads
+from qkv.multihead import split_heads as _split_heads
 from qkv.norms import rms_norm as _rms_norm
 from qkv.positional import apply_rope as _apply_rope
 from qkv.schedules import noam_lr as _noam_lr
@@ -79,7 +80,7 @@ class Pieces:
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
-    def with_(self, **overrides: Callable) -> "Pieces":
+    def with_(self, **overrides: Callable) -> Pieces:
         """A copy with some pieces replaced (e.g. a learner's softmax)."""
         return replace(self, **overrides)
 

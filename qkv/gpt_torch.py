@@ -78,7 +78,7 @@ class TorchGPT(nn.Module):
 
     @classmethod
     def from_params(cls, params: dict[str, torch.Tensor], config: dict, dtype: torch.dtype | None = None,
-                    **switches) -> "TorchGPT":
+                    **switches) -> TorchGPT:
         """A TorchGPT holding copies of ``params`` (in ``dtype``, default the params' dtype)."""
         dtype = dtype or params["tok_emb"].dtype
         model = cls(config, dtype, **switches)

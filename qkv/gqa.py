@@ -125,7 +125,8 @@ def mean_pool_kv_heads(w_kv: torch.Tensor, n_heads: int, n_groups: int) -> torch
     if n_groups < 1 or n_heads % n_groups:
         raise ValueError(f"n_groups ({n_groups}) must be a positive divisor of n_heads ({n_heads})")
     if w_kv.dim() < 1 or w_kv.shape[0] % n_heads:
-        raise ValueError(f"expected w_kv of shape (n_heads·d_head, ...) with n_heads = {n_heads}, got {tuple(w_kv.shape)}")
+        raise ValueError(f"expected w_kv of shape (n_heads·d_head, ...) with n_heads = {n_heads}, "
+                         f"got {tuple(w_kv.shape)}")
     d_head = w_kv.shape[0] // n_heads
     rest = w_kv.shape[1:]
     grouped = w_kv.reshape(n_groups, n_heads // n_groups, d_head, *rest)  # (groups, heads per group, d_head, ...)

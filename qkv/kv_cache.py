@@ -60,7 +60,8 @@ def kv_cache_bytes(
     return int(round(2 * n_layers * n_kv_heads * d_head * seq_len * batch * bytes_per_element))
 
 
-def empty_cache(batch: int, n_kv_heads: int, d_head: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def empty_cache(batch: int, n_kv_heads: int, d_head: int,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """An empty (k, v) cache: two (B, H_kv, 0, d) tensors."""
     shape = (batch, n_kv_heads, 0, d_head)
     return torch.empty(shape, dtype=dtype), torch.empty(shape, dtype=dtype)
@@ -96,7 +97,8 @@ def decode_step(
     for name, t in (("k_t", k_t), ("v_t", v_t)):
         if t.dim() != 4 or t.shape[2] != 1:
             raise ValueError(f"expected {name} of shape (B, H_kv, 1, d), got {tuple(t.shape)}")
-    if cache_k.shape != cache_v.shape or cache_k.dim() != 4 or cache_k.shape[:2] != k_t.shape[:2] or cache_k.shape[3] != k_t.shape[3]:
+    if cache_k.shape != cache_v.shape or cache_k.dim() != 4 or cache_k.shape[:2] != k_t.shape[:2] \
+            or cache_k.shape[3] != k_t.shape[3]:
         raise ValueError(f"expected caches of shape (B, H_kv, S, d) matching k_t {tuple(k_t.shape)}, "
                          f"got {tuple(cache_k.shape)} and {tuple(cache_v.shape)}")
     cache_k = torch.cat([cache_k, k_t], dim=2)
@@ -184,7 +186,8 @@ class TinyDecoder(torch.nn.Module):
         return self._run(tokens, None, 0)[0]
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, cache: list | None = None, position: int | None = None) -> tuple[torch.Tensor, list]:
+    def step(self, tokens: torch.Tensor, cache: list | None = None,
+             position: int | None = None) -> tuple[torch.Tensor, list]:
         """Process only ``tokens`` (B, T_new) given ``cache`` (one (k, v) per layer); return (logits, new cache).
 
         ``position`` is the absolute position of the first new token and defaults to
@@ -274,4 +277,5 @@ def time_decode_attention(
 
     A single setting of :func:`decode_time_table`; see there for what is timed.
     """
-    return decode_time_table(n_heads, [n_kv_heads], d_head, [context], batch, repeats, dtype, seed, threads)[n_kv_heads][0]
+    table = decode_time_table(n_heads, [n_kv_heads], d_head, [context], batch, repeats, dtype, seed, threads)
+    return table[n_kv_heads][0]

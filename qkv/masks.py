@@ -78,7 +78,8 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
     try:
         mask = mask.expand(logits.shape)
     except RuntimeError:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to logits {tuple(logits.shape)}") from None
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to logits "
+                         f"{tuple(logits.shape)}") from None
     filled = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
     weights = torch.softmax(filled, dim=-1)
     # A fully masked row is all finfo.min, so its softmax is uniform: zero it explicitly.
@@ -114,7 +115,8 @@ def attention_mask(
     if q_lengths is not None:
         _check_lengths(q_lengths, t_q, "q_lengths")
         if len(q_lengths) != len(k_lengths):
-            raise ValueError(f"q_lengths and k_lengths must have the same batch size, got {len(q_lengths)} and {len(k_lengths)}")
+            raise ValueError("q_lengths and k_lengths must have the same batch size, "
+                             f"got {len(q_lengths)} and {len(k_lengths)}")
         # Padded queries attend to nothing: their outputs are zero and are ignored downstream.
         mask = mask & padding_mask(q_lengths, t_q)[:, None, :, None]  # (B, 1, T_q, T_k)
     mask = mask.expand(len(k_lengths), 1, t_q, t_k)

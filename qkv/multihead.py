@@ -88,9 +88,11 @@ def multi_head_attention(
                          f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
     d_model = query.shape[-1]
     if in_proj_weight.shape != (3 * d_model, d_model):
-        raise ValueError(f"expected in_proj_weight of shape {(3 * d_model, d_model)}, got {tuple(in_proj_weight.shape)}")
+        raise ValueError(f"expected in_proj_weight of shape {(3 * d_model, d_model)}, "
+                         f"got {tuple(in_proj_weight.shape)}")
     if key.shape[1] != value.shape[1]:
-        raise ValueError(f"key and value must have the same length T_k; got {tuple(key.shape)} and {tuple(value.shape)}")
+        raise ValueError("key and value must have the same length T_k; "
+                         f"got {tuple(key.shape)} and {tuple(value.shape)}")
     w_q, w_k, w_v = in_proj_weight.chunk(3)
     b_q, b_k, b_v = (None, None, None) if in_proj_bias is None else in_proj_bias.chunk(3)
     q = split_heads(torch.nn.functional.linear(query, w_q, b_q), n_heads)  # (B, H, T_q, d_head)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -82,7 +82,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     if x.dim() < 1:
         raise ValueError(f"expected x of shape (..., C), got {tuple(x.shape)}")
     if weight is not None and tuple(weight.shape) != (x.shape[-1],):
-        raise ValueError(f"expected weight of shape ({x.shape[-1]},) for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}")
+        raise ValueError(f"expected weight of shape ({x.shape[-1]},) for x of shape {tuple(x.shape)}, "
+                         f"got {tuple(weight.shape)}")
     y = x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps)
     return y * weight if weight is not None else y
 
@@ -179,7 +180,8 @@ def masked_batch_norm(
         ValueError: on mismatched shapes, or in training mode with fewer than two real tokens.
     """
     if x.dim() != 3 or tuple(mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"expected x of shape (B, T, C) and mask of shape (B, T), got {tuple(x.shape)} and {tuple(mask.shape)}")
+        raise ValueError("expected x of shape (B, T, C) and mask of shape (B, T), "
+                         f"got {tuple(x.shape)} and {tuple(mask.shape)}")
     mask = mask.bool()
     tokens = x[mask]  # (n_real, C): padding never reaches the statistics
     y_real, new_mean, new_var = batch_norm(tokens, running_mean, running_var, weight, bias, training, momentum, eps)
@@ -328,7 +330,8 @@ def running_stats_from_padded_batches(masked: bool, steps: int = 300, channels: 
 # ----------------------------------------------------------------------------- Pre-LN vs Post-LN
 
 
-def encoder_stack(n_layers: int, d_model: int = 64, n_heads: int = 4, *, norm_first: bool, seed: int = 0) -> torch.nn.ModuleList:
+def encoder_stack(n_layers: int, d_model: int = 64, n_heads: int = 4, *, norm_first: bool,
+                  seed: int = 0) -> torch.nn.ModuleList:
     """``n_layers`` torch Transformer encoder layers, Pre-LN if ``norm_first`` else Post-LN, no dropout.
 
     Post-LN (Vaswani et al. 2017, §3.1): x = LN(x + F(x)).

@@ -15,15 +15,27 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Callable
 
 import torch
 
 from qkv import bpe, gpt
-from qkv.gpt_training import (Assembly, Data, Run, Settings, bigram_loss, cache_probe, causality_probe, sample_text,
-                              tokenize_corpus, train, unigram_loss, validation_windows)
+from qkv.gpt_training import (
+    Assembly,
+    Data,
+    Run,
+    Settings,
+    bigram_loss,
+    cache_probe,
+    causality_probe,
+    sample_text,
+    tokenize_corpus,
+    train,
+    unigram_loss,
+    validation_windows,
+)
 
 # Every function the model is made of ("slots"), in the order data flows, with its chapter.
 SLOTS: tuple[tuple[str, str], ...] = (
@@ -74,9 +86,9 @@ def _numbers_ok(value, allow_neg_inf: bool) -> bool:
     if isinstance(value, float):
         return not math.isnan(value) and value != math.inf and (allow_neg_inf or value != -math.inf)
     for t in _tensors(value):
-        if t.is_floating_point() and t.numel():
-            if torch.isnan(t).any() or (t == math.inf).any() or (not allow_neg_inf and (t == -math.inf).any()):
-                return False
+        if t.is_floating_point() and t.numel() \
+                and (torch.isnan(t).any() or (t == math.inf).any() or (not allow_neg_inf and (t == -math.inf).any())):
+            return False
     if isinstance(value, dict):
         return all(_numbers_ok(v, allow_neg_inf) for v in value.values() if isinstance(v, float))
     if isinstance(value, (list, tuple)):
@@ -121,12 +133,13 @@ class Tracker:
         return self.hung_in or (self.active[-1] if self.active else None)
 
 
-class alarm:
+class Alarm:
     """Raise StepTimeout in the main thread after ``seconds`` (a no-op off the main thread or for None)."""
 
     def __init__(self, seconds: float | None, what: str):
         self.seconds, self.what = seconds, what
-        self.on = bool(seconds) and threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+        self.on = bool(seconds) and threading.current_thread() is threading.main_thread() \
+            and hasattr(signal, "setitimer")
 
     def _fire(self, *_):
         raise StepTimeout(f"{self.what} took longer than {self.seconds:g} s")
@@ -210,7 +223,7 @@ def train_with(learner: dict[str, Callable], capstone_ns: dict | None, settings:
 
     tracker.where = "at training step 1"
     try:
-        with alarm(step_timeout, "one training step") as timer:
+        with Alarm(step_timeout, "one training step") as timer:
             outcome.run = train(settings, data, assembly, progress=tick)
     except PieceFailed as exc:
         outcome.culprit, outcome.problem = exc.slot, f"your {exc.slot} {exc.symptom} at training step {step[0] + 1}"
@@ -254,7 +267,7 @@ def probe(assembly: Assembly, run: Run, data: Data, settings: Settings, timeout:
     for name, fn, args in (("causality", causality_probe, (windows[:4],)),
                            ("cache", cache_probe, (windows[:2, :8],))):
         try:
-            with alarm(timeout, f"the {name} probe"):
+            with Alarm(timeout, f"the {name} probe"):
                 results[name] = fn(assembly, run.params, run.config, *args)
         except PieceFailed as exc:
             results[name] = f"your {exc.slot} {exc.symptom} during the {name} probe"
@@ -408,7 +421,7 @@ def run_own_model(learner: dict[str, Callable], capstone_ns: dict | None, settin
 
 def _safe_sample(assembly: Assembly, params, config, data: Data, timeout: float | None) -> str:
     try:
-        with alarm(timeout, "sampling 40 tokens"):
+        with Alarm(timeout, "sampling 40 tokens"):
             return sample_text(assembly, params, config, data, SAMPLE_PROMPT, 40)
     except Exception as exc:  # noqa: BLE001 - a sample is a courtesy; its failure is reported, not fatal
         return f"(sampling failed: {describe(exc)})"
@@ -423,7 +436,7 @@ def _tokenize(learner: dict[str, Callable], settings: Settings, timeout: float |
         fns = {k: tracker.wrap(k, f) for k, f in mine.items()}
         start = time.perf_counter()
         try:
-            with alarm(timeout, "tokenizing the corpus"):
+            with Alarm(timeout, "tokenizing the corpus"):
                 data = tokenize_corpus(settings, fns.get("train_bpe", bpe.train_bpe), fns.get("encode", bpe.encode))
             log(f"tokenized the corpus with your {' and '.join(mine)} in {time.perf_counter() - start:.1f} s")
             return data, None

@@ -56,14 +56,16 @@ def shift_matrix(k: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
     return m
 
 
-def _rope_angles(x: torch.Tensor, positions: torch.Tensor, base: float) -> tuple[torch.dtype, torch.Tensor, torch.Tensor]:
+def _rope_angles(x: torch.Tensor, positions: torch.Tensor,
+                 base: float) -> tuple[torch.dtype, torch.Tensor, torch.Tensor]:
     """Check RoPE's arguments; return (working dtype, cos, sin), each angle table (T, d/2)."""
     if x.dim() < 2:
         raise ValueError(f"expected x of shape (..., T, d), got {tuple(x.shape)}")
     t, d = x.shape[-2], x.shape[-1]
     _check_even(d, "last dim of x")
     if positions.shape != (t,):
-        raise ValueError(f"expected positions of shape ({t},) to match x {tuple(x.shape)}, got {tuple(positions.shape)}")
+        raise ValueError(f"expected positions of shape ({t},) to match x {tuple(x.shape)}, "
+                         f"got {tuple(positions.shape)}")
     work = torch.promote_types(x.dtype, torch.float32)  # float16 angles would be off by ~0.03 rad at m = 50
     angles = positions.to(work)[:, None] * pair_frequencies(d, base, work)  # (T, d/2)
     return work, angles.cos(), angles.sin()

@@ -56,7 +56,7 @@ class Progress:
 
         width = max(len(r.results) for _, r, _ in self.chapters)
         fig, ax = plt.subplots(figsize=(2.1 * width + 1.8, 0.6 * len(self.chapters) + 1.6))
-        for row, (slug, report, _) in enumerate(self.chapters):
+        for row, (_, report, _) in enumerate(self.chapters):
             for col, r in enumerate(report.results):
                 ax.add_patch(Rectangle((col, row), 0.96, 0.9, color=COLOURS[r.status]))
                 ax.text(col + 0.48, row + 0.45, r.function, ha="center", va="center", fontsize=8.5,

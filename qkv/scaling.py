@@ -13,7 +13,7 @@ lengths and ``d_k`` for the query/key width.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -60,7 +60,7 @@ def learner_notebook(assignment: str, answers: dict[str, str]) -> nbformat.Noteb
         if gid in answers:
             if answers[gid] == "reference":
                 body = SOLUTION_BLOCK.search(refs[gid]).group(1)
-                cell.source = STUB.sub(lambda _: body, cell.source)
+                cell.source = STUB.sub(lambda _, body=body: body, cell.source)
             else:
                 cell.source = answers[gid]
     return nb

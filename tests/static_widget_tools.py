@@ -70,7 +70,8 @@ class StaticWidget:
         for k, part in enumerate(self.payload.get("parts", [])):
             mine = [self.controls[i] for i in part["controls"]]
             points = list(itertools.product(*(range(len(c.labels)) for c in mine)))
-            assert len(points) == len(part["frames"]), f"part {k}: {len(part['frames'])} frames for {len(points)} points"
+            assert len(points) == len(part["frames"]), \
+                f"part {k}: {len(part['frames'])} frames for {len(points)} points"
             for point, outputs in zip(points, part["frames"]):
                 settings = {c.description: (i, c.labels[i]) for c, i in zip(mine, point)}
                 yield StaticFrame(k, settings, outputs)

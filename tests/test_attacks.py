@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
 from notebook_tools import REPO, learner_notebook
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
@@ -177,7 +178,8 @@ def _build_class(root: Path, out: Path, url: str, beacon: str) -> Path:
 
     steal = f'''
 import glob, json, os
-_candidates = [{str(REPO / "solutions" / "attention" / "attention.ipynb")!r}, {str(out / "course" / "source" / "attention" / "attention.ipynb")!r}]
+_candidates = [{str(REPO / "solutions" / "attention" / "attention.ipynb")!r},
+               {str(out / "course" / "source" / "attention" / "attention.ipynb")!r}]
 _candidates += glob.glob({str(REPO.parent)!r} + "/**/solutions/**/*.ipynb", recursive=True)
 for _path in _candidates:
     try:
@@ -200,7 +202,8 @@ for _db in [{str(out / "course" / "gradebook.db")!r}]:
                                               "def scaled_dot_product_attention(q, k, v, mask=None):\n"
                                               "    w = softmax(q @ k.transpose(-2, -1), dim=-1)  # no 1/sqrt(d_k)\n"
                                               "    return w @ v, w"}),
-        "cy": learner_notebook("attention", {**RIGHT, "additive_attention": "def additive_attention(q, k, v,:\n    pass"}),
+        "cy": learner_notebook("attention", {**RIGHT, "additive_attention":
+                                             "def additive_attention(q, k, v,:\n    pass"}),
         "gus": learner_notebook("attention", {}),
     }
     for student, nb in honest.items():
@@ -224,9 +227,11 @@ for _db in [{str(out / "course" / "gradebook.db")!r}]:
                                             "def scaled_dot_product_attention(q, k, v, mask=None):\n"
                                             "    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None",
             "additive_attention": "def additive_attention(q, k, v, w_q, w_k, w_v, mask=None):\n"
-                                  "    w = (torch.tanh((q @ w_q).unsqueeze(-2) + (k @ w_k).unsqueeze(-3)) @ w_v).softmax(-1)\n"
+                                  "    w = (torch.tanh((q @ w_q).unsqueeze(-2) + (k @ w_k).unsqueeze(-3)) "
+                                  "@ w_v).softmax(-1)\n"
                                   "    return w @ v, w"}),
-        "read_course_files": with_cell(learner_notebook("attention", WRONG), steal, position=len(learner_notebook("attention", {}).cells)),
+        "read_course_files": with_cell(learner_notebook("attention", WRONG), steal,
+                                       position=len(learner_notebook("attention", {}).cells)),
         "detached_editor": with_cell(learner_notebook("attention", WRONG), f'''
 import os, time
 if os.fork() == 0:
@@ -242,15 +247,18 @@ if os.fork() == 0:
 '''),
         "loop_at_top": with_cell(learner_notebook("attention", RIGHT), "while True:\n    pass"),
         "loop_in_function": learner_notebook("attention", {**RIGHT, "scaled_dot_product_attention":
-                                                           "def scaled_dot_product_attention(q, k, v, mask=None):\n    while True:\n        pass"}),
+                                                           "def scaled_dot_product_attention(q, k, v, mask=None):\n"
+                                                           "    while True:\n        pass"}),
         "ignores_signals": learner_notebook("attention", {**RIGHT, "scaled_dot_product_attention":
                                                           "import signal\n"
                                                           "def scaled_dot_product_attention(q, k, v, mask=None):\n"
-                                                          "    for s in (signal.SIGINT, signal.SIGALRM, signal.SIGTERM):\n"
+                                                          "    for s in (signal.SIGINT, signal.SIGALRM, "
+                                                          "signal.SIGTERM):\n"
                                                           "        signal.signal(s, signal.SIG_IGN)\n"
                                                           "    while True:\n        pass"}),
         "os_exit": learner_notebook("attention", {**RIGHT, "scaled_dot_product_attention":
-                                                  "import os\ndef scaled_dot_product_attention(q, k, v, mask=None):\n    os._exit(0)"}),
+                                                  "import os\ndef scaled_dot_product_attention(q, k, v, mask=None):\n"
+                                                  "    os._exit(0)"}),
         "segfault": learner_notebook("attention", {**RIGHT, "additive_attention":
                                                    "import os\ndef additive_attention(*args):\n"
                                                    "    os.abort()  # glibc ends in a fault: SIGSEGV"}),
@@ -274,7 +282,8 @@ if os.fork() == 0:
                                             "    return _Always(), _Always()"}),
         "imports_qkv": learner_notebook("attention", {
             "softmax": "from qkv.attention import softmax",
-            "scaled_dot_product_attention": "import qkv.attention as _a\nscaled_dot_product_attention = _a.scaled_dot_product_attention",
+            "scaled_dot_product_attention": "import qkv.attention as _a\n"
+                                            "scaled_dot_product_attention = _a.scaled_dot_product_attention",
             "additive_attention": "additive_attention = __import__('qkv.attention').attention.additive_attention"}),
         "network": with_cell(learner_notebook("attention", WRONG), f'''
 import json, urllib.request
@@ -294,7 +303,8 @@ for _ in range(5000):
         os._exit(0)
 ''', position=len(learner_notebook("attention", {}).cells)),
         "write_outside": with_cell(learner_notebook("attention", WRONG), f'''
-for _p in [{str(REPO / "exercises" / "attention" / "attention.ipynb")!r}, {str(REPO / "solutions" / "attention" / "attention.ipynb")!r},
+for _p in [{str(REPO / "exercises" / "attention" / "attention.ipynb")!r},
+           {str(REPO / "solutions" / "attention" / "attention.ipynb")!r},
            "/etc/passwd", {str(MARKER)!r}, {str(root / "submissions" / "ada" / "attention.ipynb")!r}]:
     try:
         open(_p, "w").write("overwritten")
@@ -310,7 +320,8 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
         e = (x - x.amax(dim, keepdim=True)).exp()
         return e / e.sum(dim, keepdim=True)
 ''', position=len(learner_notebook("attention", {}).cells)),
-        "kill_everything": with_cell(learner_notebook("attention", RIGHT), "import os, signal\nos.kill(-1, signal.SIGKILL)"),
+        "kill_everything": with_cell(learner_notebook("attention", RIGHT),
+                                     "import os, signal\nos.kill(-1, signal.SIGKILL)"),
         # --- banned operations reached at run time (#10): spellings the static scan cannot see
         "banned_assembled": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
             "getattr(torch, 'soft' + 'max')(x, dim)")}),
@@ -343,8 +354,9 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
     for cell in attacks["tampered_tests"].cells:  # rewrite every test cell to pass, and delete one
         if cell.get("metadata", {}).get("nbgrader", {}).get("grade"):
             cell.source = "pass"
-    attacks["tampered_tests"].cells = [c for c in attacks["tampered_tests"].cells
-                                       if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") != "test_additive_attention"]
+    attacks["tampered_tests"].cells = [
+        c for c in attacks["tampered_tests"].cells
+        if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") != "test_additive_attention"]
     attacks.update(_verdict_attacks())
     for student, nb in attacks.items():
         put(student, nb)
@@ -380,13 +392,15 @@ HONEST_SOFTMAX = ("def softmax(x, dim=-1):\n    m = x.amax(dim, keepdim=True)\n"
                   "    s = e.sum(dim, keepdim=True)\n    return e / torch.where(s > 0, s, torch.ones_like(s))")
 # True on the attention notebook's hidden inputs only: its visible tests, and softmax's self-check
 # (public: qkv.checks.attention), use exactly these shapes (attention calls softmax on 3-d scores).
-ON_HIDDEN = {"softmax": "x.dim() <= 2 and tuple(x.shape) not in ((3,), (4, 5), (2, 3), (1, 1))", "sdpa": "tuple(q.shape) not in ((2, 4, 8), (1, 3))",
+ON_HIDDEN = {"softmax": "x.dim() <= 2 and tuple(x.shape) not in ((3,), (4, 5), (2, 3), (1, 1))",
+             "sdpa": "tuple(q.shape) not in ((2, 4, 8), (1, 3))",
              "additive": "tuple(q.shape) != (2, 3, 5)"}
 
 
 def _split(nb, grade_id: str, first: str, second: str):
     """The answer cell ``grade_id`` split in two in Jupyter: both halves keep its metadata."""
-    [index] = [i for i, c in enumerate(nb.cells) if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id]
+    [index] = [i for i, c in enumerate(nb.cells)
+               if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id]
     copy = nbformat.from_dict(nb.cells[index])
     copy.pop("id", None)
     nb.cells[index].source, copy.source = first, second
@@ -446,7 +460,8 @@ def _verdict_attacks() -> dict:
                                "def _shift(x, dim):\n    m = x.amax(dim, keepdim=True)\n"
                                "    return x - torch.where(m.isfinite(), m, torch.zeros_like(m))",
                                "def softmax(x, dim=-1):\n    e = _shift(x, dim).exp()\n"
-                               "    s = e.sum(dim, keepdim=True)\n    return e / torch.where(s > 0, s, torch.ones_like(s))"),
+                               "    s = e.sum(dim, keepdim=True)\n"
+                               "    return e / torch.where(s > 0, s, torch.ones_like(s))"),
         "copied_answer": _split(learner_notebook("attention", RIGHT), "additive_attention",
                                 answers["additive_attention"], answers["additive_attention"]),
         "seeds_and_logs": learner_notebook("attention", {**RIGHT, "softmax":
@@ -512,7 +527,7 @@ def beacon():
             self.send_response(204)
             self.end_headers()
 
-        do_POST = do_GET
+        do_POST = do_GET  # noqa: N815 - http.server's handler API
 
         def log_message(self, *args):
             pass
@@ -544,7 +559,8 @@ def attacked_run(tmp_path_factory, solution_server, beacon):
 
 
 def _row(run, student):
-    assert student in run["rows"], f"{student} missing from grades.csv:\n{run['proc'].stdout[-3000:]}\n{run['proc'].stderr[-3000:]}"
+    assert student in run["rows"], \
+        f"{student} missing from grades.csv:\n{run['proc'].stdout[-3000:]}\n{run['proc'].stderr[-3000:]}"
     row = run["rows"][student]
     return float(row["score"]), row["status"], row["message"]
 
@@ -1003,8 +1019,8 @@ def test_hostile_feedback_runs_no_script_and_fetches_nothing_in_chromium(attacke
         for student in HOSTILE_FEEDBACK:
             page = browser.new_page()
             dialogs, loaded = [], []
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on("requestfinished", lambda r: loaded.append(r.url))
+            page.on("dialog", lambda d, dialogs=dialogs: (dialogs.append(d.message), d.dismiss()))
+            page.on("requestfinished", lambda r, loaded=loaded: loaded.append(r.url))
             page.goto((attacked_run["out"] / "feedback" / student / "attention.html").as_uri())
             page.wait_for_selector("mjx-container", timeout=60_000)  # our own script still runs
             page.wait_for_timeout(1000)

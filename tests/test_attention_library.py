@@ -34,7 +34,8 @@ def test_softmax_fully_masked_row_is_zero_not_nan():
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_sdpa_matches_torch(with_mask):
     gen = torch.Generator().manual_seed(2)
-    q, k, v = torch.randn(2, 3, 4, 8, generator=gen), torch.randn(2, 3, 6, 8, generator=gen), torch.randn(2, 3, 6, 5, generator=gen)
+    q, k, v = (torch.randn(2, 3, 4, 8, generator=gen), torch.randn(2, 3, 6, 8, generator=gen),
+               torch.randn(2, 3, 6, 5, generator=gen))
     mask = torch.rand(4, 6, generator=gen) > 0.3 if with_mask else None
     out, weights = A.scaled_dot_product_attention(q, k, v, mask)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
@@ -57,7 +58,8 @@ def test_sdpa_rejects_mismatched_shapes_with_a_message():
 
 def test_additive_attention_matches_explicit_loop():
     gen = torch.Generator().manual_seed(3)
-    q, k, v = torch.randn(2, 3, 4, generator=gen), torch.randn(2, 5, 6, generator=gen), torch.randn(2, 5, 2, generator=gen)
+    q, k, v = (torch.randn(2, 3, 4, generator=gen), torch.randn(2, 5, 6, generator=gen),
+               torch.randn(2, 5, 2, generator=gen))
     w_q, w_k, w_v = torch.randn(4, 7, generator=gen), torch.randn(6, 7, generator=gen), torch.randn(7, generator=gen)
     out, weights = A.additive_attention(q, k, v, w_q, w_k, w_v)
     for b in range(2):
@@ -186,7 +188,8 @@ def test_relation_aware_attention_matches_the_papers_equations_written_as_loops(
 
 def test_relation_aware_attention_with_zero_relations_is_torch_attention_and_checks_shapes():
     gen = torch.Generator().manual_seed(4)
-    q, k, v = torch.randn(2, 6, 8, generator=gen), torch.randn(2, 6, 8, generator=gen), torch.randn(2, 6, 8, generator=gen)
+    q, k, v = (torch.randn(2, 6, 8, generator=gen), torch.randn(2, 6, 8, generator=gen),
+               torch.randn(2, 6, 8, generator=gen))
     out, _ = A.relation_aware_attention(q, k, v, torch.zeros(6, 6, 8), torch.zeros(6, 6, 8))
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
     with pytest.raises(ValueError, match=r"expected a_k of shape \(6, 6, 8\)"):
@@ -195,7 +198,8 @@ def test_relation_aware_attention_with_zero_relations_is_torch_attention_and_che
 
 def test_relative_bias_attention_equals_torch_with_a_float_mask():
     gen = torch.Generator().manual_seed(5)
-    q, k, v = torch.randn(3, 5, 8, generator=gen), torch.randn(3, 7, 8, generator=gen), torch.randn(3, 7, 4, generator=gen)
+    q, k, v = (torch.randn(3, 5, 8, generator=gen), torch.randn(3, 7, 8, generator=gen),
+               torch.randn(3, 7, 4, generator=gen))
     table = torch.randn(7, generator=gen)
     bias = table[A.relative_position_ids(5, 7, 3)]
     out, _ = A.relative_bias_attention(q, k, v, bias)

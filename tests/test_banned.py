@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from notebook_tools import reference_answers
 
 from autograder.banned import banned_for, find
 from autograder.course import assignments
+from notebook_tools import reference_answers
 
 SOFTMAX = ["torch.softmax", "torch.nn.functional.softmax", "torch.Tensor.softmax"]
 

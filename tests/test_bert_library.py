@@ -28,7 +28,10 @@ def test_mlm_mask_never_selects_special_or_padding_and_labels_are_minus_100_else
 
 def test_mlm_mask_accepts_a_boolean_special_mask():
     special = torch.isin(IDS, torch.tensor(SPECIAL))
-    gen = lambda: torch.Generator().manual_seed(3)
+
+    def gen():
+        return torch.Generator().manual_seed(3)
+
     a = B.mlm_mask(IDS, special, PAD, MASK, V, generator=gen())
     b = B.mlm_mask(IDS, SPECIAL, PAD, MASK, V, generator=gen())
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -174,7 +177,8 @@ def test_schedule_diagnosis_names_the_misconception(wrong, message):
 
 # ---------------------------------------------------------------- chunks and merging
 
-@pytest.mark.parametrize("n, window, stride", [(0, 4, 2), (3, 4, 2), (4, 4, 2), (10, 4, 2), (11, 4, 3), (1000, 512, 256), (513, 512, 128)])
+@pytest.mark.parametrize("n, window, stride", [(0, 4, 2), (3, 4, 2), (4, 4, 2), (10, 4, 2), (11, 4, 3),
+                                               (1000, 512, 256), (513, 512, 128)])
 def test_chunks_cover_every_token_and_end_at_n(n, window, stride):
     chunks = B.sliding_window_chunks(n, window, stride)
     covered = sorted({i for s, e in chunks for i in range(s, e)})
@@ -292,7 +296,8 @@ def test_cls_pool_diagnosis_names_the_misconception(wrong, message):
 def test_512_learned_positions_reject_513_tokens_with_advice():
     emb = B.TinyBertEmbeddings(vocab_size=50, d_model=8)
     assert emb(torch.zeros(2, 512, dtype=torch.long)).shape == (2, 512, 8)
-    with pytest.raises(ValueError, match="513 tokens but the model has only 512 learned positions.*sliding_window_chunks"):
+    with pytest.raises(ValueError,
+                       match="513 tokens but the model has only 512 learned positions.*sliding_window_chunks"):
         emb(torch.zeros(1, 513, dtype=torch.long))
 
 
@@ -327,7 +332,8 @@ def test_adam_first_update_is_lr_times_sign_of_gradient():
     grads = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     v_hat, update = B.adam_moments(grads, [1e-3] * 5)
     torch.testing.assert_close(v_hat[0], grads[0] ** 2)
-    torch.testing.assert_close(update[0], 1e-3 * grads[0].sign(), atol=1e-7, rtol=1e-6)  # eps = 1e-8 shifts tiny gradients
+    torch.testing.assert_close(update[0], 1e-3 * grads[0].sign(),
+                               atol=1e-7, rtol=1e-6)  # eps = 1e-8 shifts tiny gradients
     p = torch.nn.Parameter(torch.zeros(1000, dtype=torch.float64))
     opt = torch.optim.Adam([p], lr=1e-3)
     for g in grads:

@@ -21,11 +21,13 @@ def page(built_book, tmp_path_factory):
         failed = []
         pg.on("requestfailed", lambda r: failed.append(r.url))
         external = []
-        pg.on("request", lambda r: external.append(r.url) if not r.url.startswith(("file://", "data:", "blob:")) else None)
+        pg.on("request", lambda r: external.append(r.url)
+              if not r.url.startswith(("file://", "data:", "blob:")) else None)
         pg.goto((built_book / "chapters" / "attention.html").as_uri())
         pg.wait_for_selector("mjx-container", timeout=30_000)
         pg.wait_for_selector(".qkv-static-widget .qkv-frame img", timeout=30_000)
-        pg.wait_for_function("() => !document.querySelector('.MathJax_Processing') && document.querySelectorAll('mjx-container').length > 5")
+        pg.wait_for_function("() => !document.querySelector('.MathJax_Processing')"
+                             " && document.querySelectorAll('mjx-container').length > 5")
         pg.failed_requests, pg.external_requests = failed, external
         yield pg
         browser.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -77,7 +76,10 @@ def graded(tmp_path_factory):
     out = root / "out"
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "capstone", str(subs), "--out", str(out),
                            "--workers", "2"], capture_output=True, text=True, timeout=1800)
-    rows = {r["student_id"]: r for r in csv.DictReader(open(out / "grades.csv"))} if (out / "grades.csv").exists() else {}
+    rows = {}
+    if (out / "grades.csv").exists():
+        with open(out / "grades.csv") as f:
+            rows = {r["student_id"]: r for r in csv.DictReader(f)}
     return proc, rows, out
 
 

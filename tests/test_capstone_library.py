@@ -14,8 +14,7 @@ from qkv import gpt
 from qkv.checks import capstone as check
 from qkv.checks.core import CheckFailed
 from qkv.gpt_torch import TorchGPT, adam_reference_step, count_parameters, rope_complex
-from qkv.gpt_training import (TINY, Settings, bigram_loss, tokenize_corpus, train,
-                              unigram_loss)
+from qkv.gpt_training import TINY, Settings, bigram_loss, tokenize_corpus, train, unigram_loss
 
 GEOMETRIES = [(4, 4), (4, 2), (4, 1)]  # (H, H_kv): multi-head, grouped-query, multi-query
 
@@ -239,7 +238,8 @@ def _sgd(params, config, tokens, lr, state=None):
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     loss = gpt.next_token_loss(gpt.forward(leaves, config, tokens[:, :-1])[0], tokens[:, 1:])
     grads = torch.autograd.grad(loss, list(leaves.values()))
-    return {k: (v - lr * g).detach() for (k, v), g in zip(leaves.items(), grads)}, {"step": 1, "m": {}, "v": {}}, loss.item()
+    return ({k: (v - lr * g).detach() for (k, v), g in zip(leaves.items(), grads)},
+            {"step": 1, "m": {}, "v": {}}, loss.item())
 
 
 def _no_bias_correction(params, config, tokens, lr, state=None):

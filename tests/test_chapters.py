@@ -1,6 +1,5 @@
 """The course map (qkv.chapters) agrees with the book's table of contents and the assignments."""
 
-from pathlib import Path
 
 import pytest
 

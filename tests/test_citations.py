@@ -13,7 +13,7 @@ import yaml
 from bs4 import BeautifulSoup
 from pybtex.database import parse_file
 
-from qkv.chapters import CHAPTERS, available_slugs
+from qkv.chapters import available_slugs
 from qkv.citations import CitationError, citation_id, cite_html, cite_text, load_works
 from qkv.drill import render_drill
 from qkv.quiz import markdown_to_html, render_quiz

@@ -113,11 +113,13 @@ CASES = [
     pytest.param(A.check_sdpa, _sdpa_with_bmm, "scaled_dot_product_attention",
                  A.random_attention_inputs((2, 3), 4, 6, 8, 5, seed=0), ["bmm", "3-D", "@"], id="sdpa-bmm-on-4d"),
     pytest.param(N.check_layer_norm, _layer_norm_using_none, "layer_norm",
-                 (N.random_input((2, 5, 8), seed=0), 8, None, None, 1e-5), ["`weight`", "None", "only when it is given"],
+                 (N.random_input((2, 5, 8), seed=0), 8, None, None, 1e-5),
+                 ["`weight`", "None", "only when it is given"],
                  id="layer-norm-uses-none-weight"),
     pytest.param(TK.check_get_pair_counts, _pair_counts_past_the_end, "get_pair_counts", ([1, 2, 3, 1, 2],),
                  ["ids=[1, 2, 3, 1, 2]", "off-by-one", "loop bound"], id="pair-counts-index-past-the-end"),
-    pytest.param(SC.check_softmax_jacobian, _jacobian_with_diag, "softmax_jacobian", (SC.random_probs((2, 3, 4), seed=1),),
+    pytest.param(SC.check_softmax_jacobian, _jacobian_with_diag, "softmax_jacobian",
+                 (SC.random_probs((2, 3, 4), seed=1),),
                  ["p=(2, 3, 4)", "diag_embed"], id="jacobian-torch-diag-on-a-batch"),
     pytest.param(MH.check_split_heads, _split_with_true_division, "split_heads",
                  (torch.arange(48, dtype=torch.float32).reshape(2, 3, 8), 2), ["integer division", "//"],
@@ -206,5 +208,6 @@ def test_a_crash_is_not_probed_by_properties_but_its_helpers_are_checked():
         calls.append("softmax")
         return torch.softmax(x, dim)
 
-    failure_of(A.check_sdpa, crashes, *A.random_attention_inputs((2,), 4, 6, 8, 5, seed=0), namespace={"softmax": softmax})
+    failure_of(A.check_sdpa, crashes, *A.random_attention_inputs((2,), 4, 6, 8, 5, seed=0),
+               namespace={"softmax": softmax})
     assert calls.count("sdpa") == 1 and "softmax" in calls

@@ -58,7 +58,8 @@ def test_a_broken_softmax_is_blamed_in_the_attention_tests(tmp_path):
     failed = {gid: v.message for gid, v in verdicts.items() if not v.passed}
     assert "test_softmax" in failed
     blamed = [gid for gid, m in failed.items() if "your `softmax` fails its own check" in m]
-    assert blamed and all(gid.startswith(("test_scaled_dot_product_attention", "test_additive")) for gid in blamed), failed
+    assert blamed and all(gid.startswith(("test_scaled_dot_product_attention", "test_additive"))
+                          for gid in blamed), failed
 
 
 NOAM_FOR_512_ONLY = '''
@@ -89,6 +90,7 @@ def additive_attention(q, k, v, w_q, w_k, w_v, mask=None):
 '''})
     unscaled = attention["test_scaled_dot_product_attention"]
     assert not unscaled.passed
-    assert (unscaled.reread_chapter, unscaled.reread_heading) == ("scaling", "Why does attention divide the logits by √d_k?")
+    assert (unscaled.reread_chapter, unscaled.reread_heading) == (
+        "scaling", "Why does attention divide the logits by √d_k?")
     banned = attention["test_additive_attention"]
     assert banned.banned and not banned.reread_heading

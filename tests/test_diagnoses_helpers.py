@@ -93,7 +93,8 @@ def test_a_split_heads_without_transpose_is_blamed_in_multi_head_attention():
 
     def mha(query, key, value, in_w, in_b, out_w, out_b, n_heads, mask=None):
         (wq, wk, wv), (bq, bk, bv) = in_w.chunk(3), in_b.chunk(3)
-        q, k, v = (split_heads(F.linear(x, w, b), n_heads) for x, w, b in ((query, wq, bq), (key, wk, bk), (value, wv, bv)))
+        q, k, v = (split_heads(F.linear(x, w, b), n_heads)
+                   for x, w, b in ((query, wq, bq), (key, wk, bk), (value, wv, bv)))
         w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1)
         return F.linear(merge_heads(w @ v), out_w, out_b), w.mean(1)
 
@@ -187,7 +188,8 @@ def test_a_right_to_left_merge_is_blamed_not_the_trainer(route):
     merge, train = _merge_from_the_right, _with(_train_bpe, merge=_merge_from_the_right)
     if route == "grader":
         merge, train = as_grader_proxy(merge, "merge"), as_grader_proxy(train, "train_bpe")
-    failure = failure_of(TK.check_train_bpe, train, "aaaa aaa", 256 + 3, expected=[(b"a", b"a"), (b"aa", b"aa"), (b"aa", b"a")],
+    failure = failure_of(TK.check_train_bpe, train, "aaaa aaa", 256 + 3,
+                         expected=[(b"a", b"a"), (b"aa", b"aa"), (b"aa", b"a")],
                          namespace={"merge": merge})
     text = assert_named(failure, "your `merge` fails its own check", "taken from the left", "fix merge first")
     assert "tie" not in text

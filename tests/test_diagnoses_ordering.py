@@ -56,7 +56,8 @@ IDS, SPECIAL, PAD, MASK = BE.mlm_batch(n_seqs=40, max_len=64, vocab_size=300, se
 
 
 def test_mlm_mask_reports_selected_padding_and_selected_special_tokens_together():
-    def selects_everything_eligible_or_not(input_ids, special_ids, pad_id, mask_id, vocab_size, rate=0.15, generator=None):
+    def selects_everything_eligible_or_not(input_ids, special_ids, pad_id, mask_id, vocab_size, rate=0.15,
+                                           generator=None):
         sel = torch.rand(input_ids.shape, generator=generator) < rate
         labels = torch.where(sel, input_ids, torch.full_like(input_ids, -100))
         return torch.where(sel, torch.full_like(input_ids, mask_id), input_ids), labels
@@ -77,7 +78,8 @@ def test_explain_points_prefers_one_mistake_that_explains_everything():
     points = [("f(0)", 1.0, 0.0, "zero at 0"), ("f(1)", 2.0, 1.0, "one at 1"), ("f(2)", 3.0, 3.0, "ok")]
     variants = [([1.0, 5.0, 3.0], "explains f(0) only"), ([1.0, 2.0, 9.0], "explains f(0) and f(1)")]
     assert core.explain_points(points, variants) == ["explains f(0) and f(1)"]
-    assert core.explain_points(points, []) == ["f(0) = 1.0, expected 0.0: zero at 0", "f(1) = 2.0, expected 1.0: one at 1"]
+    assert core.explain_points(points, []) == ["f(0) = 1.0, expected 0.0: zero at 0",
+                                               "f(1) = 2.0, expected 1.0: one at 1"]
 
 
 def test_a_named_mistake_outranks_the_generic_description():
@@ -86,6 +88,7 @@ def test_a_named_mistake_outranks_the_generic_description():
     def tiled(x, n_rep):
         return x.repeat(1, n_rep, 1, 1)
 
-    failure = failure_of(G.check_repeat_kv, tiled, torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5), 2)
+    failure = failure_of(G.check_repeat_kv, tiled,
+                         torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5), 2)
     text = assert_named(failure, "repeated in the wrong order")
     assert "wrong places" not in text and failure.level == core.NAMED

@@ -35,7 +35,8 @@ def _ln(x, ns, w=None, b=None, eps=1e-5):
 
 
 def test_a_left_out_bias_is_named():
-    failure = failure_of(N.check_layer_norm, lambda x, ns, w=None, b=None, eps=1e-5: _ln(x, ns, w, None, eps), XN, 8, W, B)
+    failure = failure_of(N.check_layer_norm, lambda x, ns, w=None, b=None, eps=1e-5: _ln(x, ns, w, None, eps),
+                         XN, 8, W, B)
     assert_named(failure, "minus `bias`", "not added")
 
 
@@ -51,7 +52,8 @@ def test_a_left_out_output_bias_in_multi_head_attention_is_named():
 
 def test_a_factor_is_named_with_the_size_it_equals():
     q, k = SC.random_qk((2, 3), 4, 6, 16, seed=0, dtype=torch.float64)
-    failure = failure_of(SC.check_attention_logits, lambda q, k, scale=None: q @ k.transpose(-2, -1) * math.sqrt(q.shape[-1]), q, k)
+    failure = failure_of(SC.check_attention_logits,
+                         lambda q, k, scale=None: q @ k.transpose(-2, -1) * math.sqrt(q.shape[-1]), q, k)
     assert_named(failure, "× 16", "q.shape[-1]")
 
 
@@ -64,7 +66,8 @@ def test_a_per_row_factor_is_named():
 def test_the_transpose_of_the_answer_is_named():
     chunks = [(0, 4), (4, 8)]
     preds = [torch.randn(4, 8, generator=torch.Generator().manual_seed(s)) for s in range(2)]
-    failure = failure_of(BE.check_merge_chunk_predictions, lambda cp, ch, n: torch.cat(cp).T.contiguous(), preds, chunks, 8)
+    failure = failure_of(BE.check_merge_chunk_predictions, lambda cp, ch, n: torch.cat(cp).T.contiguous(),
+                         preds, chunks, 8)
     assert_named(failure, "transpose of the answer")
 
 
@@ -99,7 +102,8 @@ def test_an_extra_axis_is_named():
 
 
 def test_a_size_taken_from_the_wrong_place_is_named():
-    failure = failure_of(MK.check_padding_mask, lambda lengths, n: torch.arange(int(lengths.max()))[None] < lengths[:, None],
+    failure = failure_of(MK.check_padding_mask,
+                         lambda lengths, n: torch.arange(int(lengths.max()))[None] < lengths[:, None],
                          torch.tensor([3, 1]), 4)
     assert_named(failure, "dim 1 has size 3", "(= max_len)")
 
@@ -145,12 +149,14 @@ def test_an_argument_modified_in_place_is_named(check, wrong, args, arg):
 def test_mojibake_is_named():
     merges = TK.toy_merges(300)
     vocab, enc = TK.vocab_from_merges(merges), TK.tiktoken_from_merges(merges)
-    failure = failure_of(TK.check_decode, lambda ids, v: b"".join(v[i] for i in ids).decode("latin-1"), enc.encode("机器 café"), vocab)
+    failure = failure_of(TK.check_decode, lambda ids, v: b"".join(v[i] for i in ids).decode("latin-1"),
+                         enc.encode("机器 café"), vocab)
     assert_named(failure, "read as latin-1", "UTF-8")
 
 
 def test_a_list_missing_its_last_element_is_named():
-    assert patterns.sequence_mismatch([1, 2], [1, 2, 3]) == "your list is missing the last element (a loop bound stops one step early)."
+    assert patterns.sequence_mismatch([1, 2], [1, 2, 3]) == (
+        "your list is missing the last element (a loop bound stops one step early).")
     assert "element 1 is wrong" in patterns.sequence_mismatch([1, 5, 3], [1, 2, 3])
     assert "reversed" in patterns.sequence_mismatch([3, 2, 1], [1, 2, 3])
 

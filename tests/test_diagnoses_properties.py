@@ -72,7 +72,8 @@ def test_masked_logits_filled_with_zero_are_named():
 
 
 def test_a_scale_by_the_value_width_is_named_with_its_size():
-    failure = failure_of(A.check_sdpa, lambda q, k, v, m=None: _sdpa(q, k, v, m, scale=1 / math.sqrt(v.shape[-1])), *QKV)
+    failure = failure_of(A.check_sdpa, lambda q, k, v, m=None: _sdpa(q, k, v, m, scale=1 / math.sqrt(v.shape[-1])),
+                         *QKV)
     assert_named(failure, "1/√5", "d_v", "1/√d_k")
     assert failure.reread == sections.WHY_SQRT_DK
 
@@ -103,7 +104,8 @@ def test_a_jacobian_with_a_wrong_diagonal_is_named():
     def squared_diagonal(p):   # diag(p²) instead of diag(p): the diagonal becomes 0
         return torch.diag_embed(p * p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
-    failure = failure_of(SC.check_softmax_jacobian, squared_diagonal, SC.random_probs((2, 5), seed=3, dtype=torch.float64))
+    failure = failure_of(SC.check_softmax_jacobian, squared_diagonal,
+                         SC.random_probs((2, 5), seed=3, dtype=torch.float64))
     assert_named(failure, "diagonal must be", "p_i(1 − p_i)")
     assert failure.reread == sections.SOFTMAX_JACOBIAN
 
@@ -217,7 +219,8 @@ def test_sinusoids_starting_at_position_one_are_named():
 
 def test_rope_with_an_offset_position_is_named():
     x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
-    failure = failure_of(TR.check_rope, lambda x, pos, base=10000.0: RP.apply_rope(x, pos + 1, base), x, torch.arange(5))
+    failure = failure_of(TR.check_rope, lambda x, pos, base=10000.0: RP.apply_rope(x, pos + 1, base),
+                         x, torch.arange(5))
     assert_named(failure, "position 0", "unchanged")
 
 
@@ -233,7 +236,8 @@ def _ln(x, w, b):
 
 def _attn(x, p, h):
     b, t, d = x.shape
-    q, k, v = (z.reshape(b, t, h, d // h).transpose(1, 2) for z in F.linear(x, p["in_proj_weight"], p["in_proj_bias"]).chunk(3, -1))
+    q, k, v = (z.reshape(b, t, h, d // h).transpose(1, 2)
+               for z in F.linear(x, p["in_proj_weight"], p["in_proj_bias"]).chunk(3, -1))
     return F.linear(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d), p["out_proj_weight"],
                     p["out_proj_bias"])
 
@@ -281,7 +285,8 @@ def test_layer_norm_ignoring_eps_is_named():
     def no_eps(x, ns, w=None, b=None, eps=1e-5):
         m = x.mean(-1, keepdim=True)
         return (x - m) / ((x - m) ** 2).mean(-1, keepdim=True).sqrt()
-    assert_named(failure_of(N.check_layer_norm, no_eps, XN, 8, None, None, 0.5), "ignores eps", "inside the square root")
+    assert_named(failure_of(N.check_layer_norm, no_eps, XN, 8, None, None, 0.5),
+                 "ignores eps", "inside the square root")
 
 
 def test_layer_norm_over_the_time_axis_is_named():
@@ -300,7 +305,8 @@ def test_batch_norm_over_the_batch_axis_only_is_named():
             return (x - m) / (((x - m) ** 2).mean(0, keepdim=True) + eps).sqrt(), rm.clone(), rv.clone()
         return RN.batch_norm(x, rm, rv, w, b, training, momentum, eps)
     rm, rv = N.random_running_stats(4, seed=0)
-    failure = failure_of(N.check_batch_norm, dim0, N.random_input((3, 4, 5), seed=3), rm, rv, None, None, True, 0.1, 1e-5)
+    failure = failure_of(N.check_batch_norm, dim0, N.random_input((3, 4, 5), seed=3),
+                         rm, rv, None, None, True, 0.1, 1e-5)
     assert_named(failure, "dim 0 only", "(0, 2)")
 
 
@@ -314,7 +320,8 @@ def test_batch_norm_updating_statistics_in_eval_is_named():
 
 
 def test_rms_norm_without_the_square_root_is_named():
-    failure = failure_of(N.check_rms_norm, lambda x, w=None, eps=1e-6: x / ((x * x).mean(-1, keepdim=True) + eps), XN, None, 0.5)
+    failure = failure_of(N.check_rms_norm, lambda x, w=None, eps=1e-6: x / ((x * x).mean(-1, keepdim=True) + eps),
+                         XN, None, 0.5)
     assert_named(failure, "mean square 1")
 
 
@@ -421,7 +428,8 @@ def test_chunk_rows_off_by_one_are_named():
                 if score > best[i]:
                     best[i], out[i] = score, pred[max(i - s - 1, 0)]
         return out
-    assert_named(failure_of(BE.check_merge_chunk_predictions, shifted, preds, chunks, 37), "1 position before", "i − start")
+    assert_named(failure_of(BE.check_merge_chunk_predictions, shifted, preds, chunks, 37),
+                 "1 position before", "i − start")
 
 
 def test_cls_pool_from_the_wrong_position_is_named():

@@ -121,7 +121,8 @@ def test_mask_polarity_points_to_the_section_that_states_the_convention():
         _failure(A.check_sdpa, inverted, q, k, v, mask),
         _failure(MK.check_causal_mask, lambda n: torch.ones(n, n, dtype=torch.bool).triu(1), 4),
         _failure(G.check_gqa, lambda q, k, v, m=None: torch.softmax(
-            (q @ k.repeat_interleave(4, 1).transpose(-2, -1) / 4).masked_fill(m, float("-inf")), -1) @ v.repeat_interleave(4, 1),
+            (q @ k.repeat_interleave(4, 1).transpose(-2, -1) / 4).masked_fill(m, float("-inf")), -1)
+            @ v.repeat_interleave(4, 1),
             *G.random_gqa_inputs(2, 8, 2, 5, 5, 16, seed=0), torch.ones(5, 5, dtype=torch.bool).tril()),
     ]
     for failure in failures:
@@ -144,7 +145,8 @@ def test_dividing_by_d_k_points_to_the_scaling_derivation():
 
     qs, ks = SC.random_qk((2, 3), 4, 6, 16, seed=0, dtype=torch.float64)
     for failure in (_failure(A.check_sdpa, by_d_k, q, k, v),
-                    _failure(SC.check_attention_logits, lambda q, k, s=None: q @ k.transpose(-2, -1) / q.shape[-1], qs, ks)):
+                    _failure(SC.check_attention_logits, lambda q, k, s=None: q @ k.transpose(-2, -1) / q.shape[-1],
+                             qs, ks)):
         assert "divided by d_k" in str(failure)
         assert failure.reread == sections.DERIVE_VARIANCE
         assert failure.reread.chapter == "scaling"
@@ -164,7 +166,8 @@ def test_a_helper_s_section_comes_with_its_blame():
 
     from qkv.checks import CheckFailed
 
-    ns = {"A": A, "sdpa": sdpa, "softmax": naive, "args": A.random_attention_inputs((2,), 4, 6, 8, 5, seed=0, scale=20.0)}
+    ns = {"A": A, "sdpa": sdpa, "softmax": naive,
+          "args": A.random_attention_inputs((2,), 4, 6, 8, 5, seed=0, scale=20.0)}
     with pytest.raises(CheckFailed) as info:
         exec("A.check_sdpa(sdpa, *args)", ns)
     assert info.value.reread == sections.STABLE_SOFTMAX
@@ -195,7 +198,8 @@ def test_the_graders_reread_output_links_to_the_built_page_or_says_how_to_build_
     page.parent.mkdir(parents=True)
     page.write_text("<html></html>")
     url = f"{page.as_uri()}#how-do-you-mask-padding-in-self-attention"
-    assert link_book_sections(exported) == f'<strong>Reread</strong> <a href="{url}" target="_blank">{title}</a> in the book.'
+    assert link_book_sections(exported) == (
+        f'<strong>Reread</strong> <a href="{url}" target="_blank">{title}</a> in the book.')
     # Only the book's own chapters are linked: a crafted link elsewhere stays as the title, unlinked.
     crafted = link_book_sections('<a href="qkv-book/chapters/etc.html#passwd">x</a>')
     assert "<a " not in crafted and "<em>x</em>" in crafted
@@ -209,7 +213,10 @@ def test_the_report_and_the_lms_comment_name_the_section_to_reread(tmp_path):
 
     why = "“Why does attention divide the logits by √d_k?” (chapter 2, Why divide by √d_k)"
     steps = "“How is attention computed, step by step?” (chapter 1, Attention from first principles)"
-    questions = lambda earned: {"test_softmax": (3.0, 3.0, ""), "test_sdpa": (earned, 3.0, "" if earned else "wrong")}
+
+    def questions(earned):
+        return {"test_softmax": (3.0, 3.0, ""), "test_sdpa": (earned, 3.0, "" if earned else "wrong")}
+
     results = [Result("ada", "attention", 6, 6, "graded", questions=questions(3.0)),
                Result("ben", "attention", 3, 6, "graded", questions=questions(0.0), rereads={"test_sdpa": why}),
                Result("cy", "attention", 3, 6, "graded", questions=questions(0.0), rereads={"test_sdpa": why}),

@@ -40,9 +40,8 @@ def _stores(node: ast.AST) -> set[str]:
             names.add(sub.id)
         elif isinstance(sub, (ast.Import, ast.ImportFrom)):
             names.update((a.asname or a.name).split(".")[0] for a in sub.names)
-        elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(sub.name)
-        elif isinstance(sub, ast.ExceptHandler) and sub.name:
+        elif (isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+              or (isinstance(sub, ast.ExceptHandler) and sub.name)):
             names.add(sub.name)
         elif isinstance(sub, ast.arg):
             names.add(sub.arg)  # parameters of a lambda or a def inside the cell

@@ -122,7 +122,8 @@ def check_drill_page(html: Path) -> int:
     """Assert the built drill page has one <details> per question, each linking to an existing id."""
     soup = BeautifulSoup((html / "drill.html").read_text(encoding="utf-8"), "html.parser")
     details = soup.select("details.qkv-drill-question")
-    expected = sum(len(re.findall(r"^\*\*Short answer\.\*\*", (BOOK / "chapters" / f"{c.slug}.md").read_text(), flags=re.M))
+    expected = sum(len(re.findall(r"^\*\*Short answer\.\*\*", (BOOK / "chapters" / f"{c.slug}.md").read_text(),
+                                  flags=re.M))
                    for c in CHAPTERS if c.slug in available_slugs())
     assert len(details) == expected
     ids_by_page: dict[str, set[str]] = {}
@@ -133,7 +134,8 @@ def check_drill_page(html: Path) -> int:
         page = html / target
         assert page.is_file(), f"drill link to missing page {target}"
         if target not in ids_by_page:
-            ids_by_page[target] = {t["id"] for t in BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser").find_all(id=True)}
+            target_soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+            ids_by_page[target] = {t["id"] for t in target_soup.find_all(id=True)}
         assert anchor in ids_by_page[target], f"drill link {target}#{anchor}: no element with that id"
     return len(details)
 

@@ -35,7 +35,8 @@ def _pages(html: Path) -> list[Path]:
 
 def test_every_page_has_a_catalog():
     pages = [BOOK / "intro.md", BOOK / "drill.md", BOOK / "instructors.md", *sorted((BOOK / "chapters").glob("*.md"))]
-    missing = [str(p.relative_to(BOOK)) for p in pages if not (LOCALE / p.relative_to(BOOK).with_suffix(".po")).exists()]
+    missing = [str(p.relative_to(BOOK)) for p in pages
+               if not (LOCALE / p.relative_to(BOOK).with_suffix(".po")).exists()]
     assert missing == [], f"pages without a zh_CN catalog (run `make translations`): {missing}"
 
 
@@ -81,7 +82,8 @@ def _glossary() -> tuple[list[tuple[str, str]], list[str]]:
             section = "translated" if "Translated" in line else "kept"
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if not line.startswith("|") or len(cells) < 2 or set(cells[0]) <= set("-") or cells[0] in ("English (matched case-insensitively, as a word)", "term"):
+        if (not line.startswith("|") or len(cells) < 2 or set(cells[0]) <= set("-")
+                or cells[0] in ("English (matched case-insensitively, as a word)", "term")):
             continue
         if section == "translated":
             translated.append((cells[0], cells[1]))

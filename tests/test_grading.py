@@ -45,8 +45,11 @@ def graded_class(tmp_path_factory):
     root = tmp_path_factory.mktemp("class")
     subs = root / "submissions"
     _write(learner_notebook("attention", ALL_REFERENCE), subs / "ada")
-    _write(learner_notebook("attention", {"softmax": "reference", "scaled_dot_product_attention": NO_SCALE_SDPA}), subs / "ben")
-    _write(learner_notebook("attention", {**ALL_REFERENCE, "additive_attention": "def additive_attention(q, k, v,:\n    pass"}), subs / "cy")
+    _write(learner_notebook("attention", {"softmax": "reference", "scaled_dot_product_attention": NO_SCALE_SDPA}),
+           subs / "ben")
+    _write(learner_notebook("attention", {**ALL_REFERENCE,
+                                          "additive_attention": "def additive_attention(q, k, v,:\n    pass"}),
+           subs / "cy")
     (subs / "dee").mkdir()
     (subs / "dee" / "attention.ipynb").write_text('{"cells": [ {"cell_type": "code", ')  # truncated upload
     (subs / "eve").mkdir()
@@ -60,7 +63,10 @@ def graded_class(tmp_path_factory):
     out = root / "out"
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", str(subs), "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
-    rows = list(csv.DictReader(open(out / "grades.csv"))) if (out / "grades.csv").exists() else []
+    rows = []
+    if (out / "grades.csv").exists():
+        with open(out / "grades.csv") as f:
+            rows = list(csv.DictReader(f))
     return proc, {r["student_id"]: r for r in rows}, out
 
 
@@ -77,7 +83,8 @@ def test_feedback_is_written_by_the_workers(graded_class, tmp_path):
     from autograder.grading import _feedback_job
 
     course = out / "course"
-    outcome = _feedback_job(str(course), str(course / "verdicts"), str(course / "source" / "attention" / "attention.ipynb"),
+    outcome = _feedback_job(str(course), str(course / "verdicts"),
+                            str(course / "source" / "attention" / "attention.ipynb"),
                             "attention", "ada", str(tmp_path / "feedback"))
     assert outcome.notes == []
     assert "softmax" in (tmp_path / "feedback" / "ada" / "attention.html").read_text(encoding="utf-8")
@@ -85,7 +92,8 @@ def test_feedback_is_written_by_the_workers(graded_class, tmp_path):
 
 def test_csv_has_the_documented_header(graded_class):
     _, _, out = graded_class
-    assert open(out / "grades.csv").readline().strip() == "student_id,assignment,score,max_score,status,message"
+    with open(out / "grades.csv") as f:
+        assert f.readline().strip() == "student_id,assignment,score,max_score,status,message"
 
 
 @pytest.mark.parametrize("student, score, status", [

@@ -40,7 +40,8 @@ HIDDEN = {
 # What must never reach the learner: the sizes and values above, and the learners' own markers.
 SECRETS = re.compile(r"(?<!\d)(?:37|4242|13|29|31|11|41|43|23)(?!\d)|LEAK|Dk|dk37")
 
-SOFTMAX = "def softmax(x, dim=-1):\n    e = (x - x.amax(dim, keepdim=True)).exp()\n    return e / e.sum(dim, keepdim=True)\n"
+SOFTMAX = ("def softmax(x, dim=-1):\n    e = (x - x.amax(dim, keepdim=True)).exp()\n"
+           "    return e / e.sum(dim, keepdim=True)\n")
 SDPA = ("import math\n"
         "def _sdpa(q, k, v, mask=None):\n"
         "    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n"
@@ -147,4 +148,5 @@ def test_a_redacted_diagnosis_stays_readable():
     shown = hidden_safe(reason)
     assert shown.startswith("masked keys (mask False) still receive weight (…): fill their logits with -inf"), shown
     # a learner's text glued to ours is cut where our wording ends
-    assert hidden_safe("masked keys (mask False) still receive weightLEAK37") == "masked keys (mask False) still receive weight…"
+    assert hidden_safe("masked keys (mask False) still receive weightLEAK37") == (
+        "masked keys (mask False) still receive weight…")

@@ -33,8 +33,8 @@ import secrets
 import shutil
 import signal
 import socket
-import stat
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -160,7 +160,8 @@ class Hub:
                "--learners", f"{self.name('ada')},{self.name('ben')}", "--state", str(self.state),
                "--assignments", "attention", "--port", str(self.port), "--hub-port", str(_free_port()),
                "--proxy-api-port", str(_free_port())]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log, "w") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + START_S
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -374,7 +375,7 @@ def test_a_class_round_trip_on_the_hub(hub: Hub, browser):
     # 1-2. Submissions: A in the browser; B on the command line, then again after the due date.
     _learner_submits_in_browser(browser, hub)
     _learner_submits_on_command_line(hub, CORRECT_SOFTMAX)
-    due = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    due = dt.datetime.now(dt.UTC).replace(microsecond=0)
     hub.nbgrader("teacher", "db", "assignment", "add", "attention", f"--duedate={due:%Y-%m-%d %H:%M:%S} UTC",
                  cwd=hub.course)
     time.sleep(2)
@@ -388,7 +389,8 @@ def test_a_class_round_trip_on_the_hub(hub: Hub, browser):
     before = (submitted / ben / "attention" / "attention.ipynb").read_bytes()
     _grade(hub)
     rows = _grades(hub)
-    assert {s: (float(r["score"]), r["status"]) for s, r in rows.items()} == {ada: (3.0, "graded"), ben: (0.0, "graded")}
+    assert {s: (float(r["score"]), r["status"]) for s, r in rows.items()} == {
+        ada: (3.0, "graded"), ben: (0.0, "graded")}
     assert rows[ben]["message"].startswith("late: submitted ") and "after the due date" in rows[ben]["message"]
     assert "late" not in rows[ada]["message"]
     report = (hub.course / "qkv-grades" / "attention" / "report.md").read_text()
@@ -480,9 +482,10 @@ LATE_CASES = {  # student: (timestamp.txt, the expected note)
 @pytest.fixture(scope="module")
 def small_course(tmp_path_factory) -> Path:
     """An nbgrader course after `collect`: submitted/<student>/attention/ with timestamps, and a due date."""
-    import autograder.course  # noqa: F401  (puts the venv's alembic on PATH for nbgrader's gradebook)
     from nbgrader.api import Gradebook
     from nbgrader.utils import parse_utc
+
+    import autograder.course  # noqa: F401  (puts the venv's alembic on PATH for nbgrader's gradebook)
 
     course = tmp_path_factory.mktemp("layout") / "course"
     with Gradebook(f"sqlite:///{course.parent / 'gradebook.db'}") as gb:

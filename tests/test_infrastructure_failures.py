@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
 from notebook_tools import learner_notebook
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]

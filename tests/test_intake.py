@@ -139,7 +139,8 @@ def test_sanitized_markdown_keeps_our_instruction_cells_readable():
                 anchor.decompose()
             assert "".join(ours.get_text().split()) == "".join(stock.get_text().split()), notebook
             assert [a.get("href") for a in ours.find_all("a")] == [a.get("href") for a in stock.find_all("a")]
-            assert [h.name for h in ours.find_all(["h1", "h2", "h3"])] == [h.name for h in stock.find_all(["h1", "h2", "h3"])]
+            assert ([h.name for h in ours.find_all(["h1", "h2", "h3"])]
+                    == [h.name for h in stock.find_all(["h1", "h2", "h3"])])
             assert len(ours.find_all("code")) == len(stock.find_all("code"))
 
 
@@ -297,7 +298,8 @@ def test_a_broken_sandbox_stops_the_run_before_anyone_is_graded(tmp_path, one_st
     (fake / "bwrap").chmod(0o755)
     out = tmp_path / "out"  # an earlier run's results: they must stay exactly as they were
     (out / "course").mkdir(parents=True)
-    (out / "grades.csv").write_text("student_id,assignment,score,max_score,status,message\nada,attention,11,11,graded,\n")
+    (out / "grades.csv").write_text("student_id,assignment,score,max_score,status,message\n"
+                                    "ada,attention,11,11,graded,\n")
     before = _digest(out)
     scratch = tmp_path / "tmp"
     scratch.mkdir()

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import nbformat
 import pytest
@@ -20,8 +20,18 @@ from myst_nb.core.read import read_myst_markdown_notebook
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from lab_server import (CHROMIUM, CHROMIUM_FLAGS, RUN_MS, JupyterLab, execution_count,
-                        jupyterlab, open_notebook, run_all, wait_executed, wait_kernel_idle)
+from lab_server import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    RUN_MS,
+    JupyterLab,
+    execution_count,
+    jupyterlab,
+    open_notebook,
+    run_all,
+    wait_executed,
+    wait_kernel_idle,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.xdist_group("jupyterlab")]
 

@@ -192,7 +192,8 @@ def test_moodle_worksheet_csv_is_exact(tmp_path):
         "Last modified (submission),Last modified (grade),Feedback comments\r\n"
         "Participant 1001,Ada Lovelace,,Submitted for grading,100,100,Yes,-,\"Monday, 01 December 2025, 03:30 PM\","
         "Score 11/11. test_softmax: passed.\r\n"
-        "Participant 1002,Charles Babbage,,Submitted for grading,27.27,100,Yes,-,\"Monday, 01 December 2025, 03:30 PM\","
+        "Participant 1002,Charles Babbage,,Submitted for grading,27.27,100,Yes,-,"
+        "\"Monday, 01 December 2025, 03:30 PM\","
         "Score 3/11. test_softmax: passed; test_scaled_dot_product_attention: 0/3 (your result equals attention "
         "without the 1/√d_k scale).\r\n"
         "Participant 1004,Alan Turing,,Submitted for grading,,100,Yes,-,\"Monday, 01 December 2025, 03:30 PM\","
@@ -217,7 +218,8 @@ def test_learner_text_in_the_csv_cannot_become_a_formula(tmp_path):
         "1009": lms.LmsStudent("1009", '=HYPERLINK("http://x","y")', email="@evil\nline")}, [])
     result = Result("1009", "attention", 3.0, 11.0, "graded", questions={"test_softmax": (0.0, 3.0, "-1 is\nwrong")})
     path = lms.write_import_csv(download, [result], tmp_path / "m.csv", graded_at=datetime(2025, 12, 1, 15, 30))
-    row = list(csv.DictReader(open(path, encoding="utf-8")))[0]
+    with open(path, encoding="utf-8") as f:
+        row = list(csv.DictReader(f))[0]
     assert row["Full name"] == "'=HYPERLINK(\"http://x\",\"y\")"
     assert row["Email address"] == "'@evil line"
     assert row["Feedback comments"] == "Score 3/11. test_softmax: 0/3 (-1 is wrong)."
@@ -241,13 +243,15 @@ def _grade(tmp_path: Path, lms_kind: str, archive: Path, *extra: str):
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", str(archive), "--out", str(out),
                            "--lms", lms_kind, "--quiet", *extra], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {r["student_id"]: r for r in csv.DictReader(open(out / "grades.csv", encoding="utf-8"))}
+    with open(out / "grades.csv", encoding="utf-8") as f:
+        rows = {r["student_id"]: r for r in csv.DictReader(f)}
     return proc, rows, out
 
 
 @pytest.mark.slow
 def test_grade_canvas_download_end_to_end(tmp_path):
-    proc, rows, out = _grade(tmp_path, "canvas", canvas_zip(tmp_path / "canvas.zip"), "--lms-column", "Attention (4567)")
+    proc, rows, out = _grade(tmp_path, "canvas", canvas_zip(tmp_path / "canvas.zip"),
+                             "--lms-column", "Attention (4567)")
     assert {sid: (float(r["score"]), r["status"]) for sid, r in rows.items()} == {
         "48213": (11, "graded"), "48214": (3, "graded"), "48215": (11, "graded"), "48216": (3, "graded"),
         "48217": (0, "error"), "48218": (0, "error")}
@@ -274,8 +278,10 @@ def test_grade_moodle_download_end_to_end(tmp_path):
     assert {sid: (float(r["score"]), r["status"]) for sid, r in rows.items()} == {
         "1001": (11, "graded"), "1002": (3, "graded"), "1003": (3, "graded"), "1004": (0, "error"),
         "1005": (11, "graded")}
-    imported = list(csv.DictReader(open(out / "moodle-import.csv", encoding="utf-8")))
-    assert [(r["Identifier"], r["Full name"], r["Email address"], r["Grade"], r["Maximum Grade"]) for r in imported] == [
+    with open(out / "moodle-import.csv", encoding="utf-8") as f:
+        imported = list(csv.DictReader(f))
+    assert [(r["Identifier"], r["Full name"], r["Email address"], r["Grade"], r["Maximum Grade"])
+            for r in imported] == [
         ("Participant 1001", "Ada Lovelace", "ada@example.org", "100", "100"),
         ("Participant 1002", "Charles Babbage", "cb@example.org", "27.27", "100"),
         ("Participant 1003", "Zoë Żółć", "", "27.27", "100"),

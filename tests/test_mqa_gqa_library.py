@@ -215,7 +215,7 @@ def test_gqa_reference_passes_in_low_precision():
 
 
 def _bytes(factor):
-    return lambda l, h, d, s, b=1, e=2: 2 * l * h * d * s * b * e * factor
+    return lambda layers, h, d, s, b=1, e=2: 2 * layers * h * d * s * b * e * factor
 
 
 @pytest.mark.parametrize("factor, message", [
@@ -230,7 +230,7 @@ def test_kv_cache_bytes_diagnoses(factor, message):
 
 def test_kv_cache_bytes_ignoring_batch_is_diagnosed():
     with pytest.raises(CheckFailed, match="ignores the batch"):
-        C.check_kv_cache_bytes(lambda l, h, d, s, b=1, e=2: 2 * l * h * d * s * e, 4, 2, 8, 10, 3, 2)
+        C.check_kv_cache_bytes(lambda layers, h, d, s, b=1, e=2: 2 * layers * h * d * s * e, 4, 2, 8, 10, 3, 2)
 
 
 def test_kv_cache_bytes_correct_formula_passes():

@@ -55,7 +55,8 @@ def test_split_and_merge_reject_bad_shapes_with_a_message():
 def test_multi_head_attention_matches_torch(t_q, t_k, n_heads, bias):
     layer = _torch_mha(16, n_heads, seed=t_q + t_k, bias=bias)
     gen = torch.Generator().manual_seed(2)
-    q, k, v = torch.randn(2, t_q, 16, generator=gen), torch.randn(2, t_k, 16, generator=gen), torch.randn(2, t_k, 16, generator=gen)
+    q, k, v = (torch.randn(2, t_q, 16, generator=gen), torch.randn(2, t_k, 16, generator=gen),
+               torch.randn(2, t_k, 16, generator=gen))
     in_b = layer.in_proj_bias if bias else None
     out_b = layer.out_proj.bias if bias else None
     out, w = M.multi_head_attention(q, k, v, layer.in_proj_weight, in_b, layer.out_proj.weight, out_b, n_heads)
@@ -97,7 +98,8 @@ def test_multi_head_attention_rejects_bad_weights():
         M.multi_head_attention(x, x, x, torch.randn(8, 8), None, torch.randn(8, 8), None, 2)
 
 
-@pytest.mark.parametrize("T, d_model, n_heads, d_head", [(4, 8, 2, None), (128, 512, 8, None), (7, 12, 3, 5), (9, 16, 4, 16)])
+@pytest.mark.parametrize("T, d_model, n_heads, d_head", [(4, 8, 2, None), (128, 512, 8, None), (7, 12, 3, 5),
+                                                        (9, 16, 4, 16)])
 def test_attention_flops_matches_flop_counter_on_torch_mha(T, d_model, n_heads, d_head):
     if d_head is None:  # the real nn.MultiheadAttention: an oracle independent of our explicit computation
         layer = torch.nn.MultiheadAttention(d_model, n_heads, batch_first=True).eval()
@@ -225,7 +227,7 @@ def _wrong_mha(**mistake):
     """An implementation with one deliberate mistake, written independently of the checks' variants."""
     def mha(query, key, value, in_w, in_b, out_w, out_b, n_heads, mask=None):
         B, T_q, d = query.shape
-        T_k, d_head = key.shape[1], d // n_heads
+        d_head = d // n_heads
 
         def split(x):
             if mistake.get("split") == "no_transpose":
@@ -240,7 +242,8 @@ def _wrong_mha(**mistake):
             logits = logits.masked_fill(~mask if not mistake.get("inverted") else mask, float("-inf"))
         w = torch.softmax(logits, -1)
         heads = w @ v
-        merged = heads.reshape(B, T_q, d) if mistake.get("merge") == "no_transpose" else heads.transpose(1, 2).reshape(B, T_q, d)
+        merged = (heads.reshape(B, T_q, d) if mistake.get("merge") == "no_transpose"
+                  else heads.transpose(1, 2).reshape(B, T_q, d))
         out = merged if mistake.get("no_out_proj") else merged @ out_w.T + out_b
         return out, (w.sum(1) if mistake.get("sum") else w.mean(1))
     return mha
@@ -315,6 +318,7 @@ def test_reread_and_hints_cover_every_graded_function():
     graded = {"split_heads", "merge_heads", "multi_head_attention", "attention_flops"}
     assert set(C.REREAD) == graded and set(C.HINTS) == graded
     page = (M.__file__.rsplit("/qkv/", 1)[0] + "/book/chapters/multihead.md")
-    headings = {line[3:].strip() for line in open(page, encoding="utf-8") if line.startswith("## ")}
+    with open(page, encoding="utf-8") as f:
+        headings = {line[3:].strip() for line in f if line.startswith("## ")}
     assert set(C.REREAD.values()) <= headings
     assert all(2 <= len(h) <= 3 for h in C.HINTS.values())

@@ -288,7 +288,8 @@ def test_banned_table_catches_the_built_ins_and_spares_the_reference():
     from autograder import banned
     from notebook_tools import reference_answers
     table = banned.banned_for("norms")["*"]
-    cheat = "import torch.nn.functional as F\ndef layer_norm(x, s, w=None, b=None, eps=1e-5):\n    return F.layer_norm(x, s, w, b, eps)\n"
+    cheat = ("import torch.nn.functional as F\ndef layer_norm(x, s, w=None, b=None, eps=1e-5):\n"
+             "    return F.layer_norm(x, s, w, b, eps)\n")
     assert [h.name for h in banned.find(cheat, table)] == ["torch.nn.functional.layer_norm"]
     for gid, source in reference_answers("norms").items():
         assert banned.find(source, table) == [], gid

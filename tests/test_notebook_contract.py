@@ -11,9 +11,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_tools import REPO, learner_notebook
 
 from autograder.course import SOLUTIONS, assignments
+from notebook_tools import REPO, learner_notebook
 from qkv import notebook_contract as contract
 
 

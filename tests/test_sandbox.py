@@ -313,11 +313,10 @@ def test_the_whole_submission_has_a_budget():
 def test_a_sandbox_killed_mid_run_is_an_infrastructure_error_not_a_verdict(tmp_path):
     """The sandbox dies under a submission (here: killed from outside during a call). That is ours:
     verify raises InfrastructureError; it never returns a failed test."""
-    from notebook_tools import learner_notebook
-
     import autograder.learner_process as lp
     from autograder.course import SOLUTIONS
     from autograder.verify import verify
+    from notebook_tools import learner_notebook
 
     answers = {"softmax": "reference", "additive_attention": "reference",
                "scaled_dot_product_attention": "import time\ndef scaled_dot_product_attention(q, k, v, mask=None):\n"

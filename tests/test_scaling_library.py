@@ -19,7 +19,8 @@ from qkv.widgets import scaling as W
 @pytest.mark.parametrize("scale", [None, 1.0, 0.3])
 def test_attention_logits_softmax_matches_torch_sdpa_weights(scale):
     gen = torch.Generator().manual_seed(0)
-    q, k = torch.randn(2, 3, 4, 16, generator=gen, dtype=torch.float64), torch.randn(2, 3, 6, 16, generator=gen, dtype=torch.float64)
+    q, k = (torch.randn(2, 3, 4, 16, generator=gen, dtype=torch.float64),
+            torch.randn(2, 3, 6, 16, generator=gen, dtype=torch.float64))
     eye = torch.eye(6, dtype=torch.float64).expand(2, 3, 6, 6)
     torch.testing.assert_close(torch.softmax(S.attention_logits(q, k, scale), -1),
                                F.scaled_dot_product_attention(q, k, eye, scale=scale))
@@ -103,7 +104,8 @@ SQ_Q, SQ_K = C.random_qk((), 8, 8, 8, seed=1, dtype=torch.float64)
     (lambda q, k, s=None: q @ k.transpose(-2, -1), None, "without the 1/√d_k scale"),
     (lambda q, k, s=None: q @ k.transpose(-2, -1) / q.shape[-1], None, "divided by d_k = 16"),
     (lambda q, k, s=None: q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), 0.5, "used the default 1/√d_k although"),
-    (lambda q, k, s=None: q @ k.transpose(-2, -1) / (s or math.sqrt(q.shape[-1])), 0.0, "used the default 1/√d_k although"),
+    (lambda q, k, s=None: q @ k.transpose(-2, -1) / (s or math.sqrt(q.shape[-1])), 0.0,
+     "used the default 1/√d_k although"),
     (lambda q, k, s=None: q @ k.transpose(-2, -1) / s, 0.5, "you divided by scale"),
     (lambda q, k, s=None: q @ k.transpose(-2, -1), 0.5, "was ignored"),
 ])
@@ -156,10 +158,12 @@ def _variance_experiment(transform_unscaled, transform_scaled, reseed=False):
 @pytest.mark.parametrize("measure, message", [
     (_variance_experiment(lambda x, d: x.var(), lambda x, d: (x / d).var()), "you divided q·k by d_k"),
     (_variance_experiment(lambda x, d: x.var(), lambda x, d: x.var()), "scale was not applied"),
-    (_variance_experiment(lambda x, d: x.var(), lambda x, d: x.var() / math.sqrt(d)), "divided the \\*variance\\* by √d_k"),
+    (_variance_experiment(lambda x, d: x.var(), lambda x, d: x.var() / math.sqrt(d)),
+     "divided the \\*variance\\* by √d_k"),
     (_variance_experiment(lambda x, d: x.std(), lambda x, d: (x / math.sqrt(d)).var()), "standard deviation √d_k"),
     (_variance_experiment(lambda x, d: (x / math.sqrt(d)).var(), lambda x, d: (x / math.sqrt(d)).var()), "look scaled"),
-    (_variance_experiment(lambda x, d: x.var(), lambda x, d: (x / math.sqrt(d)).var(), reseed=True), "same seed gave different"),
+    (_variance_experiment(lambda x, d: x.var(), lambda x, d: (x / math.sqrt(d)).var(), reseed=True),
+     "same seed gave different"),
 ])
 def test_variance_diagnosis_names_the_misconception(measure, message):
     with pytest.raises(CheckFailed, match=message):

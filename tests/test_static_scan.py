@@ -23,7 +23,8 @@ def _found(*sources: str) -> dict[str, set[str]]:
     return {g: {u.name for u in uses} for g, uses in result.uses.items() if uses}
 
 
-HONEST = "def softmax(x, dim=-1):\n    e = (x - x.amax(dim, keepdim=True)).exp()\n    return e / e.sum(dim, keepdim=True)"
+HONEST = ("def softmax(x, dim=-1):\n    e = (x - x.amax(dim, keepdim=True)).exp()\n"
+          "    return e / e.sum(dim, keepdim=True)")
 
 
 @pytest.mark.parametrize("sources", [
@@ -33,7 +34,8 @@ HONEST = "def softmax(x, dim=-1):\n    e = (x - x.amax(dim, keepdim=True)).exp()
     [HONEST, "x = torch.randn(3)\nprint(x.softmax(-1), torch.nn.functional.softmax(x, 0))"],
     [HONEST, "for impl in (softmax, torch.softmax):\n    print(impl(torch.ones(2)))"],
     [HONEST, "%timeit torch.softmax(torch.ones(8), -1)"],
-    [HONEST, "def compare():\n    return torch.allclose(softmax(torch.ones(2)), torch.softmax(torch.ones(2), -1))\ncompare()"],
+    [HONEST, "def compare():\n    return torch.allclose(softmax(torch.ones(2)), torch.softmax(torch.ones(2), -1))\n"
+             "compare()"],
     [HONEST, "import qkv\nqkv.hint('softmax')"],
     [HONEST, "import torch.nn.functional as F\nreference = F.softmax  # kept for a comparison below\n"
              "print(reference(torch.ones(2), -1))"],
@@ -64,7 +66,8 @@ def test_scratch_cells_cost_nothing(sources):
     # the ways a function holds a banned function without naming it in its body
     (["def softmax(x, dim=-1, f=torch.softmax):\n    return f(x, dim)"], {"softmax": {"torch.softmax"}}),
     (["@lambda f: torch.softmax\ndef softmax(x, dim=-1):\n    pass"], {"softmax": {"torch.softmax"}}),
-    (["def make():\n    return lambda x, dim=-1: torch.softmax(x, dim)\nsoftmax = make()"], {"softmax": {"torch.softmax"}}),
+    (["def make():\n    return lambda x, dim=-1: torch.softmax(x, dim)\nsoftmax = make()"],
+     {"softmax": {"torch.softmax"}}),
     (["class S:\n    def __call__(self, x, dim=-1):\n        return x.softmax(dim)\nsoftmax = S()"],
      {"softmax": {"torch.Tensor.softmax"}}),
     (["def setup():\n    global sm\n    sm = torch.softmax\nsetup()", "def softmax(x, dim=-1):\n    return sm(x, dim)"],
@@ -114,11 +117,10 @@ def test_the_message_says_where_the_banned_name_is():
 
 
 def test_the_reference_solutions_reach_no_banned_name():
-    from notebook_tools import REPO, reference_answers
-
     from autograder.banned import banned_for
     from autograder.course import assignments
     from autograder.verify import Reference
+    from notebook_tools import REPO, reference_answers
 
     for assignment in assignments():
         reference = Reference.load(REPO / "solutions" / assignment / f"{assignment}.ipynb")

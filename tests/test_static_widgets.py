@@ -143,12 +143,15 @@ def test_every_control_moves_the_figure_and_moves_it_back(slug, visit, artifacts
                 _set(widget, c, control.kind, value)
                 indices = defaults[:c] + [value] + defaults[c + 1:]
                 now = _view(widget)
-                assert now != previous, f"{slug}: moving {control.description!r} to {control.labels[value]!r} changed nothing"
+                assert now != previous, \
+                    f"{slug}: moving {control.description!r} to {control.labels[value]!r} changed nothing"
                 assert now == _expected_view(static, indices), f"{slug}: {control.description!r} shows another frame"
-                widget.screenshot(path=str(shots / f"{slug}-{i}-{_name(control.description)}-{_name(control.labels[value])}.png"))
+                shot = f"{slug}-{i}-{_name(control.description)}-{_name(control.labels[value])}.png"
+                widget.screenshot(path=str(shots / shot))
                 previous = now
             _set(widget, c, control.kind, control.default)
-            assert _view(widget) == default_view, f"{slug}: {control.description!r} back to default is not the default view"
+            assert _view(widget) == default_view, \
+                f"{slug}: {control.description!r} back to default is not the default view"
     v.offline_and_clean()
 
 
@@ -225,7 +228,8 @@ EXPECTED = {
         and f"<td>{int(s['heads H'][1]) * int(s['T'][1]) ** 2:,}</td>" in text,
     "Elements that share normalization statistics in a (B, T, C) batch":
         lambda s, alt, text: f"{s['norm'][1]}: the ★ is normalized with the "
-        f"{ {'LayerNorm': 6, 'RMSNorm': 6, 'BatchNorm': 15, 'masked BatchNorm': 10}[s['norm'][1]]} orange elements" in alt,
+        f"{ {'LayerNorm': 6, 'RMSNorm': 6, 'BatchNorm': 15, 'masked BatchNorm': 10}[s['norm'][1]]}"
+        " orange elements" in alt,
     "Logits, gradient norm and softmax weights, unscaled and scaled by 1/√d_k":
         lambda s, alt, text: f"logits, d_k = {s['d_k'][1]};" in alt,
     "Sinusoidal positional encoding table":
@@ -246,7 +250,8 @@ FRAME_COUNTS = {"Attention weights of the toy sentence, one query highlighted": 
                 "Logits, gradient norm and softmax weights, unscaled and scaled by 1/√d_k": 5,
                 "Sinusoidal positional encoding table": 5 * 5, "Noam learning-rate schedule": 6 * 3,
                 "BPE merges applied to a small corpus": 21,
-                "sampling from the trained GPT": 3 * 4 * 2 * 3 * 2 + 3 * 4}  # text: every control; bars: prompt, temperature
+                # text: every control; bars: prompt, temperature
+                "sampling from the trained GPT": 3 * 4 * 2 * 3 * 2 + 3 * 4}
 
 
 def test_every_frame_of_every_widget_shows_its_settings(built_book):
@@ -261,9 +266,11 @@ def test_every_frame_of_every_widget_shows_its_settings(built_book):
             assert len(frames) == FRAME_COUNTS[title], title
             for frame in frames:
                 alt = " | ".join(frame.alts())
-                assert EXPECTED[title](frame.settings, alt, frame.text()), f"{title}: frame {frame.settings} shows {alt[:300]}"
+                assert EXPECTED[title](frame.settings, alt, frame.text()), \
+                    f"{title}: frame {frame.settings} shows {alt[:300]}"
                 for a in frame.alts():  # alt text: the widget, then every control value of the frame
-                    assert a.startswith(title) and all(f"{d} = {label}" in a for d, (_, label) in frame.settings.items())
+                    assert a.startswith(title) and all(f"{d} = {label}" in a
+                                                       for d, (_, label) in frame.settings.items())
             note = static.root.select_one(".qkv-static-note")
             for control in static.controls:  # a control with fewer values than live says which
                 if f"{control.description} snaps to" in (note.get_text() if note else ""):
@@ -278,7 +285,8 @@ def test_every_frame_of_every_widget_shows_its_settings(built_book):
 KV_SETTINGS = [
     dict(n_layers=80, n_heads=64, n_kv_heads=8, d_head=128, dtype="float16", context=4096, batch=1),
     dict(n_layers=32, n_heads=32, n_kv_heads=32, d_head=128, dtype="bfloat16", context=131072, batch=8),
-    dict(n_layers=1, n_heads=8, n_kv_heads=1, d_head=128, dtype="float16", context=131072, batch=1),  # 0.0625 GiB: a tie
+    # 0.0625 GiB: a tie
+    dict(n_layers=1, n_heads=8, n_kv_heads=1, d_head=128, dtype="float16", context=131072, batch=1),
     dict(n_layers=126, n_heads=128, n_kv_heads=8, d_head=128, dtype="fp8 / int8", context=1048576, batch=64),
     dict(n_layers=512, n_heads=96, n_kv_heads=12, d_head=256, dtype="float32", context=1048576, batch=4096),  # > 2**53
     dict(n_layers=24, n_heads=12, n_kv_heads=3, d_head=64, dtype="int4", context=256, batch=3),
@@ -383,7 +391,8 @@ def test_bpe_playground_shows_title_tokens_and_ids_as_the_live_widget(visit, art
                               "Tokenizers split unbelievably long words into pieces: 1234567!"]):
         box.fill(text)
         ids = encode(text, merges, [ENDOFTEXT])
-        title = f"GPT-2 BPE: {len(ids)} tokens for {len(text)} characters ({len(ids) / max(len(text), 1):.2f} per character)"
+        title = (f"GPT-2 BPE: {len(ids)} tokens for {len(text)} characters "
+                 f"({len(ids) / max(len(text), 1):.2f} per character)")
         assert root.locator(".qkv-tokens-title").text_content() == title
         shown = root.locator(".qkv-token").all_text_contents()
         assert shown == [t.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") for t in token_strings(ids, vocab)]
@@ -393,8 +402,10 @@ def test_bpe_playground_shows_title_tokens_and_ids_as_the_live_widget(visit, art
     box.press("End")
     box.press("Backspace")  # typing updates at once, from the keyboard
     assert root.locator(".qkv-tokens-title").text_content().startswith("GPT-2 BPE: 12 tokens for 61 characters")
-    box.evaluate("el => { el.value = 'x\\ud800y'; el.dispatchEvent(new Event('input')); }")  # not Unicode: Python raises
-    assert root.locator(".qkv-tokens-title").text_content().startswith("cannot encode: text contains a lone surrogate U+D800")
+    # not Unicode: Python raises
+    box.evaluate("el => { el.value = 'x\\ud800y'; el.dispatchEvent(new Event('input')); }")
+    assert root.locator(".qkv-tokens-title").text_content().startswith(
+        "cannot encode: text contains a lone surrogate U+D800")
     v.offline_and_clean()
 
 

@@ -73,8 +73,12 @@ def test_fast_trainer_gives_exactly_the_naive_merges(text, vocab_size, specials)
 def test_fast_trainer_is_much_faster_than_naive():
     import time
     text = english_corpus(130_000)
-    start = time.perf_counter(); bpe.train_bpe_naive(text, 500); t_naive = time.perf_counter() - start
-    start = time.perf_counter(); bpe.train_bpe(text, 500); t_fast = time.perf_counter() - start
+    start = time.perf_counter()
+    bpe.train_bpe_naive(text, 500)
+    t_naive = time.perf_counter() - start
+    start = time.perf_counter()
+    bpe.train_bpe(text, 500)
+    t_fast = time.perf_counter() - start
     assert t_naive / t_fast > 5, f"speed-up only {t_naive / t_fast:.1f}x"
 
 

@@ -16,8 +16,13 @@ from qkv import blocks as B  # noqa: E402
 from qkv.checks import CheckFailed, NotAttempted  # noqa: E402
 from qkv.checks import transformer as C  # noqa: E402
 from qkv.dropout import inverted_dropout, original_dropout  # noqa: E402
-from qkv.positional import (apply_rope, apply_rope_half, interleaved_to_half, shift_matrix,  # noqa: E402
-                            sinusoidal_positional_encoding)
+from qkv.positional import (  # noqa: E402
+    apply_rope,
+    apply_rope_half,
+    interleaved_to_half,
+    shift_matrix,
+    sinusoidal_positional_encoding,
+)
 from qkv.schedules import noam_curve, noam_lr  # noqa: E402
 
 # ---------------------------------------------------------------- positional encodings
@@ -66,8 +71,12 @@ def test_rope_matches_complex_multiplication():
 
 def test_rope_score_depends_only_on_offset():
     gen = torch.Generator().manual_seed(1)
-    q, k = torch.randn(1, 16, dtype=torch.float64, generator=gen), torch.randn(1, 16, dtype=torch.float64, generator=gen)
-    score = lambda m, n: (apply_rope(q, torch.tensor([m])) @ apply_rope(k, torch.tensor([n])).T).item()
+    q, k = (torch.randn(1, 16, dtype=torch.float64, generator=gen),
+            torch.randn(1, 16, dtype=torch.float64, generator=gen))
+
+    def score(m, n):
+        return (apply_rope(q, torch.tensor([m])) @ apply_rope(k, torch.tensor([n])).T).item()
+
     assert math.isclose(score(7, 4), score(104, 101), rel_tol=1e-12)
     assert not math.isclose(score(7, 4), score(7, 5), rel_tol=1e-6)
 
@@ -94,7 +103,7 @@ def test_interleaved_and_rotate_half_layouts_differ_but_convert_by_a_fixed_permu
     pos = torch.arange(6)
     perm = interleaved_to_half(16)
     scores = apply_rope(q, pos) @ apply_rope(k, pos).T
-    assert not torch.allclose(apply_rope_half(q, pos) @ apply_rope_half(k, pos).T, scores)   # same weights, other layout
+    assert not torch.allclose(apply_rope_half(q, pos) @ apply_rope_half(k, pos).T, scores)  # same weights, other layout
     torch.testing.assert_close(apply_rope_half(q[:, perm], pos) @ apply_rope_half(k[:, perm], pos).T, scores)
 
 
@@ -255,7 +264,8 @@ def test_rope_diagnosis_names_the_misconception(wrong, message):
         C.check_rope(wrong, x, torch.arange(6) + 20)
 
 
-def _dropout(x, p, training, generator=None, *, eval_scale=1.0, keep_scale=None, drop_keep_swapped=False, eval_drop=False):
+def _dropout(x, p, training, generator=None, *, eval_scale=1.0, keep_scale=None, drop_keep_swapped=False,
+             eval_drop=False):
     if not training and not eval_drop:
         return x * eval_scale
     u = torch.rand(x.shape, generator=generator)
@@ -347,9 +357,15 @@ def test_the_peak_check_calls_the_schedule_a_bounded_number_of_times():
 
 
 def _block(x, params, n_heads, *, pre, res_attn=True, res_ffn=True, act=F.relu):
-    ln = lambda z, i: F.layer_norm(z, z.shape[-1:], params[f"ln{i}_weight"], params[f"ln{i}_bias"], eps=1e-5)
-    attn = lambda z: B.multi_head_self_attention(z, params, n_heads)
-    ffn = lambda z: B.feed_forward(z, params, act)
+    def ln(z, i):
+        return F.layer_norm(z, z.shape[-1:], params[f"ln{i}_weight"], params[f"ln{i}_bias"], eps=1e-5)
+
+    def attn(z):
+        return B.multi_head_self_attention(z, params, n_heads)
+
+    def ffn(z):
+        return B.feed_forward(z, params, act)
+
     if pre:
         x = (x if res_attn else 0) + attn(ln(x, 1))
         return (x if res_ffn else 0) + ffn(ln(x, 2))
@@ -398,7 +414,8 @@ def test_banned_table_catches_the_built_ins_and_spares_the_reference():
              "def inverted_dropout(x, p, training, generator=None):\n"
              "    return F.dropout(x, p, training)\n")
     assert [h.name for h in banned.find(cheat, table)] == ["torch.nn.functional.dropout"]
-    cheat = "import torch\ndef pre_ln_block(x, params, n_heads):\n    return torch.nn.TransformerEncoderLayer(8, 2)(x)\n"
+    cheat = ("import torch\ndef pre_ln_block(x, params, n_heads):\n"
+             "    return torch.nn.TransformerEncoderLayer(8, 2)(x)\n")
     assert [h.name for h in banned.find(cheat, table)] == ["torch.nn.TransformerEncoderLayer"]
     for gid, source in reference_answers("transformer").items():
         assert banned.find(source, table) == [], gid

@@ -21,7 +21,8 @@ def test_reference_answers_pass_every_test_through_the_sandbox(assignment, tmp_p
     verdicts = verify(SOLUTIONS / assignment / f"{assignment}.ipynb", tmp_path / "submission.ipynb", assignment)
     failed = {gid: v.message for gid, v in verdicts.tests.items() if not v.passed}
     assert failed == {}
-    assert set(verdicts.tests) == {gid for gid, _, _ in Reference.load(SOLUTIONS / assignment / f"{assignment}.ipynb").tests}
+    assert set(verdicts.tests) == {
+        gid for gid, _, _ in Reference.load(SOLUTIONS / assignment / f"{assignment}.ipynb").tests}
     assert verdicts.cell_errors == {}
 
 
@@ -43,7 +44,8 @@ def test_hidden_failure_messages_hide_the_inputs():
     explicit = CheckFailed("softmax(x of shape (7, 3), dim=0): softmax was taken over dim=1.",
                            reason="softmax was taken over dim=1.")
     shown = _failure_message(explicit, hidden=True)
-    assert shown.startswith("Your function passed the visible tests but failed a hidden test: softmax was taken over dim=")
+    assert shown.startswith(
+        "Your function passed the visible tests but failed a hidden test: softmax was taken over dim=")
     assert "1" not in shown and "7" not in shown
     implicit = CheckFailed("mlm_mask: labels must have the shape of input_ids (3, 100), got (3, 99) at [4, 17]")
     shown = _failure_message(implicit, hidden=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
 import unprivileged
 from notebook_tools import REPO, learner_notebook
 from test_sandbox import _mount_parents_in_tmp

@@ -23,8 +23,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from qkv.gpt2_files import ENDOFTEXT, gpt2_merges  # noqa: E402
-from qkv.widgets import (attention, bert, masking, mqa_gqa, multihead, norms, scaling,  # noqa: E402
-                         static_frames, tokenization, transformer)
+from qkv.widgets import (  # noqa: E402
+    attention,
+    bert,
+    masking,
+    mqa_gqa,
+    multihead,
+    norms,
+    scaling,
+    static_frames,
+    tokenization,
+    transformer,
+)
 from qkv.widgets.live import STATIC_BUILD_ENV, LiveView, live_view  # noqa: E402
 from qkv.widgets.static_controls import control_grid  # noqa: E402
 from qkv.widgets.static_frames import MAX_FRAMES, Part, figure_png, record  # noqa: E402
@@ -141,18 +151,21 @@ def test_tokenizer_playground_shows_gpt2s_tokens_of_the_typed_text(capsys):
 
 def test_grid_of_each_control_kind_comes_from_the_control():
     dropdown = control_grid(widgets.Dropdown(options=[("a", 1), ("b", 2), ("c", 3)], value=2, description="d"))
-    assert (dropdown.kind, dropdown.values, dropdown.labels, dropdown.default) == ("select", [1, 2, 3], ["a", "b", "c"], 1)
+    assert (dropdown.kind, dropdown.values, dropdown.labels, dropdown.default) == (
+        "select", [1, 2, 3], ["a", "b", "c"], 1)
     toggles = control_grid(widgets.ToggleButtons(options=[1, 2, 4, 8], value=4))
     assert (toggles.kind, toggles.values, toggles.default) == ("radio", [1, 2, 4, 8], 2)
     ints = control_grid(widgets.IntSlider(value=6, min=0, max=10, step=3))
     assert (ints.kind, ints.values, ints.labels, ints.default) == ("range", [0, 3, 6, 9], ["0", "3", "6", "9"], 2)
     floats = control_grid(widgets.FloatSlider(value=0.15, min=0.0, max=0.6, step=0.05))
-    assert floats.values == [round(0.05 * k, 10) for k in range(13)] and floats.labels[3] == "0.15" and floats.default == 3
+    assert (floats.values == [round(0.05 * k, 10) for k in range(13)] and floats.labels[3] == "0.15"
+            and floats.default == 3)
     logs = control_grid(widgets.FloatLogSlider(value=1.0, base=10, min=-1, max=1, step=0.5))
     assert np.allclose(logs.values, [0.1, 10 ** -0.5, 1, 10 ** 0.5, 10]) and logs.default == 2
     assert logs.labels == ["0.1", "0.316", "1", "3.16", "10"]  # the slider's readout format, .3g
     box = control_grid(widgets.Checkbox(value=True, description="causal"))
-    assert (box.kind, box.values, box.labels, box.default, box.description) == ("checkbox", [False, True], ["off", "on"], 1, "causal")
+    assert (box.kind, box.values, box.labels, box.default, box.description) == (
+        "checkbox", [False, True], ["off", "on"], 1, "causal")
     selection = control_grid(widgets.SelectionSlider(options=[4, 16, 64], value=16))
     assert (selection.kind, selection.values, selection.default, selection.total) == ("range", [4, 16, 64], 1, 3)
 
@@ -182,7 +195,8 @@ def test_free_text_has_no_grid_and_says_what_to_do(static_build):
 
 
 def test_too_many_frames_stop_the_build_with_the_grid_sizes(static_build):
-    a, b = widgets.IntSlider(value=0, min=0, max=40, description="a"), widgets.IntSlider(value=0, min=0, max=40, description="b")
+    a, b = (widgets.IntSlider(value=0, min=0, max=40, description="a"),
+            widgets.IntSlider(value=0, min=0, max=40, description="b"))
     with pytest.raises(ValueError, match=rf"1681 frames \(a 41, b 41 values\) exceed .* {MAX_FRAMES}"):
         live_view(lambda: None, [a, b], title="t")
 
@@ -257,7 +271,8 @@ def test_frames_follow_the_controls_in_row_major_order(static_build):
 
     view = live_view(render, [a, b], title="pairs")
     (static,) = read_static_widgets(view.static_html)
-    assert [(c.description, c.labels, c.default) for c in static.controls] == [("a", ["x", "y"], 1), ("b", ["0", "1", "2"], 1)]
+    assert [(c.description, c.labels, c.default) for c in static.controls] == [
+        ("a", ["x", "y"], 1), ("b", ["0", "1", "2"], 1)]
     assert [(f.settings, f.text()) for f in static.frames()] == [
         ({"a": (i, "xy"[i]), "b": (j, str(j))}, f"{'xy'[i]}{j}\n") for i in range(2) for j in range(3)]
     assert (a.value, b.value) == ("y", 1), "the live controls go back to their defaults"
@@ -273,8 +288,8 @@ def test_parts_render_only_their_own_controls(static_build):
              Part(lambda: print("legend"), [], wide=True)]
     (static,) = read_static_widgets(live_view(lambda: None, [a, b], title="t", parts=parts).static_html)
     frames = list(static.frames())
-    assert [(f.part, f.text()) for f in frames] == [(0, f"a {i}\n") for i in range(4)] + [(1, "b False\n"), (1, "b True\n"),
-                                                                                    (2, "legend\n")]
+    assert [(f.part, f.text()) for f in frames] == [(0, f"a {i}\n") for i in range(4)] + [
+        (1, "b False\n"), (1, "b True\n"), (2, "legend\n")]
     assert "qkv-wide" in static.shown_outputs(2)["class"] and "qkv-wide" not in static.shown_outputs(0)["class"]
 
 
@@ -315,7 +330,7 @@ def test_kv_calculator_static_view_has_every_control_and_the_default_table(stati
     assert (fields["layers"]["min"], fields["layers"]["max"], fields["batch"]["max"]) == ("1", "512", "4096")
     table = static.root.find("pre").get_text()
     per_token = {name: 2 * 80 * kv * 128 * 2 for name, kv in (("MHA", 64), ("GQA-8", 8), ("MQA", 1))}
-    for name, n in per_token.items():
+    for n in per_token.values():
         assert f"{n:,}" in table and f"{n * 4096 / 2**30:.3f} GiB" in table
     assert static.payload["dtype_bytes"] == mqa_gqa.DTYPE_BYTES
 

@@ -17,8 +17,14 @@ import torch.nn.functional as F
 from qkv.checks import sections
 from qkv.checks.core import Diagnosis, call_learner, expect_close, expect_pair, fail
 from qkv.checks.graded import check_of
-from qkv.checks.properties import (logit_scale, masked_keys_get_zero, output_is_weights_times_values, rows_sum_to_one,
-                                   scale_diagnosis, weights_depend_on_query)
+from qkv.checks.properties import (
+    logit_scale,
+    masked_keys_get_zero,
+    output_is_weights_times_values,
+    rows_sum_to_one,
+    scale_diagnosis,
+    weights_depend_on_query,
+)
 from qkv.checks.registry import CrashHint, Diag, Property, declare
 
 # ----------------------------------------------------------------------------- oracles
@@ -109,14 +115,14 @@ def sdpa_diagnoses(q, k, v, mask=None) -> list[tuple[str, tuple | None]]:
     """Named wrong variants of attention: (message, (output, weights) or None)."""
     d = q.shape[-1]
     cases = [
-        (Diag(f"your result equals attention without the 1/√d_k scale (divide the logits by √d_k = {math.sqrt(d):.3g}).",
-              sections.WHY_SQRT_DK),
+        (Diag("your result equals attention without the 1/√d_k scale "
+              f"(divide the logits by √d_k = {math.sqrt(d):.3g}).", sections.WHY_SQRT_DK),
          _variant(q, k, v, mask, scale=False)),
         (Diag(f"your result equals attention with the logits divided by d_k = {d}; divide by √d_k instead "
               "(√d_k is the standard deviation of q·k; dividing by d_k overshoots).", sections.DERIVE_VARIANCE),
          _variant(q, k, v, mask, scale="d_k")),
-        (Diag("softmax was taken over the query axis (dim=-2); each query's weights must sum to 1 over the keys (dim=-1).",
-              sections.ATTENTION_STEPS),
+        (Diag("softmax was taken over the query axis (dim=-2); "
+              "each query's weights must sum to 1 over the keys (dim=-1).", sections.ATTENTION_STEPS),
          _variant(q, k, v, mask, axis=-2)),
         (Diag("k was not transposed: the scores must be q @ kᵀ (k.transpose(-2, -1)), one score per (query, key) pair.",
               sections.ATTENTION_STEPS),
@@ -157,9 +163,9 @@ def check_softmax(softmax, x: torch.Tensor, dim: int = -1) -> None:
         return out
 
     what = f"softmax(x of shape {tuple(x.shape)}, dim={dim})"
-    if isinstance(got, torch.Tensor) and torch.isnan(got).any() and torch.isfinite(x).all() and not torch.isnan(oracle_softmax(x, dim)).any():
-        if x.abs().max() > 80:
-            raise fail(what, OVERFLOW)
+    if isinstance(got, torch.Tensor) and torch.isnan(got).any() and torch.isfinite(x).all() \
+            and not torch.isnan(oracle_softmax(x, dim)).any() and x.abs().max() > 80:
+        raise fail(what, OVERFLOW)
     expect_close(got, oracle_softmax(x, dim), what=what, diagnoses=diagnoses)
 
 

@@ -44,7 +44,8 @@ def mlm_batch(n_seqs: int = 200, max_len: int = 512, vocab_size: int = 1000, *, 
     ids = torch.full((n_seqs, max_len), pad, dtype=torch.long)
     lengths = torch.randint(max_len // 4, max_len + 1, (n_seqs,), generator=gen)
     for row, n in enumerate(lengths.tolist()):
-        seq = torch.cat([torch.tensor([cls]), torch.randint(5, vocab_size, (n - 2,), generator=gen), torch.tensor([sep])])
+        seq = torch.cat([torch.tensor([cls]), torch.randint(5, vocab_size, (n - 2,), generator=gen),
+                         torch.tensor([sep])])
         if left_pad:
             ids[row, max_len - n:] = seq
         else:
@@ -67,7 +68,8 @@ def _call_mlm(mlm_mask, input_ids, special_ids, pad_id, mask_id, vocab_size, rat
         if not isinstance(t, torch.Tensor):
             raise CheckFailed(f"mlm_mask: {name} must be a torch.Tensor, got {type(t).__name__}.")
         if t.shape != input_ids.shape:
-            raise CheckFailed(f"mlm_mask: {name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(t.shape)}.")
+            raise CheckFailed(f"mlm_mask: {name} must have the shape of input_ids {tuple(input_ids.shape)}, "
+                              f"got {tuple(t.shape)}.")
         if t.dtype != input_ids.dtype:
             raise CheckFailed(f"mlm_mask: {name} must have the dtype of input_ids ({input_ids.dtype}), got {t.dtype}.")
     return corrupted, labels
@@ -102,7 +104,8 @@ def check_mlm_mask_properties(mlm_mask, input_ids, special_ids, pad_id, mask_id,
                              "text: it must never be selected (label -100, id unchanged).", sections.MLM))
     if (selected & is_special).any():
         problems.append(Diag(f"{int((selected & is_special).sum())} special token(s) ([CLS], [SEP], ...) were "
-                             "selected. Special tokens must never be selected: exclude them before drawing.", sections.MLM))
+                             "selected. Special tokens must never be selected: exclude them before drawing.",
+                             sections.MLM))
     changed = corrupted != input_ids
     if (changed & ~selected).any():
         problems.append(Diag(f"{int((changed & ~selected).sum())} unselected position(s) were changed. Only selected "
@@ -130,7 +133,8 @@ def mlm_fractions(input_ids, corrupted, labels, mask_id) -> dict[str, float]:
 
 
 @check_of("mlm_mask")
-def check_mlm_mask_proportions(mlm_mask, input_ids, special_ids, pad_id, mask_id, vocab_size, rate=0.15, seed=0) -> None:
+def check_mlm_mask_proportions(mlm_mask, input_ids, special_ids, pad_id, mask_id, vocab_size, rate=0.15,
+                               seed=0) -> None:
     """Selection rate ≈ rate among eligible tokens; 80/10/10 within Z_BOUND binomial standard deviations."""
     corrupted, labels = _call_mlm(mlm_mask, input_ids, special_ids, pad_id, mask_id, vocab_size, rate, seed)
     eligible = ~torch.isin(input_ids, torch.tensor(list(special_ids) + [pad_id], dtype=input_ids.dtype))
@@ -142,7 +146,8 @@ def check_mlm_mask_proportions(mlm_mask, input_ids, special_ids, pad_id, mask_id
         if not _z_fail(observed_rate, 0.8 * rate, n_eligible):
             hint = (" That is 80% of the rate: labels were set only where [MASK] was written. The model must also "
                     "predict the randomly replaced and the kept tokens: label every selected position.")
-        raise CheckFailed(f"mlm_mask(rate={rate}): {observed_rate:.4f} of the {n_eligible} eligible tokens were selected; "
+        raise CheckFailed(f"mlm_mask(rate={rate}): {observed_rate:.4f} "
+                          f"of the {n_eligible} eligible tokens were selected; "
                           f"expected {rate} ± {Z_BOUND * math.sqrt(rate * (1 - rate) / n_eligible):.4f}.{hint}")
     f = mlm_fractions(input_ids, corrupted, labels, mask_id)
     n = f["n_selected"]
@@ -158,7 +163,8 @@ def check_mlm_mask_proportions(mlm_mask, input_ids, special_ids, pad_id, mask_id
         why = ("every selected token became [MASK]. BERT replaces only 80% by [MASK], 10% by a random token and keeps "
                "10% unchanged, because [MASK] never appears at fine-tuning time.")
     elif abs(f["kept"] - 0.8) < 0.05 and abs(f["mask"] - 0.1) < 0.05:
-        why = "the proportions are reversed (10/10/80): 80% of the selected tokens must become [MASK] and 10% stay unchanged."
+        why = ("the proportions are reversed (10/10/80): 80% of the selected tokens must become [MASK] "
+               "and 10% stay unchanged.")
     elif abs(f["mask"] - 0.8) < 0.03 and abs(f["random"] - 0.02) < 0.015:
         why = ("only ~2% random: the random replacement was drawn with probability 0.1 among the remaining 20%. "
                "Of the tokens not turned into [MASK], half (0.1 / 0.2) must get a random id.")
@@ -212,7 +218,8 @@ def schedule_variants(steps, peak, warmup, total) -> list[tuple[torch.Tensor, st
     out = []
     plus_one = np.where(s < warmup, peak * np.minimum((s + 1) / w, 1.0), decay)
     out.append((np.where(s >= total, 0.0, plus_one),
-                "warm-up is off by one: it uses (step + 1) / warmup_steps. lr(0) must be 0 and lr(warmup_steps) = peak_lr."))
+                "warm-up is off by one: it uses (step + 1) / warmup_steps. "
+                "lr(0) must be 0 and lr(warmup_steps) = peak_lr."))
     out.append((np.where(s >= total, 0.0, np.where(s < warmup, peak * s / w, peak * (1 - s / total))),
                 "the decay is measured from step 0 (1 - step / total_steps), so lr jumps down right after warm-up. "
                 "Decay over the total_steps - warmup_steps steps after warm-up."))
@@ -237,9 +244,11 @@ def check_linear_warmup_decay(fn, peak_lr: float, warmup_steps: int, total_steps
         try:
             values.append(float(got))
         except (TypeError, ValueError):
-            raise CheckFailed(f"linear_warmup_decay({s}, ...) must return a number, got {type(got).__name__}.") from None
+            raise CheckFailed(f"linear_warmup_decay({s}, ...) must return a number, "
+                              f"got {type(got).__name__}.") from None
     actual = torch.tensor(values, dtype=torch.float64)
-    what = f"linear_warmup_decay(step, peak_lr={peak_lr}, warmup_steps={warmup_steps}, total_steps={total_steps}) for steps 0..{total_steps + 3}"
+    what = (f"linear_warmup_decay(step, peak_lr={peak_lr}, warmup_steps={warmup_steps}, total_steps={total_steps}) "
+            f"for steps 0..{total_steps + 3}")
     expect_close(actual, oracle_schedule(steps, peak_lr, warmup_steps, total_steps), what=what,
                  diagnoses=lambda: schedule_variants(steps, peak_lr, warmup_steps, total_steps),
                  atol=1e-12 + 1e-9 * abs(peak_lr), rtol=1e-9)
@@ -338,7 +347,8 @@ def check_sliding_window_chunks(fn, n_tokens: int, window: int, stride: int) -> 
     if got and got[0][0] != 0:
         problems.append("the first chunk must start at token 0.")
     report_all(what, problems)
-    raise fail(what, f"expected {want[:4]}{' ...' if len(want) > 4 else ''}, got {got[:4]}{' ...' if len(got) > 4 else ''}.")
+    raise fail(what, f"expected {want[:4]}{' ...' if len(want) > 4 else ''}, "
+                     f"got {got[:4]}{' ...' if len(got) > 4 else ''}.")
 
 
 @check_of("sliding_window_chunks")
@@ -358,7 +368,8 @@ def check_chunks_reject_gaps(fn) -> None:
     except ValueError:
         return
     except Exception as exc:
-        raise CheckFailed(f"sliding_window_chunks(100, window=10, stride=20) raised {type(exc).__name__}; raise ValueError.") from exc
+        raise CheckFailed(f"sliding_window_chunks(100, window=10, stride=20) raised {type(exc).__name__}; "
+                          "raise ValueError.") from exc
     raise CheckFailed("sliding_window_chunks(100, window=10, stride=20) must raise ValueError: a stride larger than "
                       "the window skips the tokens between chunks.")
 
@@ -392,7 +403,8 @@ def merge_variants(chunk_preds, chunks, n_tokens) -> list[tuple[torch.Tensor, st
 
     avg = []
     for i in range(n_tokens):
-        avg.append(torch.stack([chunk_preds[c][i - ch[0]].double() for c, ch in enumerate(chunks) if ch[0] <= i < ch[1]]).mean(0))
+        avg.append(torch.stack([chunk_preds[c][i - ch[0]].double()
+                                for c, ch in enumerate(chunks) if ch[0] <= i < ch[1]]).mean(0))
     return [
         (by(lambda cands: cands[-1]), "each token took the LAST chunk that contains it; take the chunk where it has "
                                       "the most context on both sides: max of min(left, right) + 0.01 · length."),
@@ -418,8 +430,9 @@ def check_merge_known_value(fn) -> None:
     got = call_learner(fn, preds, chunks, 6, name="merge_chunk_predictions")
     expect_close(got, torch.tensor([[0.0], [0.0], [0.0], [1.0], [1.0], [1.0]]),
                  diagnoses=lambda: [(w.float(), m) for w, m in merge_variants(preds, chunks, 6)],
-                 what="merge_chunk_predictions(chunks [(0, 4), (2, 6)], 6 tokens); token 2 has context (2 left, 1 right) "
-                      "in chunk 0 and (0, 3) in chunk 1, so it comes from chunk 0; token 3 from chunk 1")
+                 what="merge_chunk_predictions(chunks [(0, 4), (2, 6)], 6 tokens); "
+                      "token 2 has context (2 left, 1 right) in chunk 0 and (0, 3) in chunk 1, "
+                      "so it comes from chunk 0; token 3 from chunk 1")
 
 
 def _merge_row_sources(p) -> str | None:
@@ -473,7 +486,8 @@ def _cls_position(p) -> str | None:
         return None
     for j in range(1, hidden.shape[1]):
         if torch.allclose(got.double(), hidden[:, j].double()):
-            return Diag(f"you took position {j}; [CLS] is position 0 of every sequence: hidden[:, 0].", sections.POOLING)
+            return Diag(f"you took position {j}; [CLS] is position 0 of every sequence: hidden[:, 0].",
+                        sections.POOLING)
     return None
 
 
@@ -527,7 +541,8 @@ def check_cls_pool(fn, hidden) -> None:
     expect_close(got, hidden[:, 0].clone(), what=f"cls_pool(hidden{tuple(hidden.shape)})", diagnoses=lambda: [
         (h[:, -1], "you took the LAST token; [CLS] is the first token of every BERT input (position 0)."),
         (h.mean(1), "you averaged over the tokens; cls_pool returns the vector of the first token, [CLS]."),
-        (h[0], "you took the first sequence of the batch (hidden[0]); [CLS] is position 0 of every sequence: hidden[:, 0]."),
+        (h[0], "you took the first sequence of the batch (hidden[0]); [CLS] is position 0 of every sequence: "
+               "hidden[:, 0]."),
     ])
 
 
@@ -539,12 +554,13 @@ def check_mean_pool(fn, hidden, attention_mask) -> None:
     expect_close(got, oracle_mean_pool(hidden, attention_mask),
                  what=f"mean_pool(hidden{tuple(hidden.shape)}, attention_mask{tuple(attention_mask.shape)})",
                  diagnoses=lambda: [
-                     (h.mean(1), "padding was included in the mean: average only the positions where attention_mask is 1."),
-                     (masked_sum / h.shape[1], "padding vectors were zeroed but the sum was divided by the padded length T; "
-                                               "divide by the number of real tokens in each sequence."),
+                     (h.mean(1), "padding was included in the mean: "
+                                 "average only the positions where attention_mask is 1."),
+                     (masked_sum / h.shape[1], "padding vectors were zeroed but the sum was divided by the padded "
+                                               "length T; divide by the number of real tokens in each sequence."),
                      (h.sum(1) / keep.sum(1).clamp_min(1), "you divided by the number of real tokens but summed over "
-                                                           "all positions: zero the padding vectors first (BERT's outputs "
-                                                           "at [PAD] are not zero)."),
+                                                           "all positions: zero the padding vectors first "
+                                                           "(BERT's outputs at [PAD] are not zero)."),
                      (h[:, 0], "this is the [CLS] vector, not the mean of the real tokens."),
                  ])
 
@@ -573,7 +589,8 @@ HINTS = {
         "Start with a boolean tensor of eligible positions: not padding and not one of the special ids. "
         "Only those may be selected.",
         "Select eligible positions with probability `rate`, then make a second, independent uniform draw per "
-        "position to split the selected ones: below 0.8 becomes [MASK], between 0.8 and 0.9 a random id, the rest unchanged.",
+        "position to split the selected ones: below 0.8 becomes [MASK], between 0.8 and 0.9 a random id, "
+        "the rest unchanged.",
         "Labels are the original ids where selected and -100 elsewhere. Pass the generator to every random call "
         "so that the same seed gives the same result, and never modify input_ids in place.",
     ],
@@ -586,7 +603,8 @@ HINTS = {
         "there is no warm-up, so do not divide by it.",
     ],
     "sliding_window_chunks": [
-        "Chunk starts are 0, stride, 2·stride, ...; each chunk ends at start + window or at n_tokens, whichever comes first.",
+        "Chunk starts are 0, stride, 2·stride, ...; each chunk ends at start + window or at n_tokens, "
+        "whichever comes first.",
         "Stop as soon as a chunk reaches n_tokens: the next start would give a chunk entirely inside this one. "
         "A document no longer than window is one chunk.",
         "Validate the arguments: a stride larger than the window leaves gaps, so raise ValueError.",

@@ -121,7 +121,8 @@ NO_FINAL_NORM = "you skipped the final RMSNorm (params['final_norm']) before the
 POST_LN = Diag("your blocks are Post-LN (normalize after adding the residual). This model is Pre-LN: "
                "x = x + attention(rms_norm(x)), then x = x + ffn(rms_norm(x)).", sections.PRE_POST_LN)
 FORWARD_VARIANTS = (({"rope": False}, NO_ROPE), ({"causal": False}, NO_MASK), ({"scale": False}, NO_SCALE),
-                    ({"grouped_kv": False}, TILED), ({"final_norm": False}, NO_FINAL_NORM), ({"pre_ln": False}, POST_LN))
+                    ({"grouped_kv": False}, TILED), ({"final_norm": False}, NO_FINAL_NORM),
+                    ({"pre_ln": False}, POST_LN))
 
 
 def forward_diagnoses(params, config, tokens) -> list[Diagnosis]:
@@ -357,7 +358,8 @@ def check_train_step(train_step, params: dict, config: dict, tokens: torch.Tenso
 
     Returns the oracle's (new params, new state), to chain a second step from the right place."""
     want_params, want_state, want_loss = adam_reference_step(params, config, tokens, lr, state, torch.float64)
-    what = f"train_step(tokens of shape {tuple(tokens.shape)}, lr={lr:g}, state at step {0 if state is None else state['step']})"
+    what = (f"train_step(tokens of shape {tuple(tokens.shape)}, lr={lr:g}, "
+            f"state at step {0 if state is None else state['step']})")
     given_params, given_state = _copy(params), _copy(state)
     result = _call(train_step, given_params, dict(config), tokens.clone(), lr, given_state, name="train_step")
     new_params, new_state, loss = _unpack_step(result, what)
@@ -369,12 +371,14 @@ def check_train_step(train_step, params: dict, config: dict, tokens: torch.Tenso
         shifted = _oracle(params, config)
         with torch.no_grad():
             logits = shifted(tokens[:, :-1])[0]
-            same = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, :-1].reshape(-1)).item()
+            same = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                     tokens[:, :-1].reshape(-1)).item()
         if math.isclose(loss, same, rel_tol=1e-6):
             msg = ("your loss compares each position with its own token; the target of position t is the next "
                    "token: read tokens[:, :-1], predict tokens[:, 1:].")
             raise CheckFailed(f"{what}: {msg}", reason=msg)
-        if math.isclose(loss, adam_reference_step(want_params, config, tokens, lr, None, torch.float64)[2], rel_tol=1e-6):
+        if math.isclose(loss, adam_reference_step(want_params, config, tokens, lr, None, torch.float64)[2],
+                        rel_tol=1e-6):
             msg = "your loss was computed after the update; return the loss of the params you were given."
             raise CheckFailed(f"{what}: {msg}", reason=msg)
         msg = f"the loss should be {want_loss:.6f} (mean cross-entropy of the next token), got {loss:.6f}."
@@ -447,7 +451,8 @@ def gpt2_init(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     return out
 
 
-def arithmetic_batches(n_steps: int, *, vocab_size: int = 16, batch: int = 16, t: int = 12, seed: int = 0) -> list[torch.Tensor]:
+def arithmetic_batches(n_steps: int, *, vocab_size: int = 16, batch: int = 16, t: int = 12,
+                       seed: int = 0) -> list[torch.Tensor]:
     """A tiny fixed task: each row counts from a random start by a random stride 1, 2 or 3 (mod V).
 
     Knowing only the current token leaves 3 equally likely next tokens (loss ≥ ln 3 ≈ 1.10);
@@ -629,7 +634,8 @@ def _causal_broken(probe) -> str | None:
     if torch.allclose(a[0][:, :t + 1].double(), b[0][:, :t + 1].double(), atol=1e-9, rtol=0):
         return None
     return Diag(f"changing the tokens after position {t} changed the logits at positions 0..{t}: a token sees later "
-                "tokens. Mask the attention logits above the diagonal with causal_mask before the softmax.", sections.CAUSAL)
+                "tokens. Mask the attention logits above the diagonal with causal_mask before the softmax.",
+                sections.CAUSAL)
 
 
 def _cache_agrees_broken(probe) -> str | None:

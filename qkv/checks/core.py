@@ -22,7 +22,8 @@ import contextvars
 import copy
 import re
 import traceback
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -59,7 +60,8 @@ class CheckFailed(AssertionError):
         super().__init__(message)
         self.explicit_reason = reason is not None
         self.reason = reason or message
-        self.reread = reread if reread is not None else getattr(detail if detail is not None else reason, "reread", None)
+        self.reread = reread if reread is not None else \
+            getattr(detail if detail is not None else reason, "reread", None)
         self.level = level
         self.what = what
         self.detail = detail if detail is not None else (reason or message)
@@ -167,9 +169,11 @@ def _same(before, after) -> bool:
             return bool(((before == after) | (before.isnan() & after.isnan())).all())
         return torch.equal(before, after)
     if isinstance(before, dict):
-        return isinstance(after, dict) and before.keys() == after.keys() and all(_same(before[k], after[k]) for k in before)
+        return isinstance(after, dict) and before.keys() == after.keys() \
+            and all(_same(before[k], after[k]) for k in before)
     if isinstance(before, (list, tuple)):
-        return isinstance(after, (list, tuple)) and len(before) == len(after) and all(_same(a, b) for a, b in zip(before, after))
+        return isinstance(after, (list, tuple)) and len(before) == len(after) \
+            and all(_same(a, b) for a, b in zip(before, after))
     try:
         return bool(before == after)
     except Exception:
@@ -288,7 +292,8 @@ def expect_close(
     if tuple(actual.shape) != tuple(expected.shape):
         why = patterns.shape_mismatch(tuple(actual.shape), tuple(expected.shape), named_inputs)
         detail = f"expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}" + (f": {why}" if why else ".")
-        raise CheckFailed(f"{what}: {detail}", reason="the result has the wrong shape" + (f": {redact(why)}" if why else "."),
+        raise CheckFailed(f"{what}: {detail}",
+                          reason="the result has the wrong shape" + (f": {redact(why)}" if why else "."),
                           level=PATTERN if why else BARE, what=what, detail=detail)
     if actual.dtype != expected.dtype:
         raise fail(what, patterns.dtype_mismatch(actual.dtype, expected.dtype, named_inputs))

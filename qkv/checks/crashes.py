@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -88,8 +89,9 @@ def _broadcast(m: re.Match, call: Call) -> str | None:
                         "(e.g. x[:, None] or unsqueeze) so that equal axes line up.")
     keep = " (`dim` is an argument: reduce with keepdim=True)" if "dim" in call.args else ""
     return (f"two tensors with incompatible shapes were combined elementwise (size {a} against size {b}). The usual "
-            f"causes: a reduction without keepdim=True (x.sum(dim) drops the axis, so it no longer broadcasts back){keep}, "
-            "an axis that needs a None/unsqueeze, or two tensors in different layouts (B, T, H, d) vs (B, H, T, d).")
+            "causes: a reduction without keepdim=True (x.sum(dim) drops the axis, so it no longer broadcasts "
+            f"back){keep}, an axis that needs a None/unsqueeze, or two tensors in different layouts "
+            "(B, T, H, d) vs (B, H, T, d).")
 
 
 def _matmul(m: re.Match, call: Call) -> str | None:
@@ -124,7 +126,8 @@ def _unpack(m: re.Match, call: Call) -> str | None:
     named = [f"`{n}` {tuple(t.shape)}" for n, t in call.tensors().items()
              if got is None or t.dim() == int(got)]
     who = f" ({', '.join(named[:2])})" if named else ""
-    return (f"a shape was unpacked into {expected} names but the tensor has {'more' if got is None else got} dims{who}. "
+    return (f"a shape was unpacked into {expected} names "
+            f"but the tensor has {'more' if got is None else got} dims{who}. "
             "Read only the sizes you need, from the end (d = x.shape[-1], T = x.shape[-2]), so that inputs with "
             "more or fewer leading axes work.")
 
@@ -133,7 +136,8 @@ def _dtypes(m: re.Match, call: Call) -> str | None:
     dtypes = {n: str(t.dtype).removeprefix("torch.") for n, t in call.tensors().items() if t.dtype.is_floating_point}
     have = ", ".join(f"{n} is {d}" for n, d in dtypes.items())
     return ("tensors of different dtypes were combined. A tensor you create (torch.tensor, torch.ones, torch.arange, "
-            "torch.rand) is float32/int64 unless you say otherwise: create it with dtype=x.dtype (or torch.ones_like(x))"
+            "torch.rand) is float32/int64 unless you say otherwise: create it with dtype=x.dtype "
+            "(or torch.ones_like(x))"
             + (f"; here {have}." if have else "."))
 
 
@@ -212,13 +216,15 @@ def _bad_reshape(m: re.Match, call: Call) -> str | None:
         wanted = None
     tail = f" (those sizes multiply to {wanted})" if wanted else ""
     return (f"reshape/view to [{target}] does not fit a tensor of {size} elements{tail}: the sizes you computed do "
-            "not match the tensor (e.g. read from the wrong axis of the input, or d_model used where d_head was meant).")
+            "not match the tensor (e.g. read from the wrong axis of the input, or d_model used where d_head "
+            "was meant).")
 
 
 GENERIC: tuple[CrashHint, ...] = (
     CrashHint(r"Sizes of tensors must match except in dimension (\d+)", _cat_wrong_dim),
     CrashHint(r"Tensors must have same number of dimensions: got (\d+) and (\d+)", _cat_ndims),
-    CrashHint(r"The size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at non-singleton dimension (\d+)",
+    CrashHint(r"The size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) "
+              r"at non-singleton dimension (\d+)",
               _broadcast),
     CrashHint(r"The expanded size of the tensor \((\d+)\) must match the existing size \((\d+)\)",
               "expand can only grow axes of size 1: insert a size-1 axis where the copies go (x[:, :, None]) and "

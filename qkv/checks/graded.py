@@ -27,7 +27,8 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from qkv.checks.core import BARE, NAMED, PATTERN, CheckFailed, NotAttempted, redact
 from qkv.checks.registry import spec_of

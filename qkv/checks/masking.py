@@ -12,8 +12,8 @@ import torch
 
 from qkv.checks import sections
 from qkv.checks.core import NAMED, PATTERN, CheckFailed, Diagnosis, call_learner, expect_close, fail, last_call
-from qkv.checks.patterns import shape_mismatch
 from qkv.checks.graded import check_of
+from qkv.checks.patterns import shape_mismatch
 from qkv.checks.properties import masked_keys_get_zero
 from qkv.checks.registry import Diag, Property, declare
 
@@ -64,8 +64,8 @@ AFTER_SOFTMAX = Diag("the mask was applied after the softmax: masked weights are
 FULL_ROW_NAN = Diag("a fully masked row gave NaN: a softmax over a row of -inf is exp(-inf - (-inf)) = 0/0. "
                     "Give rows with no allowed key zero weights.", sections.MINUS_INF)
 FULL_ROW_UNIFORM = Diag("a fully masked row came out uniform (1/T_k per key): with a finite fill value every "
-                        "logit of that row is equal, so softmax spreads the weight over padding. Set such rows to zero.",
-                        sections.MINUS_INF)
+                        "logit of that row is equal, so softmax spreads the weight over padding. "
+                        "Set such rows to zero.", sections.MINUS_INF)
 FP16_MINUS_1E9 = Diag("-1e9 does not fit in float16 (its largest magnitude is 65504): it overflows to -inf "
                       "(or masked_fill refuses it). Use torch.finfo(logits.dtype).min, the most negative finite "
                       "number of the input's dtype.", sections.MINUS_INF)
@@ -84,7 +84,8 @@ def _expect_bool(actual, shape: tuple, what: str) -> None:
                           "A comparison such as a < b already gives a bool tensor.")
     if tuple(actual.shape) != shape:
         why = shape_mismatch(tuple(actual.shape), shape, last_call().args if last_call() else {})
-        raise fail(what, f"expected shape {shape}, got {tuple(actual.shape)}" + (f": {why}" if why else "."), level=PATTERN)
+        raise fail(what, f"expected shape {shape}, got {tuple(actual.shape)}" + (f": {why}" if why else "."),
+                   level=PATTERN)
 
 
 # ----------------------------------------------------------------------------- padding_mask
@@ -108,7 +109,8 @@ def check_padding_mask(padding_mask, lengths: torch.Tensor, max_len: int) -> Non
     what = f"padding_mask(lengths={lengths.tolist()}, max_len={max_len})"
     expected = oracle_padding_mask(lengths, max_len)
     if isinstance(got, torch.Tensor) and tuple(got.shape) == (max_len, len(lengths)) and max_len != len(lengths):
-        raise CheckFailed(f"{what}: got shape {tuple(got.shape)}, the transpose of (B, max_len) = {tuple(expected.shape)}.")
+        raise CheckFailed(f"{what}: got shape {tuple(got.shape)}, "
+                          f"the transpose of (B, max_len) = {tuple(expected.shape)}.")
     _expect_bool(got, tuple(expected.shape), what)
     expect_close(got, expected, what=what, diagnoses=lambda: padding_mask_diagnoses(lengths, max_len))
 
@@ -156,12 +158,14 @@ def masked_softmax_diagnoses(logits: torch.Tensor, mask: torch.Tensor) -> list[D
 @check_of("masked_softmax")
 def check_masked_softmax(masked_softmax, logits: torch.Tensor, mask: torch.Tensor) -> None:
     """Compare ``masked_softmax(logits, mask)`` with a float64 ``-inf`` softmax whose NaN rows become 0."""
-    what = f"masked_softmax(logits {tuple(logits.shape)} {str(logits.dtype).removeprefix('torch.')}, mask {tuple(mask.shape)})"
+    what = (f"masked_softmax(logits {tuple(logits.shape)} {str(logits.dtype).removeprefix('torch.')}, "
+            f"mask {tuple(mask.shape)})")
     try:
         got = call_learner(masked_softmax, logits, mask, name="masked_softmax")
     except CheckFailed as failure:
         if "without overflow" in str(failure.__cause__) and logits.dtype in (torch.float16, torch.bfloat16):
-            raise fail(what, Diag(f"{FP16_MINUS_1E9} (error: {failure.__cause__})", FP16_MINUS_1E9.reread)) from failure.__cause__
+            raise fail(what, Diag(f"{FP16_MINUS_1E9} (error: {failure.__cause__})",
+                                  FP16_MINUS_1E9.reread)) from failure.__cause__
         raise
     expected = oracle_masked_softmax(logits, mask)
     keep = mask.expand(logits.shape)
@@ -289,7 +293,8 @@ def _padding_counts(p) -> str | None:
     if len(diff) == 1:
         k = diff[0]
         return (f"every row has {abs(k)} True value{'s' if abs(k) > 1 else ''} too {'many' if k > 0 else 'few'}: row b "
-                "must have exactly lengths[b] True values (positions 0 … lengths[b] − 1): an off-by-one in the comparison.")
+                "must have exactly lengths[b] True values (positions 0 … lengths[b] − 1): "
+                "an off-by-one in the comparison.")
     return "row b must have exactly lengths[b] True values (the real tokens); yours have other counts."
 
 

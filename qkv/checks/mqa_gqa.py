@@ -96,8 +96,8 @@ def gqa_diagnoses(q, k, v, mask=None) -> list[Diagnosis]:
                                sections.WHY_SQRT_DK)))
     if mask is not None:
         free = torch.ones_like(allowed)
-        out.append((_masked_attention64(q, ki, vi, free), Diag("the mask was ignored: masked keys still receive weight.",
-                                                               sections.MASK_KEYS)))
+        out.append((_masked_attention64(q, ki, vi, free),
+                    Diag("the mask was ignored: masked keys still receive weight.", sections.MASK_KEYS)))
         out.append((_masked_attention64(q, ki, vi, ~allowed),
                     Diag("the mask polarity is inverted: True means 'may attend', so fill the positions where mask "
                          "is False.", sections.MASK_POLARITY)))
@@ -176,7 +176,7 @@ def check_gqa_equals_mqa(gqa, q, k, v) -> None:
     # Oracle: each head separately against the single shared K, V (broadcast over the head axis).
     want = torch.cat([F.scaled_dot_product_attention(q[:, h:h + 1].double(), k.double(), v.double())
                       for h in range(q.shape[1])], dim=1).to(q.dtype)
-    expect_close(got, want, what=f"grouped_query_attention with H_kv = 1 (must equal MQA)")
+    expect_close(got, want, what="grouped_query_attention with H_kv = 1 (must equal MQA)")
 
 
 @check_of("kv_cache_bytes")
@@ -185,7 +185,8 @@ def check_kv_cache_bytes(kv_cache_bytes, n_layers, n_kv_heads, d_head, seq_len, 
     """Compare with the KV-cache formula (or a known ``expected`` value); diagnose a missing 2 and bits vs bytes."""
     got = call_learner(kv_cache_bytes, n_layers, n_kv_heads, d_head, seq_len, batch, bytes_per_element,
                        name="kv_cache_bytes")
-    want = known_kv_cache_bytes(n_layers, n_kv_heads, d_head, seq_len, batch, bytes_per_element) if expected is None else expected
+    want = known_kv_cache_bytes(n_layers, n_kv_heads, d_head, seq_len, batch, bytes_per_element) \
+        if expected is None else expected
     what = (f"kv_cache_bytes(n_layers={n_layers}, n_kv_heads={n_kv_heads}, d_head={d_head}, seq_len={seq_len}, "
             f"batch={batch}, bytes_per_element={bytes_per_element})")
     if isinstance(got, torch.Tensor) and got.numel() == 1:
@@ -206,15 +207,18 @@ def check_kv_cache_bytes(kv_cache_bytes, n_layers, n_kv_heads, d_head, seq_len, 
         (want / 8, "your result is 1/8 of the answer: bytes_per_element is already in bytes; do not divide by 8."),
     ]
     if batch > 1:
-        wrong.append((want / batch, f"your result ignores the batch: every one of the {batch} sequences has its own cache."))
+        wrong.append((want / batch, f"your result ignores the batch: every one of the {batch} sequences "
+                                    "has its own cache."))
     if bytes_per_element != 1:
-        wrong.append((want / bytes_per_element, "your result counts elements, not bytes: multiply by bytes_per_element."))
+        wrong.append((want / bytes_per_element, "your result counts elements, not bytes: "
+                                                "multiply by bytes_per_element."))
     for value, message in wrong:
         if math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-9):
             raise fail(what, Diag(message, sections.KV_BYTES))
     why = number_mismatch(got, want, {"n_layers": n_layers, "n_kv_heads": n_kv_heads, "d_head": d_head,
                                       "seq_len": seq_len, "batch": batch, "bytes_per_element": bytes_per_element})
-    raise CheckFailed(f"{what}: expected {want:,} bytes, got {got:,}: {why}", reason=f"the number of bytes is wrong: {why}",
+    raise CheckFailed(f"{what}: expected {want:,} bytes, got {got:,}: {why}",
+                      reason=f"the number of bytes is wrong: {why}",
                       what=what, detail=f"expected {want:,} bytes, got {got:,}: {why}", level=PATTERN)
 
 
@@ -243,7 +247,8 @@ def decode_diagnoses(q_t, k_t, v_t, cache_k, cache_v) -> list[Diagnosis]:
     one_row = torch.ones(1, 1, dtype=torch.bool)
     before = _masked_attention64(q_t, rep(cache_k), rep(cache_v), torch.ones(1, cache_k.shape[2], dtype=torch.bool))
     only_new = _masked_attention64(q_t, rep(k_t), rep(v_t), one_row)
-    tiled = _masked_attention64(q_t, _tile(torch.cat([cache_k, k_t], 2), group), _tile(torch.cat([cache_v, v_t], 2), group),
+    tiled = _masked_attention64(q_t, _tile(torch.cat([cache_k, k_t], 2), group),
+                                _tile(torch.cat([cache_v, v_t], 2), group),
                                 torch.ones(1, cache_k.shape[2] + 1, dtype=torch.bool))
     return [
         (before, Diag("off by one: you attended over the cache *before* appending the new key and value, so the new "
@@ -287,14 +292,15 @@ def check_decode_matches_full(decode_step, q, k, v) -> None:
     for i in range(t):
         result = call_learner(decode_step, q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1], cache_k, cache_v,
                               name="decode_step")
-        out, cache_k, cache_v = expect_pair(result, what=f"decode_step at step {i}", names=("output", "cache_k", "cache_v"))
+        out, cache_k, cache_v = expect_pair(result, what=f"decode_step at step {i}",
+                                            names=("output", "cache_k", "cache_v"))
         if not isinstance(out, torch.Tensor) or out.shape != (b, n_heads, 1, d):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise CheckFailed(f"decode_step at step {i}: expected output of shape {(b, n_heads, 1, d)}, got {shape}.")
         if not isinstance(cache_k, torch.Tensor) or cache_k.shape[2] != i + 1:
             got = cache_k.shape[2] if isinstance(cache_k, torch.Tensor) else type(cache_k).__name__
-            raise CheckFailed(f"decode_step at step {i}: the returned cache should hold {i + 1} tokens, it holds {got}: "
-                              "append the new key and value to the cache.")
+            raise CheckFailed(f"decode_step at step {i}: the returned cache should hold {i + 1} tokens, "
+                              f"it holds {got}: append the new key and value to the cache.")
         outs.append(out)
     got = torch.cat(outs, dim=2)
     causal = torch.ones(t, t, dtype=torch.bool).tril()
@@ -326,7 +332,8 @@ def _weights_findings(weights, q, k_all, mask) -> str | None:
         return found
     raw = q.double() @ oracle_repeat_kv(k_all.double(), group).transpose(-2, -1)
     s = logit_scale(weights, raw, keep)
-    if s is None and group > 1 and logit_scale(weights, q.double() @ _tile(k_all.double(), group).transpose(-2, -1), keep):
+    if s is None and group > 1 \
+            and logit_scale(weights, q.double() @ _tile(k_all.double(), group).transpose(-2, -1), keep):
         return TILE_MESSAGE
     return scale_diagnosis(s, q.shape[-1], {"d": q.shape[-1], "S": k_all.shape[-2], "T": q.shape[-2],
                                             "H": q.shape[1]})
@@ -380,7 +387,8 @@ def _kv_bytes_properties(p) -> str | None:
         doubled[i] = args[i] * 2
         got = p.call(*doubled)
         got = got.item() if isinstance(got, torch.Tensor) else got
-        if isinstance(got, (int, float)) and isinstance(base, (int, float)) and base and not math.isclose(got, 2 * base):
+        if isinstance(got, (int, float)) and isinstance(base, (int, float)) and base \
+                and not math.isclose(got, 2 * base):
             ignored.append(f"`{n}`" + (" is ignored" if math.isclose(got, base) else f" scales it by {got / base:.3g}"))
     if ignored:
         return Diag("the cache size is proportional to each argument (doubling any of them doubles the bytes), but "
@@ -394,7 +402,8 @@ def _mean_pool_properties(p) -> str | None:
     if w is None or not n_heads:
         return None
     same = p.call(w, n_heads, n_heads)
-    if isinstance(same, torch.Tensor) and same.shape == w.shape and not torch.allclose(same.double(), w.double(), atol=1e-5):
+    if isinstance(same, torch.Tensor) and same.shape == w.shape \
+            and not torch.allclose(same.double(), w.double(), atol=1e-5):
         return Diag("with n_groups = n_heads every head is its own group, so the weight must come back unchanged; "
                     "yours changes it (rows of different heads are mixed: group g holds heads g·G … g·G + G − 1, a "
                     "block of consecutive rows).", sections.MEAN_POOL)

@@ -113,14 +113,17 @@ def oracle_flops(T: int, d_model: int, n_heads: int, d_head: int | None = None) 
 
 NO_TRANSPOSE_SPLIT = Diag("you reshaped straight to (B, H, T, d_head) (or to (B, T, H, d_head) without the transpose): "
                           "that cuts the flattened (T, d_model) block into H pieces, so a head gets several positions' "
-                          "features. Reshape to (B, T, H, d_head) first, then swap the T and H axes.", sections.MHA_COMPUTED)
+                          "features. Reshape to (B, T, H, d_head) first, then swap the T and H axes.",
+                          sections.MHA_COMPUTED)
 INTERLEAVED_SPLIT = Diag("head h got every H-th feature (features interleaved across heads). Head h must own the "
-                         "contiguous block of features h·d_head … (h+1)·d_head − 1: reshape the last axis as (H, d_head).",
+                         "contiguous block of features h·d_head … (h+1)·d_head − 1: "
+                         "reshape the last axis as (H, d_head).",
                          sections.MHA_COMPUTED)
 MISSING_TRANSPOSE_SPLIT = Diag("you returned (B, T, H, d_head): the split is right but the transpose is missing; "
                                "move the head axis in front of T, giving (B, H, T, d_head).", sections.MHA_COMPUTED)
-NO_TRANSPOSE_MERGE = Diag("heads merged in the wrong order: you reshaped (B, H, T, d_head) straight to (B, T, d_model), "
-                          "which mixes the H and T axes. Swap H and T back first, then reshape.", sections.MHA_COMPUTED)
+NO_TRANSPOSE_MERGE = Diag("heads merged in the wrong order: you reshaped (B, H, T, d_head) straight to "
+                          "(B, T, d_model), which mixes the H and T axes. Swap H and T back first, then reshape.",
+                          sections.MHA_COMPUTED)
 INTERLEAVED_MERGE = Diag("the heads' features are interleaved: the result must be [head 0 | head 1 | …], each head's "
                          "d_head features side by side; put H before d_head when you flatten.", sections.MHA_COMPUTED)
 
@@ -208,7 +211,8 @@ def mha_diagnoses(*args, mask=None) -> list[tuple[str, tuple]]:
         cases += [
             (Diag("the mask polarity is inverted: True means 'may attend', so fill the logits where the mask is False.",
                   sections.MASK_POLARITY), dict(mask_mode="inverted")),
-            (Diag("the mask was ignored: masked keys still receive weight.", sections.MASK_KEYS), dict(mask_mode="ignored")),
+            (Diag("the mask was ignored: masked keys still receive weight.", sections.MASK_KEYS),
+             dict(mask_mode="ignored")),
         ]
     return [(msg, mha_variant(*args, mask, **kw)) for msg, kw in cases]
 
@@ -220,11 +224,14 @@ def flops_diagnoses(T: int, d_model: int, n_heads: int, d_head: int | None = Non
     proj = 2 * T * d_model * inner * 4
     attn = 4 * n_heads * T * T * d_head
     return [
-        ((proj + attn) // 2, "you counted multiply-adds; a multiply-add is 2 FLOPs (an (m×k)@(k×n) product costs 2·m·k·n)."),
+        ((proj + attn) // 2, "you counted multiply-adds; a multiply-add is 2 FLOPs "
+                             "(an (m×k)@(k×n) product costs 2·m·k·n)."),
         (proj + attn - 2 * T * inner * d_model, "you left out the output projection (H·d_head → d_model)."),
-        (proj + attn // 2, "you counted only one of the two attention products: QKᵀ and weights·V each cost 2·H·T²·d_head."),
+        (proj + attn // 2, "you counted only one of the two attention products: "
+                           "QKᵀ and weights·V each cost 2·H·T²·d_head."),
         (proj + 4 * n_heads * T * T * d_model, "each head's QKᵀ and weights·V work in d_head dimensions, not d_model."),
-        (proj // 4 * 2 + attn, "you counted one input projection instead of three: Q, K and V each cost 2·T·d_model·H·d_head."),
+        (proj // 4 * 2 + attn, "you counted one input projection instead of three: "
+                               "Q, K and V each cost 2·T·d_model·H·d_head."),
         (attn, "you left out the projections (Q, K, V and output): they cost 8·T·d_model·H·d_head FLOPs."),
         (proj, "you left out the attention products QKᵀ and weights·V (4·H·T²·d_head FLOPs)."),
     ]
@@ -327,7 +334,8 @@ def check_attention_flops(attention_flops, T: int, d_model: int, n_heads: int, d
     for wrong, message in flops_diagnoses(T, d_model, n_heads, d_head):
         if got == wrong:
             raise CheckFailed(f"{what} = {got}: {message}")
-    why = number_mismatch(got, want, {"T": T, "d_model": d_model, "n_heads": n_heads, "d_head": d_head or d_model // n_heads})
+    why = number_mismatch(got, want, {"T": T, "d_model": d_model, "n_heads": n_heads,
+                                      "d_head": d_head or d_model // n_heads})
     raise CheckFailed(f"{what} = {got}, expected {want} (torch.utils.flop_counter counts {want}): {why}",
                       reason=f"the count differs from the expected one: {why}", what=what, detail=why, level=PATTERN)
 

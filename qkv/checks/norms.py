@@ -29,8 +29,8 @@ def _shape(normalized_shape) -> tuple[int, ...]:
 
 def oracle_layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
     """torch.nn.LayerNorm with copied weight and bias, in float64."""
-    ln = torch.nn.LayerNorm(_shape(normalized_shape), eps=eps, elementwise_affine=weight is not None or bias is not None,
-                            dtype=torch.float64)
+    ln = torch.nn.LayerNorm(_shape(normalized_shape), eps=eps,
+                            elementwise_affine=weight is not None or bias is not None, dtype=torch.float64)
     with torch.no_grad():
         if weight is not None:
             ln.weight.copy_(weight.double())
@@ -161,7 +161,8 @@ def batch_norm_diagnoses(x, running_mean, running_var, weight=None, bias=None, t
     """[(message, (output, new_mean, new_var))] for the named mistakes that apply to this mode."""
     args = (x, running_mean, running_var, weight, bias, training, momentum, eps)
     cases = [
-        ("eps was added outside the square root, (x − mean) / (std + eps). It belongs inside: (x − mean) / sqrt(var + eps).",
+        ("eps was added outside the square root, (x − mean) / (std + eps). "
+         "It belongs inside: (x − mean) / sqrt(var + eps).",
          _bn_variant(*args, eps_outside=True)),
         ("wrong axis: you normalized each sample over its channels (LayerNorm's axis). BatchNorm takes each channel's "
          "statistics over the batch (dim 0, and dim 2 for (N, C, L) inputs).", _bn_variant(*args, feature_axis=True)),
@@ -169,7 +170,8 @@ def batch_norm_diagnoses(x, running_mean, running_var, weight=None, bias=None, t
     if training:
         cases += [
             ("you normalized with the unbiased batch variance (n − 1). BatchNorm normalizes with the biased variance "
-             "(divide by n); only the running_var update uses the unbiased one.", _bn_variant(*args, unbiased_norm=True)),
+             "(divide by n); only the running_var update uses the unbiased one.",
+             _bn_variant(*args, unbiased_norm=True)),
             ("running_var was updated with the biased batch variance. torch updates it with the unbiased one "
              "(multiply by n / (n − 1), n = values per channel), even though it normalizes with the biased one.",
              _bn_variant(*args, biased_running=True)),
@@ -222,7 +224,8 @@ def check_rms_norm(rms_norm, x, weight=None, eps=1e-6) -> None:
                           "sqrt(mean(x²) + eps), which does not subtract the mean."))
         for dim in range(x.dim() - 1):
             cases.append((x64 / ((x64 ** 2).mean(dim, keepdim=True) + eps).sqrt() * w,
-                          f"wrong axis: the mean square was taken over dim {dim}; RMSNorm uses the last dim (the channels)."))
+                          f"wrong axis: the mean square was taken over dim {dim}; "
+                          "RMSNorm uses the last dim (the channels)."))
         return cases
 
     expect_close(got, oracle_rms_norm(x, weight, eps), what=f"rms_norm(x of shape {tuple(x.shape)}, eps={eps:g})",
@@ -399,10 +402,10 @@ def _batch_norm_properties(p) -> str | None:
         return None
     x64, rm64, rv64 = x.double(), rm.double(), rv.double()
     ev = p.call(x64, rm64, rv64, None, None, False, 0.1, 1e-5)
-    if isinstance(ev, tuple) and len(ev) == 3 and all(isinstance(t, torch.Tensor) for t in ev[1:]):
-        if not (torch.equal(ev[1], rm64) and torch.equal(ev[2], rv64)):
-            return Diag("in eval mode the running statistics must come back unchanged (only training updates them).",
-                        sections.BATCHNORM)
+    if isinstance(ev, tuple) and len(ev) == 3 and all(isinstance(t, torch.Tensor) for t in ev[1:]) \
+            and not (torch.equal(ev[1], rm64) and torch.equal(ev[2], rv64)):
+        return Diag("in eval mode the running statistics must come back unchanged (only training updates them).",
+                    sections.BATCHNORM)
     tr = p.call(x64, rm64, rv64, None, None, True, 0.1, 1e-12)
     if not (isinstance(tr, tuple) and len(tr) == 3 and isinstance(tr[0], torch.Tensor) and tr[0].shape == x.shape):
         return None
@@ -455,7 +458,8 @@ def _batch_norm_self_check(fn) -> None:
 
 
 declare("layer_norm", chapter="norms", args=("x", "normalized_shape", "weight", "bias", "eps"),
-        properties=(Property("mean 0, variance 1 over the normalised dims; eps inside the root", _layer_norm_properties),))
+        properties=(Property("mean 0, variance 1 over the normalised dims; eps inside the root",
+                             _layer_norm_properties),))
 declare("batch_norm", chapter="norms",
         args=("x", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
         self_check=_batch_norm_self_check,
@@ -525,7 +529,8 @@ HINTS = {
         "Keep those dims (keepdim=True) so the mean and variance broadcast back over x.",
         "The variance is the mean of the squared deviations from the mean: divide by n, not n − 1 "
         "(torch.var divides by n − 1 unless told otherwise).",
-        "eps goes inside the square root, next to the variance. weight and bias may be None: apply each only when given.",
+        "eps goes inside the square root, next to the variance. "
+        "weight and bias may be None: apply each only when given.",
     ],
     "batch_norm": [
         "Channels are dim 1. Each channel's statistics are taken over every other dim: dim 0 for (N, C), "

@@ -15,7 +15,8 @@ or None when its pattern does not apply. None of them raises on odd input.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -101,9 +102,9 @@ def tensor_mismatch(actual: torch.Tensor, expected: torch.Tensor, *, atol: float
 
 def _equals_an_input(a, e, atol, rtol, inputs):
     for name, x in inputs.items():
-        if isinstance(x, torch.Tensor) and x.shape == a.shape and x.dtype.is_floating_point:
-            if _close(a, x.double(), atol, rtol) and not _close(e, x.double(), atol, rtol):
-                return f"your result is the argument `{name}` unchanged: the computation was skipped (an early return?)."
+        if isinstance(x, torch.Tensor) and x.shape == a.shape and x.dtype.is_floating_point \
+                and _close(a, x.double(), atol, rtol) and not _close(e, x.double(), atol, rtol):
+            return f"your result is the argument `{name}` unchanged: the computation was skipped (an early return?)."
     return None
 
 
@@ -156,7 +157,8 @@ def _per_slice_factor(a, e, atol, rtol, inputs):
 def _constant_offset(a, e, atol, rtol, inputs):
     c = float((a - e).mean())
     if abs(c) > atol and _close(a, e + c, atol, rtol):
-        return f"your result is the answer shifted by the constant {c:.6g} everywhere: an added or missing constant term."
+        return (f"your result is the answer shifted by the constant {c:.6g} everywhere: "
+                "an added or missing constant term.")
     return None
 
 
@@ -173,7 +175,8 @@ def _argument_left_out(a, e, atol, rtol, inputs):
         if _close(a, e - x64, atol, rtol):
             return f"your result is the answer minus `{name}`: `{name}` was not added (it must be added, not ignored)."
         if _close(a, e + x64, atol, rtol):
-            return f"your result is the answer plus `{name}`: `{name}` was added once too often (or where it does not belong)."
+            return (f"your result is the answer plus `{name}`: "
+                    f"`{name}` was added once too often (or where it does not belong).")
         if not (x64 == 0).any():
             if _close(a, e / x64, atol, rtol):
                 return f"your result is the answer divided by `{name}`: `{name}` was not multiplied in."
@@ -195,7 +198,8 @@ def _shifted_or_flipped(a, e, atol, rtol, inputs):
             if n > 2 and _close(a[tuple(keep)], rolled[tuple(keep)], atol, rtol) and not _close(a, e, atol, rtol):
                 where = "later" if shift == 1 else "earlier"
                 return (f"your result is the answer shifted by one position along {name}: entry i holds the value "
-                        f"of entry i {'−' if shift == 1 else '+'} 1 (an off-by-one: each value lands one step {where}).")
+                        f"of entry i {'−' if shift == 1 else '+'} 1 "
+                        f"(an off-by-one: each value lands one step {where}).")
         if n > 2 and _close(a, e.flip(dim), atol, rtol):
             return f"your result is the answer reversed along {name}: the order of that axis is backwards."
     return None
@@ -311,7 +315,8 @@ def bool_mismatch(actual: torch.Tensor, expected: torch.Tensor) -> str | None:
 # ----------------------------------------------------------------------------- shapes and dtypes
 
 
-def shape_mismatch(actual: tuple[int, ...], expected: tuple[int, ...], inputs: dict[str, Any] | None = None) -> str | None:
+def shape_mismatch(actual: tuple[int, ...], expected: tuple[int, ...],
+                   inputs: dict[str, Any] | None = None) -> str | None:
     """Why a result may have shape ``actual`` instead of ``expected``."""
     inputs = inputs or {}
     if sorted(actual) == sorted(expected) and len(actual) == len(expected) and actual != expected:

@@ -10,7 +10,7 @@ small inputs of a check, and only after a check has failed.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -64,7 +64,8 @@ def output_is_weights_times_values(out: torch.Tensor, weights: torch.Tensor, v: 
         want = weights.double() @ v.double()
     except RuntimeError:
         return None
-    if want.shape != out.shape or not torch.isfinite(want).all() or torch.allclose(out.double(), want, atol=1e-4, rtol=1e-3):
+    if want.shape != out.shape or not torch.isfinite(want).all() \
+            or torch.allclose(out.double(), want, atol=1e-4, rtol=1e-3):
         return None
     return Diag("your output is not your weights @ v: each output row must be the average of the value rows "
                 "weighted by that query's weights (check the last step, and that v is not transposed).",
@@ -178,7 +179,8 @@ def normalised_axes(y: torch.Tensor, candidates: dict[str, tuple[int, ...]], *, 
         if center:
             mean = y.mean(dims)
             var = ((y - y.mean(dims, keepdim=True)) ** 2).mean(dims)
-            if torch.allclose(mean, torch.zeros_like(mean), atol=tol) and torch.allclose(var, torch.ones_like(var), atol=10 * tol):
+            if torch.allclose(mean, torch.zeros_like(mean), atol=tol) \
+                    and torch.allclose(var, torch.ones_like(var), atol=10 * tol):
                 found.append(name)
         else:
             ms = (y ** 2).mean(dims)

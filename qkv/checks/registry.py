@@ -25,8 +25,9 @@ This module imports nothing from the rest of ``qkv.checks``, so every other modu
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 # ----------------------------------------------------------------------------- book sections
 
@@ -61,7 +62,7 @@ class Diag(str):
 
     reread: Reread | None
 
-    def __new__(cls, text: str, reread: Reread | None = None) -> "Diag":
+    def __new__(cls, text: str, reread: Reread | None = None) -> Diag:
         obj = super().__new__(cls, text)
         obj.reread = reread
         return obj

@@ -70,10 +70,11 @@ def logits_diagnoses(q: torch.Tensor, k: torch.Tensor, scale: float | None) -> l
     out: list[Diagnosis] = []
     if scale is None:
         out += [
-            (raw, Diag(f"your logits equal q kᵀ without the 1/√d_k scale; by default divide by √d_k = {math.sqrt(d):.4g}.",
-                       sections.WHY_SQRT_DK)),
+            (raw, Diag("your logits equal q kᵀ without the 1/√d_k scale; by default divide by "
+                       f"√d_k = {math.sqrt(d):.4g}.", sections.WHY_SQRT_DK)),
             (raw / d, Diag(f"your logits are q kᵀ divided by d_k = {d}; divide by √d_k = {math.sqrt(d):.4g} instead "
-                           "(the variance of q·k is d_k, so its standard deviation is √d_k).", sections.DERIVE_VARIANCE)),
+                           "(the variance of q·k is d_k, so its standard deviation is √d_k).",
+                           sections.DERIVE_VARIANCE)),
         ]
     else:
         out += [
@@ -193,7 +194,8 @@ def check_measure_logit_variance(measure_logit_variance, d_ks, n_samples: int, s
     # Same seed, same numbers: two small runs show it as well as two runs of the full experiment
     # (an unseeded draw differs at any size), at a fraction of the cost (issue #10: a self-check within 1 s).
     small_args = (list(d_ks)[:1], min(n_samples, 1000), seed)
-    first, again = (_variance_pair(call_learner(measure_logit_variance, *small_args, name="measure_logit_variance"), what)
+    first, again = (_variance_pair(call_learner(measure_logit_variance, *small_args,
+                                                name="measure_logit_variance"), what)
                     for _ in range(2))
     if not all(isinstance(t, torch.Tensor) for t in (*first, *again)):
         raise CheckFailed(f"measure_logit_variance{small_args}: expected a tuple (unscaled, scaled) of two tensors.")

@@ -18,7 +18,8 @@ STABLE_SOFTMAX = Reread("attention", "Softmax, temperature and the scale of the 
 ADDITIVE = Reread("attention", "Dot-product or additive attention?", ("additive", "tanh"))
 
 # scaling
-WHY_SQRT_DK = Reread("scaling", "Why does attention divide the logits by √d_k?", ("variance", "√d_k", "standard deviation"))
+WHY_SQRT_DK = Reread("scaling", "Why does attention divide the logits by √d_k?",
+                     ("variance", "√d_k", "standard deviation"))
 DERIVE_VARIANCE = Reread("scaling", "Derive it: why is the variance of q·k equal to d_k?",
                          ("variance", "Dividing by $d_k$", "overshoot"))
 SOFTMAX_JACOBIAN = Reread("scaling", "What happens without the scaling?", ("Jacobian",))
@@ -51,7 +52,8 @@ NOAM = Reread("transformer", "What learning-rate schedule does the Transformer u
 PRE_POST_LN = Reread("transformer", "Post-LN and Pre-LN blocks", ("Post-LN", "Pre-LN", "residual"))
 
 # norms
-NORM_AXES = Reread("norms", "Which axes do LayerNorm, BatchNorm and RMSNorm normalize over?", ("LayerNorm", "BatchNorm", "axes"))
+NORM_AXES = Reread("norms", "Which axes do LayerNorm, BatchNorm and RMSNorm normalize over?",
+                   ("LayerNorm", "BatchNorm", "axes"))
 BATCHNORM = Reread("norms", "What are the pros and cons of BatchNorm?", ("running", "momentum"))
 RMSNORM = Reread("norms", "What is RMSNorm and why do modern models use it?", ("RMSNorm", "mean"))
 PADDING_IN_BN = Reread("norms", "Why do Transformers use LayerNorm rather than BatchNorm?", ("padding",))

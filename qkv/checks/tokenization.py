@@ -19,8 +19,8 @@ import functools
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import regex
 
@@ -281,7 +281,8 @@ def _check_vocab_and_merges(result, vocab_size: int, special_tokens: Sequence[st
     expected_len = 256 + len(merges) + len(set(special_tokens))
     if len(vocab) != expected_len or len(vocab) > vocab_size:
         raise CheckFailed(f"{what}: vocab has {len(vocab)} entries; expected 256 bytes + {len(merges)} merges + "
-                          f"{len(set(special_tokens))} special tokens = {expected_len} (at most vocab_size={vocab_size}).")
+                          f"{len(set(special_tokens))} special tokens = {expected_len} "
+                          f"(at most vocab_size={vocab_size}).")
     return vocab, merges
 
 
@@ -320,7 +321,8 @@ def _check_train_bpe(train_bpe, text, vocab_size, special_tokens=(), *, expected
 
 
 @check_of("train_bpe_fast")
-def _check_train_bpe_fast(train_bpe, text, vocab_size, special_tokens=(), *, expected=None, name="train_bpe_fast") -> None:
+def _check_train_bpe_fast(train_bpe, text, vocab_size, special_tokens=(), *, expected=None,
+                          name="train_bpe_fast") -> None:
     _compare_training(train_bpe, text, vocab_size, special_tokens, expected=expected, name=name)
 
 
@@ -513,7 +515,8 @@ def _train_replay(p) -> str | None:
         return None
     args = (text, vocab_size) if not specials else (text, vocab_size, specials)
     result = p.call(*args)
-    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], dict) and isinstance(result[1], list)):
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], dict)
+            and isinstance(result[1], list)):
         return None
     vocab, merges = result
     chunks = []
@@ -531,7 +534,8 @@ def _train_replay(p) -> str | None:
             return None
         counts = _pair_counts_explicit(words, freqs)
         if not counts:
-            return Diag(f"merge {step} was made although no pair was left: stop when the counts are empty.", sections.BPE)
+            return Diag(f"merge {step} was made although no pair was left: stop when the counts are empty.",
+                        sections.BPE)
         c = counts.get(m, 0)
         top = max(counts.values())
         best = max(counts, key=lambda q: (counts[q], names[q[0]], names[q[1]]))
@@ -758,7 +762,8 @@ HINTS = {
     ],
     "train_bpe_fast": [
         "Counting every pair after every merge repeats almost all the work: a merge only changes the words that "
-        "contain the merged pair. Keep the counts across steps and keep, for each pair, the set of words where it occurs.",
+        "contain the merged pair. Keep the counts across steps and keep, for each pair, the set of words "
+        "where it occurs.",
         "For each affected word: subtract the counts of its old pairs, merge, add the counts of its new pairs.",
         "Finding the best pair by scanning all pairs each step is the other bottleneck: a heap of (count, bytes) "
         "entries, where outdated entries are skipped when popped, finds it in logarithmic time. heapq is a "

@@ -107,7 +107,7 @@ def _rope_half_split(x, positions, base=10000.0):
 
 
 def rope_variants(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> list[Diagnosis]:
-    d, t = x.shape[-1], x.shape[-2]
+    t = x.shape[-2]
     cases = [
         (_rope_half_split(x, positions, base),
          "you rotated dim j with dim j + d/2 (the GPT-NeoX / Hugging Face 'rotate_half' layout). This exercise uses "
@@ -131,7 +131,8 @@ def check_rope(rope_fn, x: torch.Tensor, positions: torch.Tensor) -> None:
     got = call_learner(rope_fn, x, positions, name="apply_rope")
     # float32 angles m·θ carry ~m·6e-8 rounding; positions up to ~1000 stay within 1e-4.
     atol = 1e-4 if x.dtype == torch.float32 else None
-    expect_close(got, oracle_rope(x, positions), atol=atol, what=f"apply_rope(x{tuple(x.shape)} {x.dtype}, positions{tuple(positions.shape)})",
+    expect_close(got, oracle_rope(x, positions), atol=atol,
+                 what=f"apply_rope(x{tuple(x.shape)} {x.dtype}, positions{tuple(positions.shape)})",
                  diagnoses=lambda: rope_variants(x, positions))
 
 
@@ -156,18 +157,20 @@ def check_rope_relative(rope_fn, d: int = 8, seed: int = 0) -> None:
     def rotate(v, m):
         out = call_learner(rope_fn, v, torch.tensor([m]), name="apply_rope")
         if not isinstance(out, torch.Tensor) or out.shape != v.shape:
-            raise CheckFailed(f"apply_rope: expected a tensor of shape {tuple(v.shape)}, got {getattr(out, 'shape', type(out))}.")
+            raise CheckFailed(f"apply_rope: expected a tensor of shape {tuple(v.shape)}, "
+                              f"got {getattr(out, 'shape', type(out))}.")
         return out
 
     for m in (0, 3, 17):
         if not torch.allclose(rotate(q, m).norm(), q.norm(), rtol=1e-9):
-            raise CheckFailed(f"apply_rope: the norm of a vector changed at position {m}; RoPE is a rotation and must keep it.")
+            raise CheckFailed(f"apply_rope: the norm of a vector changed at position {m}; "
+                              "RoPE is a rotation and must keep it.")
     for diff in (0, 2, -5):
         scores = [(rotate(q, m) * rotate(k, m - diff)).sum().item() for m in (5, 12, 40)]
         if max(scores) - min(scores) > 1e-9 * (1 + abs(scores[0])):
-            raise CheckFailed(f"apply_rope: (R_m q)·(R_n k) should depend only on m - n, but for m - n = {diff} it gave "
-                              f"{', '.join(f'{s:.6f}' for s in scores)} at m = 5, 12, 40. Rotate each pair by the same "
-                              "angle m·θ_i for q and k.")
+            raise CheckFailed(f"apply_rope: (R_m q)·(R_n k) should depend only on m - n, but for m - n = {diff} "
+                              f"it gave {', '.join(f'{s:.6f}' for s in scores)} at m = 5, 12, 40. "
+                              "Rotate each pair by the same angle m·θ_i for q and k.")
     if abs((rotate(q, 3) * rotate(k, 0)).sum().item() - (q * k).sum().item()) < 1e-9:
         raise CheckFailed("apply_rope: the score did not change with the distance m - n: are the positions used?")
 
@@ -191,8 +194,8 @@ def check_dropout_eval(dropout_fn, x: torch.Tensor, p: float) -> None:
     got = _as_tensor(call_learner(dropout_fn, x, p, False, torch.Generator().manual_seed(0), name="inverted_dropout"),
                      f"inverted_dropout(x, p={p}, training=False)", x)
     diagnoses = [
-        ((x * p).double(), "at test time you multiplied by the dropout rate p. With inverted dropout nothing happens at "
-                           "test time: training already divided by (1 - p), so eval must return x unchanged."),
+        ((x * p).double(), "at test time you multiplied by the dropout rate p. With inverted dropout nothing happens "
+                           "at test time: training already divided by (1 - p), so eval must return x unchanged."),
         ((x * (1 - p)).double(), "at test time you multiplied by the keep probability 1 - p: that is the *original* "
                                  "dropout (Srivastava et al. 2014). Inverted dropout rescales during training, so eval "
                                  "returns x unchanged."),
@@ -234,12 +237,14 @@ def check_dropout_train(dropout_fn, p: float, *, shape: tuple[int, ...] = (200_0
             r = ratio.median().item()
             named = {1.0: "the survivors were not rescaled: divide them by 1 - p so that the mean is kept",
                      p: "the survivors were multiplied by p; divide them by the keep probability 1 - p",
-                     1 / p if p > 0 else math.inf: "the survivors were divided by p; divide by the keep probability 1 - p",
+                     1 / p if p > 0 else math.inf: "the survivors were divided by p; "
+                                                   "divide by the keep probability 1 - p",
                      1 - p: "the survivors were multiplied by 1 - p; divide by 1 - p instead"}
             for value, message in named.items():
                 if math.isclose(r, value, rel_tol=1e-2) and not math.isclose(value, want, rel_tol=1e-2):
                     raise CheckFailed(f"{what}: {message} (kept values are x·{r:.4g}, expected x·{want:.4g}).")
-            raise CheckFailed(f"{what}: kept values should be x / (1 - p) = x·{want:.4g}; yours are x·{r:.4g} (median).")
+            raise CheckFailed(f"{what}: kept values should be x / (1 - p) = x·{want:.4g}; "
+                              f"yours are x·{r:.4g} (median).")
     mean_ratio = got.double().sum().item() / x.double().sum().item()
     if abs(mean_ratio - ref_mean) > 0.02 + 12 * math.sqrt(p / ((1 - p) * n) if p < 1 else 0):
         raise CheckFailed(f"{what}: the mean changed by a factor {mean_ratio:.4f}; torch.nn.Dropout({p}) keeps it "
@@ -264,7 +269,8 @@ def check_dropout_generator(dropout_fn, p: float = 0.5) -> None:
         _as_tensor(r, f"inverted_dropout(x, p={p}, training=True)", x)
     if not torch.equal(runs[0], runs[1]):
         raise CheckFailed("inverted_dropout: two calls with generators seeded alike gave different masks. "
-                          "Draw the random numbers with `generator=generator` (e.g. torch.rand(..., generator=generator)).")
+                          "Draw the random numbers with `generator=generator` "
+                          "(e.g. torch.rand(..., generator=generator)).")
     if torch.equal(runs[0], runs[2]):
         raise CheckFailed("inverted_dropout: generators with different seeds gave the same mask: is the mask random?")
 
@@ -279,7 +285,8 @@ def check_dropout_edges(dropout_fn, x: torch.Tensor) -> None:
     got1 = _as_tensor(call_learner(dropout_fn, x, 1.0, True, gen, name="inverted_dropout"),
                       "inverted_dropout(x, p=1.0, training=True)", x)
     if torch.isnan(got1).any():
-        raise CheckFailed("inverted_dropout(x, p=1.0, training=True): NaN (0 · 1/0). With p = 1 every element is dropped: return zeros.")
+        raise CheckFailed("inverted_dropout(x, p=1.0, training=True): NaN (0 · 1/0). "
+                          "With p = 1 every element is dropped: return zeros.")
     expect_close(got1, torch.zeros_like(x), what="inverted_dropout(x, p=1.0, training=True)", atol=0, rtol=0)
 
 
@@ -296,12 +303,14 @@ def _noam_values(noam_fn, steps, d_model, warmup) -> torch.Tensor:
         r = call_learner(noam_fn, s, d_model, warmup, name="noam_lr")
         if isinstance(r, torch.Tensor):
             if r.numel() != 1:
-                raise CheckFailed(f"noam_lr({s}, {d_model}, {warmup}): expected one number, got a tensor of shape {tuple(r.shape)}.")
+                raise CheckFailed(f"noam_lr({s}, {d_model}, {warmup}): expected one number, "
+                                  f"got a tensor of shape {tuple(r.shape)}.")
             r = r.item()
         try:
             values.append(float(r))
         except (TypeError, ValueError):
-            raise CheckFailed(f"noam_lr({s}, {d_model}, {warmup}): expected a number, got {type(r).__name__}.") from None
+            raise CheckFailed(f"noam_lr({s}, {d_model}, {warmup}): expected a number, "
+                              f"got {type(r).__name__}.") from None
     return torch.tensor(values, dtype=torch.float64)
 
 
@@ -310,15 +319,18 @@ def noam_variants(steps, d_model, warmup) -> list[Diagnosis]:
     d, w = float(d_model), float(warmup)
     cases = [
         (d ** -0.5 * torch.minimum(s ** -0.5, s * w ** -0.5),
-         "the warm-up branch uses warmup^-0.5; it must be step · warmup^-1.5 so that both branches meet at step = warmup."),
+         "the warm-up branch uses warmup^-0.5; it must be step · warmup^-1.5 "
+         "so that both branches meet at step = warmup."),
         (d ** -0.5 * torch.minimum(s ** -0.5, s / w),
-         "the warm-up branch is step / warmup; it must be step · warmup^-1.5 (so that it equals warmup^-0.5 at step = warmup)."),
+         "the warm-up branch is step / warmup; it must be step · warmup^-1.5 "
+         "(so that it equals warmup^-0.5 at step = warmup)."),
         (torch.minimum(s ** -0.5, s * w ** -1.5), "the factor d_model^-0.5 is missing."),
         (d ** 0.5 * torch.minimum(s ** -0.5, s * w ** -1.5),
          "you multiplied by √d_model; the schedule multiplies by d_model^-0.5 (wider models get smaller rates)."),
         (d ** -0.5 * torch.maximum(s ** -0.5, s * w ** -1.5),
          "you took the max of the two branches; take the min (linear warm-up, then inverse-square-root decay)."),
-        (d ** -0.5 * s ** -0.5, "there is no warm-up: for step < warmup the rate must grow linearly, step · warmup^-1.5."),
+        (d ** -0.5 * s ** -0.5,
+         "there is no warm-up: for step < warmup the rate must grow linearly, step · warmup^-1.5."),
     ]
     return [(v, Diag(m, sections.NOAM)) for v, m in cases]
 
@@ -365,7 +377,8 @@ def check_noam_peak(noam_fn, d_model: int, warmup: int) -> None:
         raise CheckFailed(f"noam_lr(d_model={d_model}, warmup={warmup}): the largest rate is at step {peak_step}; it "
                           f"must be at step = warmup = {warmup}.")
     if not math.isclose(got.max().item(), want, rel_tol=1e-5):
-        raise CheckFailed(f"noam_lr: the peak is {got.max().item():.6g}; it must be (d_model · warmup)^-0.5 = {want:.6g}.")
+        raise CheckFailed(f"noam_lr: the peak is {got.max().item():.6g}; "
+                          f"it must be (d_model · warmup)^-0.5 = {want:.6g}.")
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -405,10 +418,13 @@ class _TorchBlock(torch.nn.Module):
         self.ln1, self.ln2 = torch.nn.LayerNorm(d, **kw), torch.nn.LayerNorm(d, **kw)
         self.ff1, self.ff2 = torch.nn.Linear(d, d_ff, **kw), torch.nn.Linear(d_ff, d, **kw)
         with torch.no_grad():
-            self.attn.in_proj_weight.copy_(params["in_proj_weight"]); self.attn.in_proj_bias.copy_(params["in_proj_bias"])
-            self.attn.out_proj.weight.copy_(params["out_proj_weight"]); self.attn.out_proj.bias.copy_(params["out_proj_bias"])
+            self.attn.in_proj_weight.copy_(params["in_proj_weight"])
+            self.attn.in_proj_bias.copy_(params["in_proj_bias"])
+            self.attn.out_proj.weight.copy_(params["out_proj_weight"])
+            self.attn.out_proj.bias.copy_(params["out_proj_bias"])
             for name in ("ln1", "ln2", "ff1", "ff2"):
-                getattr(self, name).weight.copy_(params[f"{name}_weight"]); getattr(self, name).bias.copy_(params[f"{name}_bias"])
+                getattr(self, name).weight.copy_(params[f"{name}_weight"])
+                getattr(self, name).bias.copy_(params[f"{name}_bias"])
         self.eval()
 
     def sa(self, x):
@@ -580,10 +596,12 @@ def _block_properties(p, *, pre_ln: bool) -> str | None:
     if not pre_ln:
         y = (got.double() - params["ln2_bias"].double()) / params["ln2_weight"].double()
         mean, var = y.mean(-1), y.var(-1, unbiased=False)
-        if not (torch.allclose(mean, torch.zeros_like(mean), atol=1e-3) and torch.allclose(var, torch.ones_like(var), atol=1e-2)):
-            return Diag("a Post-LN block ends with LayerNorm ln2: undoing ln2's gain and bias, every token of the output "
-                        "must have mean 0 and variance 1. Yours does not, so the last step is not LN2(x + FFN(x)) "
-                        "(e.g. x + LN(f(x)) normalises the sublayer's output instead of the sum).", sections.PRE_POST_LN)
+        if not (torch.allclose(mean, torch.zeros_like(mean), atol=1e-3)
+                and torch.allclose(var, torch.ones_like(var), atol=1e-2)):
+            return Diag("a Post-LN block ends with LayerNorm ln2: undoing ln2's gain and bias, every token of the "
+                        "output must have mean 0 and variance 1. Yours does not, so the last step is not "
+                        "LN2(x + FFN(x)) (e.g. x + LN(f(x)) normalises the sublayer's output instead of the sum).",
+                        sections.PRE_POST_LN)
     off = _zeroed(params, "out_proj_weight", "out_proj_bias", "ff2_weight", "ff2_bias")
     both = p.call(x, off, n_heads)
     if pre_ln and isinstance(both, torch.Tensor) and both.shape == x.shape and \
@@ -592,8 +610,8 @@ def _block_properties(p, *, pre_ln: bool) -> str | None:
                     "return x unchanged: the residual path x + sublayer(LN(x)) is never normalised. Yours changes x, "
                     "so a LayerNorm sits on the residual path.", sections.PRE_POST_LN)
     suspects = []
-    for sub, names in (("attention", ("out_proj_weight", "out_proj_bias")), ("feed-forward", ("ff2_weight", "ff2_bias"))):
-        other = ("ff2_weight", "ff2_bias") if sub == "attention" else ("out_proj_weight", "out_proj_bias")
+    for sub, other in (("attention", ("ff2_weight", "ff2_bias")),
+                       ("feed-forward", ("out_proj_weight", "out_proj_bias"))):
         only = _zeroed(params, *other)        # keep only this sublayer
         mine = p.call(x, only, n_heads)
         want = oracle_block(x, only, n_heads, pre_ln=pre_ln)
@@ -608,9 +626,11 @@ def _block_properties(p, *, pre_ln: bool) -> str | None:
 
 
 declare("sinusoidal_positional_encoding", chapter="transformer", args=("n_positions", "d_model"),
-        properties=(Property("row 0 is [0, 1, …]; sin² + cos² = 1 per pair; frequencies 10000^(-2i/d)", _pe_properties),))
+        properties=(Property("row 0 is [0, 1, …]; sin² + cos² = 1 per pair; frequencies 10000^(-2i/d)",
+                             _pe_properties),))
 declare("apply_rope", chapter="transformer", args=("x", "positions", "base"),
-        properties=(Property("position 0 is the identity; lengths kept; pair i turns by m·10000^(-2i/d)", _rope_properties),))
+        properties=(Property("position 0 is the identity; lengths kept; pair i turns by m·10000^(-2i/d)",
+                             _rope_properties),))
 declare("inverted_dropout", chapter="transformer", args=("x", "p", "training", "generator"))
 declare("noam_lr", chapter="transformer", args=("step", "d_model", "warmup"),
         properties=(Property("rises until warmup, falls after", _noam_properties),))

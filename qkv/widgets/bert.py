@@ -75,4 +75,5 @@ def masking_playground(default_rate: float = 0.15, default_seed: int = 35) -> wi
         plt.show()
 
     # Static book: every rate, three seeds (the seed only re-draws which tokens are picked).
-    return live_view(draw, [rate, seed], title="BERT's masking of a sentence", grid={seed: sorted({0, default_seed, 50})})
+    return live_view(draw, [rate, seed], title="BERT's masking of a sentence",
+                     grid={seed: sorted({0, default_seed, 50})})

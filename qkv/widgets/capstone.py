@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -32,7 +32,8 @@ def next_token_table(params, config, prompt_ids: torch.Tensor, vocab: dict[int, 
     else:
         probs = torch.softmax(logits / temperature, dim=-1)
     top = probs.topk(k)
-    return [(vocab[int(i)].decode("utf-8", errors="backslashreplace"), float(p)) for p, i in zip(top.values, top.indices)]
+    return [(vocab[int(i)].decode("utf-8", errors="backslashreplace"), float(p))
+            for p, i in zip(top.values, top.indices)]
 
 
 def counted_generation(params, config, prompt_ids: torch.Tensor, n: int, kv_cache: bool, temperature: float,

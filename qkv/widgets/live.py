@@ -15,7 +15,8 @@ instead. In JupyterLab nothing of this runs: the same call returns the same live
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -53,7 +54,7 @@ class LiveView(widgets.VBox):
 def live_view(render: Callable[[], None], controls: Sequence[widgets.Widget],
               header: Sequence[widgets.Widget] | None = None, *, title: str = "widget",
               grid: Mapping[widgets.Widget, Sequence] | None = None,
-              parts: Sequence["Part"] | None = None,
+              parts: Sequence[Part] | None = None,
               static: Callable[[], str] | None = None) -> LiveView:
     """A VBox of ``header`` (default: ``controls``, side by side) above an Output redrawn by ``render``.
 

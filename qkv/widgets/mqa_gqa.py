@@ -20,7 +20,8 @@ def kv_cache_table(n_layers: int, n_heads: int, n_kv_heads: int, d_head: int, by
                    context: int, batch: int) -> list[tuple[str, int, int, int]]:
     """Rows (name, KV heads, bytes per token, total bytes at context × batch) for MHA, the chosen setting and MQA."""
     rows = []
-    for name, kv in (("MHA", n_heads), (f"GQA-{n_kv_heads}" if 1 < n_kv_heads < n_heads else "your setting", n_kv_heads),
+    for name, kv in (("MHA", n_heads),
+                     (f"GQA-{n_kv_heads}" if 1 < n_kv_heads < n_heads else "your setting", n_kv_heads),
                      ("MQA", 1)):
         rows.append((name, kv, kv_cache_bytes(n_layers, kv, d_head, 1, 1, bytes_per_element),
                      kv_cache_bytes(n_layers, kv, d_head, context, batch, bytes_per_element)))
@@ -42,7 +43,8 @@ def kv_cache_calculator(n_layers: int = 80, n_heads: int = 64, n_kv_heads: int =
     kv_w = widgets.Dropdown(options=_divisors(n_heads), value=n_kv_heads, description="KV heads", style=style)
     dhead_w = widgets.Dropdown(options=[32, 64, 80, 96, 128, 256], value=d_head, description="d_head", style=style)
     dtype_w = widgets.Dropdown(options=list(DTYPE_BYTES), value=dtype, description="cache dtype", style=style)
-    context_w = widgets.Dropdown(options=[2**i for i in range(8, 21)], value=context, description="context", style=style)
+    context_w = widgets.Dropdown(options=[2**i for i in range(8, 21)], value=context, description="context",
+                                 style=style)
     batch_w = widgets.BoundedIntText(value=batch, min=1, max=4096, description="batch", style=style)
     def draw():
         kv = kv_w.value
@@ -74,7 +76,8 @@ def kv_cache_calculator(n_layers: int = 80, n_heads: int = 64, n_kv_heads: int =
         kv_w.value = keep
 
     heads_w.observe(heads_changed, names="value")
-    controls = widgets.HBox([widgets.VBox([layers_w, heads_w, kv_w, dhead_w]), widgets.VBox([dtype_w, context_w, batch_w])])
+    controls = widgets.HBox([widgets.VBox([layers_w, heads_w, kv_w, dhead_w]),
+                             widgets.VBox([dtype_w, context_w, batch_w])])
 
     def static() -> str:
         # Two free integer boxes and five dropdowns: far too many settings to pre-render, and the

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipywidgets as widgets
-from qkv.widgets.live import live_view
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
+
+from qkv.widgets.live import live_view
 
 # What each choice normalizes over, for the element (b, t, c) marked with a star.
 NORMS = {
@@ -16,7 +17,8 @@ NORMS = {
 }
 
 
-def shared_elements(norm: str, lengths: tuple[int, ...], n_channels: int, b: int, t: int, c: int) -> set[tuple[int, int, int]]:
+def shared_elements(norm: str, lengths: tuple[int, ...], n_channels: int, b: int, t: int,
+                    c: int) -> set[tuple[int, int, int]]:
     """The (b, t, c) indices whose values enter the statistics used to normalize element (b, t, c).
 
     ``lengths`` are the real lengths of the sequences; a batch is padded to max(lengths).
@@ -59,7 +61,8 @@ def draw_axes_picture(norm: str, lengths=(5, 3, 2), n_channels: int = 6, element
         if b == 0:
             ax.set_ylabel("position t")
         ax.set_title(f"sequence b={b} (length {lengths[b]})")
-    fig.suptitle(f"{norm}: the ★ is normalized with the {len(shared)} orange elements\n({NORMS[norm]}; hatched = padding)",
+    fig.suptitle(f"{norm}: the ★ is normalized with the {len(shared)} orange elements\n"
+                 f"({NORMS[norm]}; hatched = padding)",
                  fontsize=11)
     fig.tight_layout()
     return fig

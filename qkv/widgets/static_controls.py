@@ -9,8 +9,9 @@ shows first.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import ipywidgets as widgets
 from ipywidgets.widgets.widget_selection import _Selection

@@ -27,7 +27,7 @@ import base64
 import html
 import itertools
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 from qkv.widgets.static_controls import CHECKBOX, RADIO, RANGE, SELECT, ControlGrid
 from qkv.widgets.static_frames import Part, grid_points

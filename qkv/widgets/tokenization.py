@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -86,7 +86,8 @@ def tokenizer_playground(merges, special_tokens: Sequence[str] = (),
         try:
             ids = encode(box.value, merges, special_tokens)
             tokens = token_strings(ids, vocab)
-            title = f"{label}: {len(ids)} tokens for {len(box.value)} characters ({len(ids) / max(len(box.value), 1):.2f} per character)"
+            title = (f"{label}: {len(ids)} tokens for {len(box.value)} characters "
+                     f"({len(ids) / max(len(box.value), 1):.2f} per character)")
         except ValueError as err:
             tokens, title = [], f"cannot encode: {err}"
         fig, ax = plt.subplots(figsize=(9, 1.3 + 0.35 * (sum(len(_visible(t)) for t in tokens) // 72)))
@@ -124,7 +125,8 @@ def playground_static_html(draw, box: widgets.Text, merges, special_tokens: Sequ
               "merges": base64.b64encode(flat.astype(dtype).tobytes()).decode("ascii")}
     fallback = recorded_view_html(draw, f"{label} tokens of the default text")
     return (f'<div class="qkv-static-widget" id="{uid}" data-qkv-widget="bpe" role="group" '
-            f'aria-label="{esc(label)} tokenizer playground"><div class="qkv-controls"><div class="qkv-control qkv-text-control">'
+            f'aria-label="{esc(label)} tokenizer playground"><div class="qkv-controls">'
+            '<div class="qkv-control qkv-text-control">'
             f'<label for="{uid}-text">{esc(box.description)}</label><input type="text" id="{uid}-text" '
             f'data-qkv-field="text" value="{esc(box.value)}" spellcheck="false" autocomplete="off"></div></div>'
             '<p class="qkv-static-note">Tokenized as you type, in this page, by a JavaScript copy of the '
