@@ -185,7 +185,7 @@ def test_reread_anchors_match_the_book() -> None:
         ids = set(re.findall(r'id="([^"]+)"', html_path.read_text())) if html_path.exists() else None
         reread = selfcheck.checks_constant(ch.slug, "REREAD")
         assert set(reread) == set(solution_cell_ids(ch.slug)), ch.slug
-        for function, heading in reread.items():
+        for heading in reread.values():
             assert re.search(rf"^#+ {re.escape(heading)}\s*$", page, re.M), f"{ch.slug}: no section {heading!r}"
             if ids is not None:
                 assert selfcheck.anchor(heading) in ids, f"{ch.slug}: {heading!r} -> {selfcheck.anchor(heading)}"
@@ -232,7 +232,8 @@ def test_every_exercise_ends_with_the_self_check_cell() -> None:
         for folder in ("solutions", "exercises"):
             nb = nbformat.read(REPO / folder / ch.slug / f"{ch.slug}.ipynb", as_version=4)
             cell = nb.cells[-1]
-            assert cell.cell_type == "code" and cell.source == f'import qkv\nqkv.check("{ch.slug}")', (folder, ch.slug)
+            want = f'import qkv\n\nqkv.check("{ch.slug}")'
+            assert cell.cell_type == "code" and cell.source == want, (folder, ch.slug)
             assert cell.metadata.get("qkv") == {"role": "self-check"} and "nbgrader" not in cell.metadata
 
 
@@ -257,7 +258,8 @@ def test_grader_skips_a_learners_own_hint_and_check_cells_only() -> None:
 
     reference = Reference.load(REPO / "solutions/attention/attention.ipynb")
     submission = nbformat.read(REPO / "exercises/attention/attention.ipynb", as_version=4)
-    helpers = ['import qkv\nqkv.hint("softmax")', 'qkv.hint("softmax", 2)\nqkv.check()', 'qkv.check("attention")']
+    helpers = ['import qkv\nqkv.hint("softmax")', 'import qkv\n\nqkv.check("attention")',
+               'qkv.hint("softmax", 2)\nqkv.check()', 'qkv.check("attention")']
     others = ['import qkv\nqkv.check("attention")\nx = 1', "qkv.hint(secret())", "import qkv", "import qkv as q"]
     for source in helpers + others:
         submission.cells.insert(3, nbformat.v4.new_code_cell(source))
