@@ -14,6 +14,9 @@ from pathlib import Path
 
 from autograder.course import EXERCISES, SOLUTIONS, assignments
 from autograder.learner_text import one_line
+from qkv import book_links
+
+_EDITION_NAMES = {"en": "English", "zh_CN": "Chinese"}
 
 
 def _release(args) -> int:
@@ -78,10 +81,16 @@ def _grade(args) -> int:
             caveats = []  # grade_class refuses with the fix
         for caveat in caveats:
             print(f"note: {caveat}", file=sys.stderr)
+        edition = book_links.edition_of(args.lang)
+        if not (book_links.html_root(edition) / "index.html").is_file():
+            built = "English" if (book_links.html_root("en") / "index.html").is_file() else None
+            print(f"note: the {_EDITION_NAMES[edition]} edition of the book is not built, so the sections to "
+                  f"reread are {f'linked in the {built} one' if built else 'named without a link'}: "
+                  f"run `{book_links.BUILD_COMMAND}` in {book_links.BOOK.parent} first", file=sys.stderr)
         results = grade_class(args.assignment, Path(args.submissions) if args.submissions else None, out,
                               workers=args.workers, limits=limits, show_progress=not args.quiet,
                               course=Path(args.course) if args.course else None, intake=intake, run_notes=run_notes,
-                              machine_notes=caveats)
+                              machine_notes=caveats, book_edition=edition)
         if download is not None:
             imported = lms.write_import_csv(download, results, out / f"{args.lms}-import.csv",
                                             points=args.lms_points, column=args.lms_column, assignment=args.assignment)
@@ -144,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_workers, default=None, help="parallel graders (default: the number of cores)")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds each learner cell and each call to a learner function may run (default 10)")
+    p.add_argument("--lang", choices=book_links.EDITIONS,
+                   help="the edition of the book that feedback and the report name and link the sections to "
+                   "reread in (default: from the locale, LC_ALL/LC_MESSAGES/LANG, as `qkv check` does)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the full traceback of an unexpected error")

@@ -143,44 +143,50 @@ class SanitizeLearnerCells(Preprocessor):
         return cell, resources
 
 
-BOOK_LINK = "qkv-book/chapters/"  # where reread_output points; finish_page makes it the built page's URL
-_BOOK_LINK = re.compile(r'<a href="qkv-book/chapters/([a-z_]+)\.html#([A-Za-z0-9_-]+)"[^>]*>(.*?)</a>', re.S)
+BOOK_LINK = "qkv-book/"  # where reread_output points; finish_page makes it the built page's URL
+# qkv-book/<edition>/chapters/<chapter>.html#<anchor>; a page recorded before links named their
+# edition has no <edition>/ and is the English one.
+_BOOK_LINK = re.compile(r'<a href="qkv-book/(?:([A-Za-z_]+)/)?chapters/([a-z_]+)\.html#([A-Za-z0-9_-]+)"'
+                        r'[^>]*>(.*?)</a>', re.S)
 
 
-def reread_output(chapter: str, heading: str) -> dict:
-    """A ``display_data`` output naming the section to reread, by title, linked to the chapter's
-    page and the section's anchor.
+def reread_output(chapter: str, heading: str, edition: str = "en") -> dict:
+    """A ``display_data`` output naming the section to reread, by title as the ``edition`` of the
+    book shows it, linked to the chapter's page in that edition and the section's anchor.
 
     nbconvert sanitises outputs (``sanitize_html``): a ``file://`` link would lose its address
     there, and where the page will be written is not known yet; so the link is written as
-    ``qkv-book/chapters/<chapter>.html#<anchor>`` (scheme-less, which the sanitiser keeps) and
-    :func:`finish_page` points it at the built book. The heading comes from our own checks,
-    never from the learner; it is escaped all the same."""
+    ``qkv-book/<edition>/chapters/<chapter>.html#<anchor>`` (scheme-less, which the sanitiser
+    keeps) and :func:`finish_page` points it at the built book. The heading comes from our own
+    checks, never from the learner; it is escaped all the same."""
     from qkv.book_links import anchor, page, section_link
 
-    title = section_link(chapter, heading).title()
-    target = f"{BOOK_LINK}{chapter}.html#{anchor(heading)}"
+    title = section_link(chapter, heading, edition).title()
+    target = f"{BOOK_LINK}{edition}/chapters/{chapter}.html#{anchor(heading)}"
     return new_output("display_data", data={
         "text/html": f'<strong>Reread</strong> <a href="{html.escape(target)}">{html.escape(title)}</a> in the book.',
-        "text/plain": f"Reread {title} in the book: {page(chapter, heading)}"})
+        "text/plain": f"Reread {title} in the book: {page(chapter, heading, edition)}"})
 
 
 def link_book_sections(text: str) -> str:
     """Point every ``qkv-book/`` link of a feedback page (:func:`reread_output`) at the built
-    English page as an absolute ``file://`` URL, which opens from the feedback file wherever it
-    was copied; when the book is not built, keep the section's title and say how to build it.
-    A learner's Markdown could hold such a link too: it can only ever point at a page of our
-    own book (the chapter must be one of the book's, the anchor a plain id)."""
+    page of its edition (the English one when that edition is not built) as an absolute
+    ``file://`` URL, which opens from the feedback file wherever it was copied; when the book is
+    not built, keep the section's title and say how to build it. A learner's Markdown could
+    hold such a link too: it can only ever point at a page of our own book (the edition must be
+    one of the book's, the chapter one of its chapters, the anchor a plain id)."""
     from qkv import book_links
     from qkv.chapters import CHAPTERS
 
     slugs = {c.slug for c in CHAPTERS}
 
     def replace(m: re.Match) -> str:
-        chapter, anchor, title = m.groups()
-        built = book_links.html_root("en") / "chapters" / f"{chapter}.html"
-        if chapter in slugs and built.is_file():
-            return f'<a href="{html.escape(built.resolve().as_uri())}#{anchor}" target="_blank">{title}</a>'
+        edition, chapter, anchor, title = m.groups()
+        editions = (edition, "en") if edition in book_links.EDITIONS else ("en",)
+        for candidate in dict.fromkeys(editions):
+            built = book_links.html_root(candidate) / "chapters" / f"{chapter}.html"
+            if chapter in slugs and built.is_file():
+                return f'<a href="{html.escape(built.resolve().as_uri())}#{anchor}" target="_blank">{title}</a>'
         return (f"<em>{title}</em> (the book is not built: run <code>{html.escape(book_links.BUILD_COMMAND)}</code> "
                 f"in {html.escape(str(book_links.BOOK.parent))} to get a link to the page)")
 

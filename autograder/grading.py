@@ -73,6 +73,7 @@ from autograder.report import Result, plot_distribution, write_csv, write_report
 from autograder.sandbox import InfrastructureError, Limits, SandboxUnavailable, platform_mode
 from autograder.submissions import Submission, discover, remove_tree
 from autograder.verdicts import Verdicts, cache_key
+from qkv.book_links import EDITIONS
 
 # nbgrader 0.9.6's gradebook triggers SQLAlchemy autoflush warnings on every autograde; they
 # are upstream noise (the rows are written correctly) and would bury the progress bar.
@@ -104,7 +105,8 @@ CANARY_ID = "reference-canary"
 def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutions: Path = SOLUTIONS,
                 workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True,
                 course: Path | None = None, intake: Callable[[Path], list[Submission]] | None = None,
-                run_notes: Sequence[str] = (), machine_notes: Sequence[str] = ()) -> list[Result]:
+                run_notes: Sequence[str] = (), machine_notes: Sequence[str] = (),
+                book_edition: str = "en") -> list[Result]:
     """Grade every submission of ``assignment``; write ``out/grades.csv``, ``out/feedback/``,
     ``out/report.md`` and ``out/score-distribution.png``.
 
@@ -119,7 +121,9 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
     ``intake``: finds the submissions in another layout (an LMS download), given a scratch folder;
     ``submissions`` is then not read.
     ``run_notes``: lines for the report about the run as a whole (files that mapped to no student).
-    ``machine_notes``: guarantees that hold only in a weaker form on this machine (``platform_caveats``)."""
+    ``machine_notes``: guarantees that hold only in a weaker form on this machine (``platform_caveats``).
+    ``book_edition``: the edition of the book (``qkv.book_links.EDITIONS``) that the feedback's and
+    the report's sections to reread are named and linked in."""
     nbgrader_reuse.install()  # before the course is prepared: see the module
     out = Path(out).resolve()
     in_place = course is not None
@@ -132,6 +136,8 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
         submissions = course / "submitted"
     submissions = Path(submissions) if submissions is not None else None
     check_arguments(assignment, None if intake else submissions, out, solutions)
+    if book_edition not in EDITIONS:
+        raise GradingSetupError(f"no {book_edition!r} edition of the book; choose one of: {', '.join(EDITIONS)}")
     try:
         platform_mode()  # root, or an ordinary user with user namespaces; else one line naming the fix
     except SandboxUnavailable as exc:
@@ -155,7 +161,7 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
         try:
             return _grade_students(assignment, submissions, out, solutions, pool, workers, limits, show_progress,
                                    course=course, in_place=in_place, intake=intake, run_notes=run_notes,
-                                   machine_notes=machine_notes)
+                                   machine_notes=machine_notes, book_edition=book_edition)
         finally:
             if in_place:  # run as root on the instructor's course: hand back what was written
                 nbgrader_course.give_back_to_owner(course)
@@ -230,15 +236,15 @@ class _Course:
     write the feedback in a worker."""
 
     def __init__(self, assignment: str, course: Path, solutions: Path, feedback_root: Path, limits: Limits,
-                 in_place: bool = False):
+                 in_place: bool = False, book_edition: str = "en"):
         nbgrader_reuse.install()  # recording is serial in this process: let nbgrader keep what it built
         self.assignment, self.course, self.feedback_root, self.limits = assignment, course, feedback_root, limits
-        self.in_place = in_place
+        self.in_place, self.book_edition = in_place, book_edition
         self.worker_feedback_failed = False
         self.source_nb = _prepare_course(assignment, course, solutions)
         self.verdict_dir = course / "verdicts"
         self.verdict_dir.mkdir(exist_ok=True)
-        self.api = NbGraderAPI(config=_grading_config(course, self.verdict_dir, self.source_nb))
+        self.api = NbGraderAPI(config=_grading_config(course, self.verdict_dir, self.source_nb, book_edition))
         self.max_score = _max_score(course, assignment)
         install_mathjax(feedback_root)  # once, here: pages are finished in several processes
 
@@ -305,7 +311,8 @@ class _Course:
         questions = {gid: (v.points if v.passed else 0.0, v.points, "" if v.passed else v.message)
                      for gid, v in verdicts.tests.items()}
         return Result(sub.student_id, self.assignment, recorded.score, self.max_score, "graded", "; ".join(notes),
-                      questions=questions, banned=bool(banned), late=late, rereads=_rereads(verdicts))
+                      questions=questions, banned=bool(banned), late=late,
+                      rereads=_rereads(verdicts, self.book_edition))
 
     def grade_one(self, pool: ProcessPoolExecutor, sub: Submission, nb_path: Path) -> Result:
         """The whole path for one admitted submission, waiting for each step (the canary)."""
@@ -431,8 +438,10 @@ def _perfect_submission(course: Path, source_nb: Path, assignment: str) -> nbfor
 def _grade_students(assignment: str, submissions: Path | None, out: Path, solutions: Path,
                     pool: ProcessPoolExecutor, workers: int, limits: Limits, show_progress: bool, *, course: Path,
                     in_place: bool, intake: Callable[[Path], list[Submission]] | None,
-                    run_notes: Sequence[str], machine_notes: Sequence[str] = ()) -> list[Result]:
-    course = _Course(assignment, course, solutions, out / "feedback", limits, in_place=in_place)
+                    run_notes: Sequence[str], machine_notes: Sequence[str] = (),
+                    book_edition: str = "en") -> list[Result]:
+    course = _Course(assignment, course, solutions, out / "feedback", limits, in_place=in_place,
+                     book_edition=book_edition)
     unpacked = out / ".unpacked"
     remove_tree(unpacked)
     if in_place:
@@ -618,7 +627,9 @@ def _cached_verdicts(path: Path, source_nb: Path, submission_nb: Path, limits: L
 
 # --------------------------------------------------------------------------- main-process side
 
-def _grading_config(course: Path, verdict_dir: Path, source_nb: Path):
+def _grading_config(course: Path, verdict_dir: Path, source_nb: Path, book_edition: str = "en"):
+    """nbgrader's configuration for recording and feedback. ``book_edition`` names the edition
+    the reread links point into; they are written when recording (feedback pages copy them)."""
     c = nbgrader_config(course)
     # One cell per grade_id before nbgrader's own checks (a split or copied answer cell is not an error).
     c.Autograde.sanitize_preprocessors = [NormalizeGradeIds, ClearOutput, DeduplicateIds, OverwriteKernelspec,
@@ -626,6 +637,7 @@ def _grading_config(course: Path, verdict_dir: Path, source_nb: Path):
     c.NormalizeGradeIds.source_notebook = str(source_nb)
     c.Autograde.autograde_preprocessors = [ApplyTrustedVerdicts, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
     c.ApplyTrustedVerdicts.verdicts_dir = str(verdict_dir)
+    c.ApplyTrustedVerdicts.book_edition = book_edition
     # Stock feedback shows hidden-test source; ours removes it first.
     # Learner Markdown and raw cells are made inert before nbgrader's template renders them.
     c.GenerateFeedback.preprocessors = [ClearHiddenTests, SanitizeLearnerCells, GetGrades, CSSHTMLHeaderPreprocessor]
@@ -709,11 +721,11 @@ def _write_feedback(api, course: Path, assignment: str, student_id: str, feedbac
     return outcome
 
 
-def _rereads(verdicts: Verdicts) -> dict[str, str]:
+def _rereads(verdicts: Verdicts, book_edition: str) -> dict[str, str]:
     """Failed test grade_id -> the section to reread, as the feedback page names it."""
     from qkv.book_links import section_link
 
-    return {gid: section_link(v.reread_chapter, v.reread_heading).title()
+    return {gid: section_link(v.reread_chapter, v.reread_heading, book_edition).title()
             for gid, v in verdicts.tests.items() if not v.passed and v.reread_heading}
 
 

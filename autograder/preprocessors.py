@@ -44,6 +44,8 @@ class NormalizeGradeIds(NbGraderPreprocessor):
 
 class ApplyTrustedVerdicts(NbGraderPreprocessor):
     verdicts_dir = Unicode("", help="folder holding <student_id>.json verdict files").tag(config=True)
+    book_edition = Unicode("en", help="the edition of the book a failed test's reread link points into").tag(
+        config=True)
 
     def preprocess(self, nb, resources):
         student = resources["nbgrader"]["student"]
@@ -63,7 +65,8 @@ class ApplyTrustedVerdicts(NbGraderPreprocessor):
                     cell.outputs.append(new_output("error", ename=name, evalue=v.message,
                                                    traceback=[f"{name}: {v.message}"]))
                     if v.reread_heading and not v.banned:
-                        cell.outputs.append(reread_output(v.reread_chapter, v.reread_heading))
+                        reread = reread_output(v.reread_chapter, v.reread_heading, self.book_edition)
+                        cell.outputs.append(reread)
             elif meta.get("grade"):
                 missing = "the grader has no verdict for this cell"
                 cell.outputs.append(new_output("error", ename="NotGraded", evalue=missing,

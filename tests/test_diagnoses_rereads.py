@@ -205,6 +205,46 @@ def test_the_graders_reread_output_links_to_the_built_page_or_says_how_to_build_
     assert "<a " not in crafted and "<em>x</em>" in crafted
 
 
+def test_the_graders_reread_output_in_the_chinese_edition(tmp_path, monkeypatch):
+    """reread_output for the Chinese edition: the heading as its catalog translates it, a link
+    into that edition's page with the English anchor, and the English page when only that one
+    is built. A link recorded before links named their edition goes to the English page; an
+    edition the book does not have is never used as a path."""
+    from nbconvert.filters.strings import clean_html
+
+    from autograder.feedback import link_book_sections, reread_output
+    from qkv import book_links
+
+    book = tmp_path / "book"
+    monkeypatch.setattr(book_links, "BOOK", book)
+    heading = sections.MASK_POLARITY.heading
+    catalog = book / "locales" / "zh_CN" / "LC_MESSAGES" / "chapters" / "masking.po"
+    catalog.parent.mkdir(parents=True)
+    catalog.write_text(f'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n\n'
+                       f'msgid "{heading}"\nmsgstr "如何在自注意力中屏蔽填充？"\n', encoding="utf-8")
+    title = "“如何在自注意力中屏蔽填充？” (chapter 3, Padding and causal masks)"
+    anchor = "how-do-you-mask-padding-in-self-attention"
+    output = reread_output("masking", heading, "zh_CN")
+    assert output["data"]["text/plain"] == (f"Reread {title} in the book: "
+                                            f"book/_build/zh_CN/_build/html/chapters/masking.html#{anchor}")
+    exported = clean_html(output["data"]["text/html"])
+    en_page = book / "_build" / "html" / "chapters" / "masking.html"
+    zh_page = book / "_build" / "zh_CN" / "_build" / "html" / "chapters" / "masking.html"
+    en_page.parent.mkdir(parents=True)
+    en_page.write_text("<html></html>")
+    only_english = (f'<strong>Reread</strong> <a href="{en_page.as_uri()}#{anchor}" target="_blank">{title}</a>'
+                    " in the book.")
+    assert link_book_sections(exported) == only_english
+    zh_page.parent.mkdir(parents=True)
+    zh_page.write_text("<html></html>")
+    assert link_book_sections(exported) == only_english.replace(en_page.as_uri(), zh_page.as_uri())
+    legacy = link_book_sections(f'<a href="qkv-book/chapters/masking.html#{anchor}">t</a>')
+    assert legacy == f'<a href="{en_page.as_uri()}#{anchor}" target="_blank">t</a>'
+    for crafted in ("qkv-book/etc/chapters/masking.html", "qkv-book/zh_CN/chapters/passwd.html"):
+        linked = link_book_sections(f'<a href="{crafted}#x">t</a>')
+        assert "etc" not in linked and "passwd" not in linked, linked
+
+
 def test_the_report_and_the_lms_comment_name_the_section_to_reread(tmp_path):
     """The instructor's report gives, per question, the section its failing students were sent
     to most often; the one-line LMS comment names each failed question's section."""

@@ -61,8 +61,8 @@ def graded_class(tmp_path_factory):
     _write(learner_notebook("attention", ALL_REFERENCE), subs / "hal", name="attention (1).ipynb")
 
     out = root / "out"
-    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", str(subs), "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", str(subs), "--out", str(out),
+                           "--lang", "en"], capture_output=True, text=True, timeout=900)
     rows = []
     if (out / "grades.csv").exists():
         with open(out / "grades.csv") as f:
@@ -167,6 +167,73 @@ def test_feedback_names_the_section_to_reread_with_a_link_to_the_built_page(grad
                                      for t in texts), texts
     # A passing cell gets no pointer: ada passed everything.
     assert not _rereads(out / "feedback" / "ada" / "attention.html")
+
+
+def test_the_chinese_edition_names_and_links_the_sections_to_reread(tmp_path):
+    """`grade --lang zh_CN`: ben's feedback and the report name the section by its heading in the
+    Chinese edition (its message catalog) and link the Chinese edition's page, same anchor (Sphinx
+    keeps a translated section's id); the English edition when only that one is built."""
+    from qkv.book_links import REPO
+
+    subs = tmp_path / "submissions"
+    _write(learner_notebook("attention", {"softmax": "reference", "scaled_dot_product_attention": NO_SCALE_SDPA}),
+           subs / "ben")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "attention", str(subs), "--out", str(out),
+                           "--lang", "zh_CN", "--workers", "1", "--quiet"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    chinese = "“注意力为什么要把 logits 除以 √d_k？” (chapter 2, Why divide by √d_k)"  # scaling.po's msgstr
+    rereads = _rereads(out / "feedback" / "ben" / "attention.html")
+    texts = [" ".join(p.get_text().split()) for p in rereads]
+    assert any(chinese in t for t in texts), texts
+    assert chinese.replace("(", "\\(").replace(")", "\\)") in (out / "report.md").read_text()  # Markdown-escaped
+    anchor = "why-does-attention-divide-the-logits-by-d-k"
+    hrefs = {a["href"] for p in rereads for a in p.find_all("a")}
+    zh_page = REPO / "book" / "_build" / "zh_CN" / "_build" / "html" / "chapters" / "scaling.html"
+    en_page = REPO / "book" / "_build" / "html" / "chapters" / "scaling.html"
+    if zh_page.is_file():
+        assert f"{zh_page.resolve().as_uri()}#{anchor}" in hrefs and all("/zh_CN/" in h for h in hrefs), hrefs
+        assert f'id="{anchor}"' in zh_page.read_text()
+    elif en_page.is_file():
+        assert f"{en_page.resolve().as_uri()}#{anchor}" in hrefs and not any("/zh_CN/" in h for h in hrefs), hrefs
+        assert "the Chinese edition of the book is not built" in proc.stderr
+    else:
+        assert not hrefs
+
+
+def test_grade_takes_the_edition_from_lang_else_the_locale(tmp_path, monkeypatch, capsys):
+    """--lang wins; without it a zh locale picks the Chinese edition, as `qkv check` does; an
+    edition that is not built is named before grading, with the command that builds it."""
+    from autograder import cli, grading
+    from qkv import book_links
+
+    asked = []
+    monkeypatch.setattr(grading, "grade_class", lambda *args, **kw: asked.append(kw["book_edition"]) or [])
+    monkeypatch.setattr(book_links, "BOOK", tmp_path / "book")
+    (tmp_path / "book" / "_build" / "html").mkdir(parents=True)
+    (tmp_path / "book" / "_build" / "html" / "index.html").write_text("<html></html>")
+    (tmp_path / "subs").mkdir()
+    for var in ("LC_ALL", "LC_MESSAGES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LANG", "zh_CN.UTF-8")
+    base = ["grade", "attention", str(tmp_path / "subs"), "--out", str(tmp_path / "out"), "--quiet"]
+    for extra, want in (([], "zh_CN"), (["--lang", "en"], "en"), (["--lang", "zh_CN"], "zh_CN")):
+        cli.main(base + extra)
+        assert asked[-1] == want, extra
+        note = "the Chinese edition of the book is not built, so the sections to reread are linked in the English one"
+        assert (note in capsys.readouterr().err) == (want == "zh_CN")
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    cli.main(base)
+    assert asked[-1] == "en"
+
+
+def test_an_edition_the_book_does_not_have_is_refused_before_grading(tmp_path):
+    from autograder.grading import GradingSetupError, grade_class
+
+    (tmp_path / "subs").mkdir()
+    with pytest.raises(GradingSetupError, match="no 'fr' edition of the book; choose one of: en, zh_CN"):
+        grade_class("attention", tmp_path / "subs", tmp_path / "out", book_edition="fr")
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_assignment_is_a_clear_error(tmp_path):
