@@ -16,8 +16,6 @@ from autograder.course import EXERCISES, SOLUTIONS, assignments
 from autograder.learner_text import one_line
 from qkv import book_links
 
-_EDITION_NAMES = {"en": "English", "zh_CN": "Chinese"}
-
 
 def _release(args) -> int:
     from autograder.release import generate, relative
@@ -82,11 +80,8 @@ def _grade(args) -> int:
         for caveat in caveats:
             print(f"note: {caveat}", file=sys.stderr)
         edition = book_links.edition_of(args.lang)
-        if not (book_links.html_root(edition) / "index.html").is_file():
-            built = "English" if (book_links.html_root("en") / "index.html").is_file() else None
-            print(f"note: the {_EDITION_NAMES[edition]} edition of the book is not built, so the sections to "
-                  f"reread are {f'linked in the {built} one' if built else 'named without a link'}: "
-                  f"run `{book_links.BUILD_COMMAND}` in {book_links.BOOK.parent} first", file=sys.stderr)
+        if note := book_links.unbuilt_edition_note(edition):
+            print(f"note: {note}", file=sys.stderr)
         results = grade_class(args.assignment, Path(args.submissions) if args.submissions else None, out,
                               workers=args.workers, limits=limits, show_progress=not args.quiet,
                               course=Path(args.course) if args.course else None, intake=intake, run_notes=run_notes,

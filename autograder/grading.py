@@ -236,7 +236,7 @@ class _Course:
     write the feedback in a worker."""
 
     def __init__(self, assignment: str, course: Path, solutions: Path, feedback_root: Path, limits: Limits,
-                 in_place: bool = False, book_edition: str = "en"):
+                 *, in_place: bool = False, book_edition: str):
         nbgrader_reuse.install()  # recording is serial in this process: let nbgrader keep what it built
         self.assignment, self.course, self.feedback_root, self.limits = assignment, course, feedback_root, limits
         self.in_place, self.book_edition = in_place, book_edition
@@ -376,7 +376,9 @@ def _canary(assignment: str, solutions: Path, template: Path, pool: ProcessPoolE
         scratch = Path(tmp)
         try:
             shutil.copytree(template, scratch / "course")
-            course = _Course(assignment, scratch / "course", solutions, scratch / "feedback", limits)
+            # The reference scores full marks: its feedback has no section to reread, in any edition.
+            course = _Course(assignment, scratch / "course", solutions, scratch / "feedback", limits,
+                             book_edition="en")
             folder = scratch / "submissions" / CANARY_ID
             folder.mkdir(parents=True)
             nbformat.write(_perfect_submission(course.course, course.source_nb, assignment),
@@ -439,7 +441,7 @@ def _grade_students(assignment: str, submissions: Path | None, out: Path, soluti
                     pool: ProcessPoolExecutor, workers: int, limits: Limits, show_progress: bool, *, course: Path,
                     in_place: bool, intake: Callable[[Path], list[Submission]] | None,
                     run_notes: Sequence[str], machine_notes: Sequence[str] = (),
-                    book_edition: str = "en") -> list[Result]:
+                    book_edition: str) -> list[Result]:
     course = _Course(assignment, course, solutions, out / "feedback", limits, in_place=in_place,
                      book_edition=book_edition)
     unpacked = out / ".unpacked"

@@ -24,6 +24,7 @@ from qkv.chapters import CHAPTERS
 REPO = Path(__file__).resolve().parent.parent
 BOOK = REPO / "book"
 EDITIONS = ("en", "zh_CN")
+EDITION_NAMES = {"en": "English", "zh_CN": "Chinese"}
 BUILD_COMMAND = "make book"
 
 
@@ -109,10 +110,23 @@ def missing_edition_note(links: list[SectionLink], edition: str, book: Path | No
         return (f"the book is not built, so the sections above have no links: run `{BUILD_COMMAND}` in "
                 f"{book.parent} (then the sections to reread are printed as links to the book's pages).")
     if any(link.edition != edition for link in links):
-        return (f"the {'Chinese' if edition == 'zh_CN' else 'English'} edition of the book is not built, so the links "
-                f"above go to the {'English' if edition == 'zh_CN' else 'Chinese'} one: run `{BUILD_COMMAND}` in "
+        other = next(link.edition for link in links if link.edition != edition)
+        return (f"the {EDITION_NAMES[edition]} edition of the book is not built, so the links "
+                f"above go to the {EDITION_NAMES[other]} one: run `{BUILD_COMMAND}` in "
                 f"{book.parent}.")
     return ""
+
+
+def unbuilt_edition_note(edition: str, book: Path | None = None) -> str:
+    """Said before links into ``edition`` are made (by the grader): "" when that edition is built;
+    else where the links will go instead (the English edition, or none) and how to build it."""
+    book = BOOK if book is None else book
+    if (html_root(edition, book) / "index.html").is_file():
+        return ""
+    fallback = "en" if (html_root("en", book) / "index.html").is_file() else None
+    where = f"linked in the {EDITION_NAMES[fallback]} one" if fallback else "named without a link"
+    return (f"the {EDITION_NAMES[edition]} edition of the book is not built, so the sections to reread are "
+            f"{where}: run `{BUILD_COMMAND}` in {book.parent} first")
 
 
 def translated_heading(heading: str, chapter: str, edition: str, book: Path | None = None) -> str:

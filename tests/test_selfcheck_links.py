@@ -63,6 +63,23 @@ def test_only_the_english_edition_built_links_there_and_says_so(tmp_path):
     assert "Chinese edition of the book is not built" in note and "make book" in note
 
 
+def test_the_grader_is_told_before_linking_into_an_edition_that_is_not_built(tmp_path):
+    """book_links.unbuilt_edition_note, which `grade --lang` prints before anyone is graded."""
+    book = tmp_path / "book"
+    none_built = book_links.unbuilt_edition_note("zh_CN", book)
+    assert none_built == (f"the Chinese edition of the book is not built, so the sections to reread are named "
+                          f"without a link: run `make book` in {tmp_path} first")
+    (book / "_build" / "html").mkdir(parents=True)
+    (book / "_build" / "html" / "index.html").write_text("<html></html>")
+    assert book_links.unbuilt_edition_note("en", book) == ""
+    assert "Chinese edition of the book is not built, so the sections to reread are linked in the English one" \
+        in book_links.unbuilt_edition_note("zh_CN", book)
+    zh_root = book_links.html_root("zh_CN", book)
+    zh_root.mkdir(parents=True)
+    (zh_root / "index.html").write_text("<html></html>")
+    assert book_links.unbuilt_edition_note("zh_CN", book) == ""
+
+
 def test_no_book_built_gives_the_title_and_how_to_build_it(tmp_path):
     book = tmp_path / "book"
     link = book_links.section_link("scaling", SCALING, "en", book)
