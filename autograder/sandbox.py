@@ -392,13 +392,17 @@ class Sandbox:
             theirs.close()
             raise InfrastructureError(f"the sandbox could not start ({exc})") from None
         theirs.close()
-        paths = _mounts()
-        self._send({"op": "init", "uid": sandbox_uid() if mode == "root" else None,
-                    "tmp_bytes": self.limits.scratch_bytes, "shm_bytes": self.limits.shm_bytes,
-                    "tmp_binds": _under_tmp(paths), "seccomp": base64.b64encode(seccomp_filter.program()).decode()})
-        reply = self._receive(time.monotonic() + self.limits.start_seconds, "start")
-        if reply.get("event") != "ready":
-            raise self._broken(f"the sandbox did not start: {reply.get('message', reply.get('event'))}")
+        try:
+            paths = _mounts()
+            self._send({"op": "init", "uid": sandbox_uid() if mode == "root" else None,
+                        "tmp_bytes": self.limits.scratch_bytes, "shm_bytes": self.limits.shm_bytes,
+                        "tmp_binds": _under_tmp(paths), "seccomp": base64.b64encode(seccomp_filter.program()).decode()})
+            reply = self._receive(time.monotonic() + self.limits.start_seconds, "start")
+            if reply.get("event") != "ready":
+                raise self._broken(f"the sandbox did not start: {reply.get('message', reply.get('event'))}")
+        except BaseException:
+            self.close()  # a sandbox that did not start is not left running: its callers drop it
+            raise
         return self
 
     @property

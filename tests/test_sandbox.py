@@ -310,6 +310,33 @@ def test_the_whole_submission_has_a_budget():
     assert time.monotonic() - started < 6 + 2 * 2.5 + 10
 
 
+def test_a_sandbox_that_does_not_start_is_an_infrastructure_error_and_leaves_nothing_running(monkeypatch):
+    """Too slow to start (here: 50 ms to import torch inside): InfrastructureError, and the half-
+    started sandbox's process group is gone (callers drop the object; a worker warming its
+    sandbox ahead of the first submission would otherwise leave one running per worker)."""
+    import subprocess
+
+    import autograder.sandbox as sandbox_module
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        if kwargs.get("pass_fds"):  # the sandbox itself (not a probe of the platform)
+            started.append(proc)
+        return proc
+
+    monkeypatch.setattr(sandbox_module.subprocess, "Popen", recording_popen)
+    sb = Sandbox(Limits(cell_seconds=3, call_seconds=3, start_seconds=0.05))
+    with pytest.raises(InfrastructureError, match="start"):
+        sb.start()
+    [proc] = started
+    assert proc.poll() is not None and sb.proc is None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
+
+
 def test_a_sandbox_killed_mid_run_is_an_infrastructure_error_not_a_verdict(tmp_path):
     """The sandbox dies under a submission (here: killed from outside during a call). That is ours:
     verify raises InfrastructureError; it never returns a failed test."""
