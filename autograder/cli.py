@@ -77,15 +77,17 @@ def _grade(args) -> int:
             caveats = platform_caveats()
         except SandboxUnavailable:
             caveats = []  # grade_class refuses with the fix
-        for caveat in caveats:
-            print(f"note: {caveat}", file=sys.stderr)
         edition = book_links.edition_of(args.lang)
-        if note := book_links.unbuilt_edition_note(edition):
-            print(f"note: {note}", file=sys.stderr)
+        notes = [*caveats, book_links.unbuilt_edition_note(edition)]
+
+        def announce() -> None:  # only once grading goes ahead: a refusal is one line
+            for note in filter(None, notes):
+                print(f"note: {note}", file=sys.stderr)
+
         results = grade_class(args.assignment, Path(args.submissions) if args.submissions else None, out,
                               workers=args.workers, limits=limits, show_progress=not args.quiet,
                               course=Path(args.course) if args.course else None, intake=intake, run_notes=run_notes,
-                              machine_notes=caveats, book_edition=edition)
+                              machine_notes=caveats, book_edition=edition, announce=announce)
         if download is not None:
             imported = lms.write_import_csv(download, results, out / f"{args.lms}-import.csv",
                                             points=args.lms_points, column=args.lms_column, assignment=args.assignment)

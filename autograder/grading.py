@@ -106,7 +106,7 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
                 workers: int | None = None, limits: Limits = Limits(), show_progress: bool = True,
                 course: Path | None = None, intake: Callable[[Path], list[Submission]] | None = None,
                 run_notes: Sequence[str] = (), machine_notes: Sequence[str] = (),
-                book_edition: str = "en") -> list[Result]:
+                book_edition: str = "en", announce: Callable[[], None] | None = None) -> list[Result]:
     """Grade every submission of ``assignment``; write ``out/grades.csv``, ``out/feedback/``,
     ``out/report.md`` and ``out/score-distribution.png``.
 
@@ -123,7 +123,9 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
     ``run_notes``: lines for the report about the run as a whole (files that mapped to no student).
     ``machine_notes``: guarantees that hold only in a weaker form on this machine (``platform_caveats``).
     ``book_edition``: the edition of the book (``qkv.book_links.EDITIONS``) that the feedback's and
-    the report's sections to reread are named and linked in."""
+    the report's sections to reread are named and linked in.
+    ``announce``: called once the arguments and the sandbox have passed their checks, before the
+    canary: the CLI prints its notes about this run there, so that a refusal stays one line."""
     nbgrader_reuse.install()  # before the course is prepared: see the module
     out = Path(out).resolve()
     in_place = course is not None
@@ -142,6 +144,8 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
         platform_mode()  # root, or an ordinary user with user namespaces; else one line naming the fix
     except SandboxUnavailable as exc:
         raise GradingSetupError(str(exc)) from None
+    if announce is not None:
+        announce()
     ctx = multiprocessing.get_context("spawn")  # workers must not inherit the main process's state
     workers = max(1, workers or os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_warm_worker,

@@ -208,7 +208,12 @@ def test_grade_takes_the_edition_from_lang_else_the_locale(tmp_path, monkeypatch
     from qkv import book_links
 
     asked = []
-    monkeypatch.setattr(grading, "grade_class", lambda *args, **kw: asked.append(kw["book_edition"]) or [])
+    def grade_class(*args, **kw):
+        asked.append(kw["book_edition"])
+        kw["announce"]()  # the checks passed: the CLI's notes go out
+        return []
+
+    monkeypatch.setattr(grading, "grade_class", grade_class)
     monkeypatch.setattr(book_links, "BOOK", tmp_path / "book")
     (tmp_path / "book" / "_build" / "html").mkdir(parents=True)
     (tmp_path / "book" / "_build" / "html" / "index.html").write_text("<html></html>")
@@ -225,6 +230,32 @@ def test_grade_takes_the_edition_from_lang_else_the_locale(tmp_path, monkeypatch
     monkeypatch.setenv("LANG", "en_US.UTF-8")
     cli.main(base)
     assert asked[-1] == "en"
+
+
+@pytest.mark.parametrize("refusal", ["sandbox", "out"])
+def test_a_refusal_is_one_line_even_with_notes_to_give(tmp_path, monkeypatch, capsys, refusal):
+    """The notes said before grading (a weaker guarantee on this machine, an edition that is not
+    built) are said only when grading goes ahead: a refused run prints its one line, nothing else.
+    (CI has no built book, and its refusal came with a second line.)"""
+    from autograder import cli, grading, sandbox
+    from qkv import book_links
+
+    monkeypatch.setattr(book_links, "BOOK", tmp_path / "book")  # nothing built
+    monkeypatch.setattr(sandbox, "platform_caveats", lambda: ["a weaker guarantee on this machine"])
+    if refusal == "sandbox":
+        def platform_mode():
+            raise sandbox.SandboxUnavailable("cannot sandbox learner code: forced by the test")
+
+        monkeypatch.setattr(grading, "platform_mode", platform_mode)
+        out = tmp_path / "out"
+    else:
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "out"
+    (tmp_path / "subs").mkdir()
+    status = cli.main(["grade", "attention", str(tmp_path / "subs"), "--out", str(out), "--quiet", "--lang", "en"])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.splitlines()) == 1 and err.startswith("cannot grade: "), err
+    assert "note:" not in err and not out.exists()
 
 
 def test_an_edition_the_book_does_not_have_is_refused_before_grading(tmp_path):
