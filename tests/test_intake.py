@@ -319,12 +319,14 @@ def test_limits_too_small_to_import_torch_stop_the_run(tmp_path, one_student):
     from autograder.sandbox import Limits
 
     out = tmp_path / "out"
+    announced = []  # the CLI's notes: said once the checks pass, before the canary and any output
     with pytest.raises(CanaryFailed) as failure:
         grade_class("attention", one_student, out, workers=1, show_progress=False,
-                    limits=Limits(memory_bytes=200 * 2**20, start_seconds=30))
+                    limits=Limits(memory_bytes=200 * 2**20, start_seconds=30),
+                    announce=lambda: announced.append(out.exists()))
     message = str(failure.value)
     assert "\n" not in message and "did not get full marks" in message and "limits" in message
-    assert not out.exists()
+    assert not out.exists() and announced == [False]
 
 
 # ------------------------------------------------------------------ reruns over cached state

@@ -41,6 +41,8 @@ def test_the_command_prints_the_notes_before_grading(monkeypatch, tmp_path, caps
     seen = {}
 
     def fake_grade_class(*args, **kwargs):  # the printed line must come before anyone is graded
+        assert capsys.readouterr().err == ""  # not before the checks (a refusal is one line) ...
+        kwargs["announce"]()  # ... but once they pass, before the canary (test_intake)
         seen["printed"] = capsys.readouterr().err
         seen["machine_notes"] = kwargs.get("machine_notes")
         return []
