@@ -82,7 +82,8 @@ warnings.filterwarnings("ignore", category=SAWarning)
 
 # Seconds spent per phase, for benchmarks/grading.py: "verification" and "feedback" (nbgrader's
 # feedback pages), both summed over the workers, and "recording" (nbgrader's autograde into the
-# gradebook, in this process).
+# gradebook, in this process), and "setup" (starting the workers, preparing the course and the
+# canary, once per run, before any student).
 PHASES: Counter = Counter()
 
 # Verifications queued in the pool per worker: enough to keep every worker busy, few enough that
@@ -146,6 +147,7 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
         raise GradingSetupError(str(exc)) from None
     if announce is not None:
         announce()
+    started = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")  # workers must not inherit the main process's state
     workers = max(1, workers or os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_warm_worker,
@@ -160,6 +162,7 @@ def grade_class(assignment: str, submissions: Path | None, out: Path, *, solutio
             # library then, not after the last student.
             threading.Thread(target=_load_plotting, name="qkv-load-plotting", daemon=True).start()
             _canary(assignment, solutions, template, pool, limits, out)
+            PHASES["setup"] += time.perf_counter() - started
             if not course.exists():  # first run: the prepared course is the one the canary passed in
                 shutil.copytree(template, course)
         try:

@@ -12,12 +12,19 @@ machine's cores worker processes, each run from scratch (no verdict cache); prin
 notebooks/s, the speed-up over one worker, notebooks/s per core, and what the best rate means
 for a class of 1,000 learners x every graded chapter.
 
-    .venv/bin/python benchmarks/grading.py [--students 40] [--workers N] [--scaling]
+With ``--save``: the result, with the machine's cores, its load and the time of the run, is
+also written to ``benchmarks/results/grading.json`` (``grading-scaling.json`` with
+``--scaling``). The instructors page of the book prints those files and takes every number
+it quotes from them, so a new measurement reaches the page by committing the file.
+
+    .venv/bin/python benchmarks/grading.py [--students 40] [--workers N] [--scaling] [--save]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import shutil
 import sys
@@ -28,6 +35,7 @@ from pathlib import Path
 import nbformat
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO / "tests"))
 
 from autograder.course import SOLUTIONS, assignments, nbgrader_config  # noqa: E402
@@ -92,18 +100,48 @@ def scaling(subs: Path, work: Path, max_workers: int) -> list[tuple[int, float]]
     return rates
 
 
-def print_scaling(rates: list[tuple[int, float]], n: int, learners: int = 1000) -> None:
-    chapters = len(assignments())  # every graded chapter the course has
+def scaling_lines(result: dict) -> list[str]:
+    rates = result["rates"]
     base = rates[0][1]
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (other work on the "
-          f"machine slows every row alike); {n} attention submissions per run")
-    print("workers  notebooks/s  speed-up  notebooks/s per core")
-    for workers, rate in rates:
-        print(f"{workers:>7}  {rate:>11.2f}  {rate / base:>7.2f}x  {rate / workers:>20.2f}")
+    lines = [f"machine: {result['cores']} cores, load average {result['load_end']:.1f} at the end (other work on the "
+             f"machine slows every row alike); {result['students']} attention submissions per run",
+             "workers  notebooks/s  speed-up  notebooks/s per core"]
+    lines += [f"{workers:>7}  {rate:>11.2f}  {rate / base:>7.2f}x  {rate / workers:>20.2f}" for workers, rate in rates]
     workers, best = max(rates, key=lambda r: r[1])
+    learners, chapters = result["learners"], result["chapters"]
     total = learners * chapters
-    print(f"{learners} learners x {chapters} chapters = {total} notebooks: {total / best / 3600:.1f} h on this machine "
-          f"at {best:.2f} notebooks/s ({workers} workers), assuming every chapter grades like attention")
+    lines.append(f"{learners} learners x {chapters} chapters = {total} notebooks: {total / best / 3600:.1f} h on this "
+                 f"machine at {best:.2f} notebooks/s ({workers} workers), assuming every chapter grades like attention")
+    return lines
+
+
+def speed_lines(result: dict) -> list[str]:
+    n, t_stock, t_ours, workers = result["students"], result["stock_seconds"], result["qkv_seconds"], result["workers"]
+    per = {phase: seconds / n for phase, seconds in result["phases"].items()}
+    return [
+        f"machine: {result['cores']} cores, load average {result['load_end']:.1f} at the end "
+        "(other work on the machine slows both graders)",
+        f"stock nbgrader (serial, unsandboxed): {n / t_stock:.2f} notebooks/s ({t_stock:.1f} s for {n})",
+        f"qkv grader (sandboxed, trusted verdicts, {workers} workers): {n / t_ours:.2f} notebooks/s "
+        f"({t_ours:.1f} s for {n})",
+        f"ratio qkv / stock: {t_stock / t_ours:.2f}x",
+        f"qkv's time per notebook: verification {per['verification']:.2f} s and feedback {per['feedback']:.2f} s "
+        f"(both in {workers} workers in parallel), recording {per['recording']:.2f} s (in the main process); "
+        f"once per run: {result['phases']['setup']:.1f} s to start the workers, prepare the course and grade "
+        "the reference",
+    ]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _finish(result: dict, lines: list[str], save: Path | None) -> None:
+    print("\n".join(lines))
+    if save is not None:
+        save.parent.mkdir(exist_ok=True)
+        save.write_text(json.dumps({**result, "printed": lines}, indent=1) + "\n")
+        print(f"saved: {save.relative_to(REPO)}")
 
 
 def main() -> None:
@@ -112,28 +150,28 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="qkv grader workers (default: cores)")
     parser.add_argument("--scaling", action="store_true",
                         help="throughput against the number of workers, 1 .. --workers (default: cores)")
+    parser.add_argument("--save", action="store_true",
+                        help="also write the result to benchmarks/results/ (the instructors page shows it)")
     args = parser.parse_args()
-    if args.scaling:
-        with tempfile.TemporaryDirectory(prefix="qkv-bench-") as tmp:
-            subs = make_class(Path(tmp) / "subs", args.students)
-            print_scaling(scaling(subs, Path(tmp), args.workers or os.cpu_count() or 1), args.students)
-        return
+    workers = args.workers or os.cpu_count() or 1
+    result = {"started": _now(), "cores": os.cpu_count(), "load_start": os.getloadavg()[0],
+              "students": args.students}
     with tempfile.TemporaryDirectory(prefix="qkv-bench-") as tmp:
         work = Path(tmp)
         subs = make_class(work / "subs", args.students)
-        t_stock = stock(subs, work)
-        t_ours = ours(subs, work, args.workers)
-    n = args.students
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end "
-          "(other work on the machine slows both graders)")
-    print(f"stock nbgrader (serial, unsandboxed): {n / t_stock:.2f} notebooks/s ({t_stock:.1f} s for {n})")
-    print(f"qkv grader (sandboxed, trusted verdicts, {args.workers or os.cpu_count()} workers): "
-          f"{n / t_ours:.2f} notebooks/s ({t_ours:.1f} s for {n})")
-    print(f"ratio qkv / stock: {t_stock / t_ours:.2f}x")
-    workers = args.workers or os.cpu_count()
-    print(f"qkv's time per notebook: verification {PHASES['verification'] / n:.2f} s and feedback "
-          f"{PHASES['feedback'] / n:.2f} s (both in {workers} workers in parallel), recording "
-          f"{PHASES['recording'] / n:.2f} s (in the main process)")
+        if args.scaling:
+            result["rates"] = scaling(subs, work, workers)
+        else:
+            result["stock_seconds"] = stock(subs, work)
+            result["qkv_seconds"] = ours(subs, work, workers)
+            result["workers"] = workers
+            result["phases"] = {phase: PHASES[phase] for phase in ("verification", "feedback", "recording", "setup")}
+    result.update(ended=_now(), load_end=os.getloadavg()[0])
+    if args.scaling:
+        result.update(learners=1000, chapters=len(assignments()))  # every graded chapter the course has
+        _finish(result, scaling_lines(result), RESULTS / "grading-scaling.json" if args.save else None)
+    else:
+        _finish(result, speed_lines(result), RESULTS / "grading.json" if args.save else None)
 
 
 if __name__ == "__main__":

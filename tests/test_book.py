@@ -115,3 +115,25 @@ def test_generated_pages_rerun_when_a_page_they_read_changes_and_only_then(built
     os.utime(BOOK / "chapters" / "attention.md")  # saved again: same text, so its cached outputs still apply
     touched = _rebuild()
     assert _executed(touched) == {"intro", "drill"}, touched[-3000:]
+
+    os.utime(BOOK.parent / "benchmarks" / "results" / "grading.json")  # a benchmark saved again
+    measured = _rebuild()
+    assert _executed(measured) == {"instructors"}, measured[-3000:]
+
+
+def test_instructors_page_quotes_the_saved_benchmark_runs(built_book):
+    """The speed numbers on the instructors page are the saved runs' (benchmarks/results/), not
+    retyped: what the benchmark printed, and the ratio and per-core rate computed from its
+    measurements."""
+    import json
+
+    results = BOOK.parent / "benchmarks" / "results"
+    speed = json.loads((results / "grading.json").read_text())
+    scaling = json.loads((results / "grading-scaling.json").read_text())
+    text = " ".join(BeautifulSoup((built_book / "instructors.html").read_text(), "html.parser").get_text().split())
+    for line in speed["printed"] + scaling["printed"]:
+        assert " ".join(line.split()) in text, line
+    assert f"The ratio, {speed['stock_seconds'] / speed['qkv_seconds']:.1f}× here" in text
+    best = max(rate for _, rate in scaling["rates"])
+    assert f"about {best / scaling['cores']:.1f} notebooks per second per core" in text
+    assert "{glue" not in text and "Traceback" not in text
