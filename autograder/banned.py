@@ -20,25 +20,32 @@ from dataclasses import dataclass
 
 ALWAYS_BANNED_MODULES = ("qkv",)
 
-# Every operator that computes a softmax itself: the sparse and masked ones too (a learner who
-# writes torch.sparse.softmax(x.to_sparse(), dim) or torch._masked_softmax(x, mask) calls a softmax).
-_SOFTMAX = ["softmax", "_softmax", "special_softmax", "_safe_softmax", "_sparse_softmax", "_masked_softmax"]
-_LOG_SOFTMAX = ["log_softmax", "_log_softmax", "special_log_softmax"]
+# Every operator that computes a softmax itself: the sparse, masked and nested ones too (a learner
+# who writes torch.sparse.softmax(x.to_sparse(), dim) or torch._masked_softmax(x, mask) calls a
+# softmax). tests/test_banned.py checks that every such operator of the installed torch is listed.
+_SOFTMAX = ["softmax", "_softmax", "special_softmax", "_safe_softmax", "_sparse_softmax", "_masked_softmax",
+            "_nested_tensor_softmax_with_shape"]
+_LOG_SOFTMAX = ["log_softmax", "_log_softmax", "special_log_softmax", "_sparse_log_softmax"]
 _SDPA = ["scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
          "_scaled_dot_product_attention_math", "_scaled_dot_product_efficient_attention",
          "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
-         "_scaled_dot_product_attention_math_for_mps", "_scaled_dot_product_fused_attention_overrideable"]
+         "_scaled_dot_product_attention_math_for_mps", "_scaled_dot_product_fused_attention_overrideable",
+         # the kernels behind them (GPU builds; listed so that no spelling of attention is left out)
+         "_flash_attention_forward", "_flash_attention_forward_no_dropout_inplace", "_efficient_attention_forward",
+         "_cudnn_attention_forward", "_triton_scaled_dot_attention"]
 # Only the fused operator: the module's slow path is made of allowed operators (linear, bmm, and
 # scaled_dot_product_attention, which the transformer chapter's own blocks may use); it is caught
 # as a torch function in the calling thread, and statically.
-_MHA = ["_native_multi_head_attention"]
+_MHA = ["_native_multi_head_attention", "_triton_multi_head_attention"]
 _LAYER_NORM = ["layer_norm", "native_layer_norm"]
 _BATCH_NORM = ["batch_norm", "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
                "_native_batch_norm_legit_functional", "_batch_norm_impl_index", "_batch_norm_with_update",
-               "_batch_norm_no_update"]
+               "_batch_norm_with_update_functional", "_batch_norm_no_update", "batch_norm_stats",
+               "batch_norm_elemt", "batch_norm_update_stats", "batch_norm_gather_stats",
+               "batch_norm_gather_stats_with_counts", "cudnn_batch_norm", "miopen_batch_norm", "quantized_batch_norm"]
 _RMS_NORM = ["rms_norm", "_fused_rms_norm"]
 _DROPOUT = ["dropout", "dropout_", "native_dropout", "feature_dropout", "feature_dropout_", "alpha_dropout",
-            "alpha_dropout_", "feature_alpha_dropout", "feature_alpha_dropout_"]
+            "alpha_dropout_", "feature_alpha_dropout", "feature_alpha_dropout_", "_fused_dropout"]
 # The torch operators (aten op packets, every overload) each banned name reaches at run time. A
 # banned name that is not here (a module such as tiktoken, numpy.interp) is blocked as a module
 # import, or left to the static layer (see book/instructors.md, "Known limits").
@@ -51,6 +58,7 @@ RUNTIME_OPS: dict[str, list[str]] = {
     "torch.nn.MultiheadAttention": _MHA, "torch.nn.functional.multi_head_attention_forward": _MHA,
     "torch.tril": ["tril", "tril_"], "torch.Tensor.tril": ["tril", "tril_"],
     "torch.triu": ["triu", "triu_"], "torch.Tensor.triu": ["triu", "triu_"],
+    "torch.tril_indices": ["tril_indices"], "torch.triu_indices": ["triu_indices"],
     "torch.repeat_interleave": ["repeat_interleave"], "torch.Tensor.repeat_interleave": ["repeat_interleave"],
     "torch.nn.functional.layer_norm": _LAYER_NORM, "torch.nn.LayerNorm": _LAYER_NORM, "torch.layer_norm": _LAYER_NORM,
     "torch.native_layer_norm": _LAYER_NORM,

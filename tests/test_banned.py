@@ -27,6 +27,17 @@ def test_banned_spellings_are_found(source, expected):
     assert sorted({h.name for h in find(source, SOFTMAX)}) == expected
 
 
+@pytest.mark.parametrize("source, expected", [
+    ("i, j = torch.tril_indices(n, n)", ["torch.tril_indices"]),
+    ("m = torch.ones(n, n, dtype=torch.bool).tril()", ["torch.Tensor.tril"]),
+    ("from torch import triu_indices as t\nt(n, n, 1)", ["torch.triu_indices"]),
+])
+def test_the_masking_exercise_bans_every_built_in_triangle(source, expected):
+    """The causal mask is the exercise: tril, triu and their _indices forms (stop 21's red team
+    built the mask with torch.tril_indices for full marks)."""
+    assert sorted({h.name for h in find(source, banned_for("masking")["*"])}) == expected
+
+
 @pytest.mark.parametrize("source", [
     "def f(x):\n    e = torch.exp(x - x.amax(-1, keepdim=True))\n    return e / e.sum(-1, keepdim=True)",
     "softmax = my_softmax  # a name, not the built-in\nsoftmax(x)",
@@ -51,14 +62,40 @@ def test_every_banned_name_has_a_run_time_layer_or_is_a_known_limit(assignment):
             assert name in RUNTIME_OPS or name.split(".")[0] in RUNTIME_MODULES or name in STATIC_ONLY, name
 
 
-def test_run_time_operators_exist_in_this_torch():
-    """A misspelt operator would silently block nothing: the first operator of each entry is real."""
+# Operators whose names contain a banned family's name but compute something else, or only
+# take part in training (backward passes are excluded by name).
+NOT_THE_BUILT_IN = {"_trilinear": "a trilinear product", "upsample_trilinear3d": "3-d interpolation",
+                    "_cudnn_init_dropout_state": "a random state, no dropout applied",
+                    "_fill_mem_eff_dropout_mask_": "fills a mask for GPU attention, no dropout applied"}
+FAMILIES = ("softmax", "attention", "tril", "triu", "layer_norm", "batch_norm", "rms_norm", "group_norm",
+            "instance_norm", "dropout", "repeat_interleave")
+
+
+def test_every_torch_operator_of_a_banned_family_is_blocked_at_run_time():
+    """Every aten operator of this torch whose name says it computes a banned built-in (softmax,
+    attention, tril, a norm, dropout, ...) is in RUNTIME_OPS: the red team of stop 21 reached a
+    softmax through aten::_sparse_log_softmax, which was missing from the list."""
+    import torch
+
+    from autograder.banned import RUNTIME_OPS
+
+    listed = {packet for packets in RUNTIME_OPS.values() for packet in packets}
+    ops = {name.split("::")[1].split(".")[0] for name in torch._C._dispatch_get_all_op_names()
+           if name.startswith("aten::")}
+    family = {op for op in ops if any(f in op for f in FAMILIES) and "backward" not in op}
+    assert family - listed - set(NOT_THE_BUILT_IN) == set()
+    assert {"_sparse_log_softmax", "tril_indices", "triu_indices", "softmax", "scaled_dot_product_attention"} <= family
+
+
+def test_every_run_time_operator_exists_in_this_torch():
+    """A misspelt operator would silently block nothing."""
     import torch
 
     from autograder.banned import RUNTIME_OPS
 
     for name, packets in RUNTIME_OPS.items():
-        assert hasattr(torch.ops.aten, packets[0]), (name, packets[0])
+        for packet in packets:
+            assert hasattr(torch.ops.aten, packet), (name, packet)
 
 
 @pytest.mark.parametrize("assignment", assignments())
