@@ -17,7 +17,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Unicode
 
 from autograder.feedback import reread_output
-from autograder.verdicts import Verdicts
+from autograder.verdicts import Verdicts, learner_cell_id
 from qkv.notebook_contract import nbgrader as nbgrader_meta
 from qkv.notebook_contract import normalize_grade_ids
 
@@ -50,9 +50,12 @@ class ApplyTrustedVerdicts(NbGraderPreprocessor):
     def preprocess(self, nb, resources):
         student = resources["nbgrader"]["student"]
         verdicts = Verdicts.from_json((Path(self.verdicts_dir) / f"{student}.json").read_text())
-        for cell in nb.cells:
+        for index, cell in enumerate(nb.cells):
             meta = cell.get("metadata", {}).get("nbgrader", {})
             gid = meta.get("grade_id")
+            # an answer's note is under its grade_id; a cell the learner added, under its place
+            # (the recorded notebook keeps the submission's cells in their order)
+            note_key = gid if gid in verdicts.cell_errors else learner_cell_id(index)
             if cell.cell_type != "code":
                 continue
             cell.outputs = []
@@ -71,7 +74,7 @@ class ApplyTrustedVerdicts(NbGraderPreprocessor):
                 missing = "the grader has no verdict for this cell"
                 cell.outputs.append(new_output("error", ename="NotGraded", evalue=missing,
                                                traceback=[f"NotGraded: {missing}"]))
-            elif gid in verdicts.cell_errors:
-                note = f"Note from the grader: {verdicts.cell_errors[gid]}\n"
+            elif note_key in verdicts.cell_errors:
+                note = f"Note from the grader: {verdicts.cell_errors[note_key]}\n"
                 cell.outputs.append(new_output("stream", name="stdout", text=note))
         return nb, resources

@@ -5,13 +5,15 @@ tests/test_sandbox.py):
 
 - no network: a new, empty network namespace;
 - the course folder is invisible: the root is an empty, read-only tmpfs and only the system,
-  the Python installation, the venv and the public ``qkv`` library are mounted, read-only;
-  solutions, the gradebook and other submissions are simply not there;
+  the Python installation and the venv are mounted, read-only; solutions, the gradebook, other
+  submissions and the course library ``qkv`` (whose functions answer the exercises) are simply
+  not there;
 - each submission runs in a **learner process** of its own, pid 1 of a fresh pid namespace, with
   its own empty size-capped ``/tmp`` and ``/dev/shm``, its own IPC namespace, no capabilities,
-  no_new_privs and a seccomp filter (``seccomp_filter.py``) that refuses namespaces, mounts,
-  ptrace, eBPF, io_uring, keyrings, System V IPC and the like; limits on address space, CPU
-  seconds, file size (so output bytes) and processes; everything it starts dies with it;
+  no_new_privs and a seccomp filter (``seccomp_filter.py``) that refuses running programs,
+  namespaces, mounts, ptrace, eBPF, io_uring, keyrings, System V IPC and the like; limits on
+  address space, CPU seconds, file size (so output bytes) and processes; everything it starts
+  dies with it;
 - the learner process cannot reach the sandbox's control channel: it talks to the grader on a
   socket made for it alone (handed to the grader by the zygote), and whether the sandbox is
   reused is decided by the zygote's own checks, reported on a channel no learner process holds;
@@ -251,7 +253,8 @@ def _mounts() -> list[Path]:
     mounts = [Path(p) for p in ("/usr", "/etc") if Path(p).exists()] + [python_home]
     if venv != python_home:
         mounts.append(venv)
-    mounts.append(REPO_ROOT / "qkv")  # the public course library (importing it in an answer is banned, not hidden)
+    # Not the course library (qkv/): the zygote needs only notebook_contract.py, bound alone, and an
+    # answer could otherwise run its reference functions without importing it (exec of its source).
     return mounts
 
 

@@ -24,6 +24,10 @@ CLONE_NEW = {"NEWTIME": 0x80, "NEWNS": 0x00020000, "NEWCGROUP": 0x02000000, "NEW
              "NEWIPC": 0x08000000, "NEWUSER": 0x10000000, "NEWPID": 0x20000000, "NEWNET": 0x40000000}
 
 DENIED = {
+    # running programs: the run-time refusal of banned operators (and the audit hook) hold in this
+    # process only; a program it starts (a fresh `python -c ...`) would compute without them. The
+    # sandbox's own programs (bwrap, setpriv, prlimit, python) have all started before this filter.
+    "execve": "running programs", "execveat": "running programs",
     # namespaces and the file-system tree
     "unshare": "new namespaces", "setns": "joining namespaces", "mount": "mounting", "umount2": "unmounting",
     "pivot_root": "changing the root", "chroot": "changing the root", "open_tree": "new mount API",

@@ -27,10 +27,18 @@ class CellVerdict:
     reread_heading: str = ""
 
 
+def learner_cell_id(index: int) -> str:
+    """The id of a code cell the learner wrote that is not an answer (an added scratch cell, a copy
+    of an answer cell): its place in the submission, counted from 1. The feedback finds the cell's
+    note by the same id."""
+    return f"cell-{index + 1}"
+
+
 @dataclass
 class Verdicts:
     tests: dict[str, CellVerdict] = field(default_factory=dict)
-    cell_errors: dict[str, str] = field(default_factory=dict)  # answer/learner cell -> what went wrong loading it
+    # answer cell (grade_id) or learner's cell (learner_cell_id) -> what went wrong loading it, or a note
+    cell_errors: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     key: str = ""
     seconds: float = 0.0  # how long verification took (not stored: benchmarks/grading.py reads it)

@@ -26,7 +26,7 @@ from autograder import static_scan
 from autograder.hidden import hidden_failure_message
 from autograder.learner_process import LearnerProcess, proxy
 from autograder.sandbox import Limits
-from autograder.verdicts import CellVerdict, Verdicts, cache_key
+from autograder.verdicts import CellVerdict, Verdicts, cache_key, learner_cell_id
 
 # ------------------------------------------------------------------------- notebook parts
 
@@ -91,13 +91,13 @@ def learner_cells(reference: Reference, submission, notes: list[str] | None = No
         if gid in reference.answers and i in answers:
             cells.append({"id": gid, "source": cell.source})
         elif gid in reference.answers:
-            cells.append({"id": f"cell-{i + 1}", "source": cell.source})
+            cells.append({"id": learner_cell_id(i), "source": cell.source})
         elif meta.get("grade") or (gid and gid in reference.order) or i in released:
             if not seen_setup:  # the trusted setup goes where the first locked cell was
                 cells.extend({"id": f"setup-{j}", "source": s} for j, s in enumerate(reference.setup))
                 seen_setup = True
         else:
-            cells.append({"id": f"cell-{i + 1}", "source": cell.source})
+            cells.append({"id": learner_cell_id(i), "source": cell.source})
     if not seen_setup:
         cells[:0] = [{"id": f"setup-{j}", "source": s} for j, s in enumerate(reference.setup)]
     return cells

@@ -206,20 +206,31 @@ class MiniShell:
         self.user_ns = namespace
         self.notes: list[str] = []
 
-    # -- shell escapes: run them, as Jupyter would (in the sandbox there is no network to reach)
+    # -- shell escapes: run them, as Jupyter would; where no program may start (the grader's
+    # sandbox), say so for the cell and go on, as a shell that cannot run the command would
+
+    def _shell(self, cmd: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  errors="replace")
+        except PermissionError:
+            self.notes.append(f"the shell command `{cmd.splitlines()[0] if cmd else cmd}` was not run: the "
+                              "grader runs no programs (it runs in JupyterLab and in qkv check)")
+            return None
 
     def system(self, cmd: str) -> int:
         sys.stdout.flush()
-        proc = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace")
-        sys.stdout.write(proc.stdout)
-        self.user_ns["_exit_code"] = proc.returncode
-        return proc.returncode
+        proc = self._shell(cmd)
+        if proc is not None:
+            sys.stdout.write(proc.stdout)
+        code = 126 if proc is None else proc.returncode  # 126: the shell's "cannot execute"
+        self.user_ns["_exit_code"] = code
+        return code
 
     def getoutput(self, cmd: str, split: bool = True, depth: int = 0):
-        proc = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace")
-        return _Lines(proc.stdout.splitlines()) if split else proc.stdout
+        proc = self._shell(cmd)
+        output = "" if proc is None else proc.stdout
+        return _Lines(output.splitlines()) if split else output
 
     # -- magics
 

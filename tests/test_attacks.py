@@ -70,6 +70,31 @@ if os.fork() == 0:
         threading.Thread(target=_forge, args=(_fd,), daemon=True).start()
     threading.Event().wait()
 '''
+# A long-lived helper program, started while the cells load, that computes the banned built-ins.
+EXEC_HELPER = '''
+import pickle, subprocess, sys, torch
+_HELPER = """
+import pickle, sys, torch
+while True:
+    x, dim = pickle.load(sys.stdin.buffer)
+    pickle.dump(torch.softmax(x, dim), sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+"""
+_helper = subprocess.Popen([sys.executable, "-c", _HELPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def softmax(x, dim=-1):
+    pickle.dump((x, dim), _helper.stdin)
+    _helper.stdin.flush()
+    return pickle.load(_helper.stdout)
+'''
+# The reference functions, read from the course library's own file and run (no import event).
+EXEC_QKV_SOURCE = '''
+import importlib.util, os
+_spec = importlib.util.find_spec("q" + "kv")
+_path = os.path.join(os.path.dirname(_spec.origin), "attention.py")
+_ns = {"__name__": "course_library_copy"}
+exec(compile(open(_path).read(), "copy", "exec"), _ns)
+softmax = _ns["softmax"]
+'''
 # Fill /tmp below a path too deep to delete by name, and /dev/shm (#15 item 4).
 DEEP_TMP = '''
 import os
@@ -343,6 +368,24 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
         "lifts_the_block": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
             "[o._destroy() for o in __import__('gc').get_objects() if type(o).__name__ == 'Library'] "
             "and getattr(torch, 'soft' + 'max')(x, dim)")}),
+        # A program started by the learner process computes without the run-time refusals (stop 21's
+        # red team): at load time, kept running as a helper, or at call time.
+        "exec_helper": learner_notebook("attention", {**RIGHT, "softmax": EXEC_HELPER}),
+        "exec_per_call": learner_notebook("attention", {**RIGHT, "softmax": SOFTMAX_BY(
+            "__import__('pickle').loads(__import__('subprocess').run([__import__('sys').executable, '-c', "
+            "'import pickle, sys, torch; x, d = pickle.load(sys.stdin.buffer); "
+            "pickle.dump(torch.softmax(x, d), sys.stdout.buffer)'], input=__import__('pickle').dumps((x, dim)), "
+            "capture_output=True).stdout)")}),
+        # The course library's reference functions, run from its source without an import.
+        "exec_qkv_source": learner_notebook("attention", {
+            "softmax": EXEC_QKV_SOURCE,
+            "scaled_dot_product_attention": "scaled_dot_product_attention = _ns['scaled_dot_product_attention']",
+            "additive_attention": "additive_attention = _ns['additive_attention']"}),
+        "banned_sparse_log_softmax": learner_notebook("attention", {**RIGHT, "softmax": (
+            "def softmax(x, dim=-1):\n    d = x.double()\n    idx = torch.ones_like(d).nonzero().T\n"
+            "    s = torch.sparse_coo_tensor(idx, d[tuple(idx)], d.shape)\n"
+            "    return torch.ops.aten._sparse_log_softmax.default(s, dim, False).to_dense().exp()"
+            ".nan_to_num(0.0).to(x.dtype)")}),
         # --- one learner process must not reach the next (#15 items 1 and 4)
         "takeover": with_cell(learner_notebook("attention", {}), TAKEOVER),
         "colluder": learner_notebook("attention", {}),
@@ -576,7 +619,7 @@ def test_honest_submissions_get_exactly_their_scores(attacked_run, student, scor
 
 @pytest.mark.parametrize("student", ["custom_exc", "input_transformer", "patch_asserts", "read_course_files",
                                      "detached_editor", "network", "write_outside", "tampered_tests", "privileges",
-                                     "magic_run", "shell_read"])
+                                     "magic_run", "shell_read", "exec_helper", "exec_per_call", "exec_qkv_source"])
 def test_cheats_on_a_wrong_answer_score_zero(attacked_run, student):
     assert _row(attacked_run, student)[:2] == (0, "graded")
 
@@ -676,6 +719,7 @@ def test_hidden_failures_name_the_misconception_not_the_inputs(attacked_run):
     ("banned_method", "calls torch.Tensor.softmax (reached at run time"),
     ("banned_in_thread", "reached at run time as aten::"),
     ("banned_import", "imports qkv at run time"),
+    ("banned_sparse_log_softmax", "aten::_sparse_log_softmax"),
     ("lifts_the_block", "gc.get_objects"),
 ])
 def test_banned_operations_reached_at_run_time_score_zero(attacked_run, student, fragment):
@@ -773,7 +817,7 @@ def test_summary_and_report(attacked_run):
     out, stdout = attacked_run["out"], attacked_run["proc"].stdout
     graded = sum(r["status"] == "graded" for r in attacked_run["rows"].values())
     errors = len(attacked_run["rows"]) - graded
-    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 15 rejected cheats" in stdout
+    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 16 rejected cheats" in stdout
     assert (out / "score-distribution.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "| test_softmax |" in report and "builtin_calls" in report

@@ -137,3 +137,8 @@ def test_a_magic_laden_notebook_gets_full_marks_from_check_and_grade(tmp_path):
     with open(Path(tmp_path / "out" / "grades.csv")) as fh:
         row = next(csv.DictReader(fh))
     assert (row["student_id"], row["score"], row["status"]) == ("ada", "11", "graded"), row
+    # The sandbox starts no program (a program would compute without the banned-operator refusals):
+    # the shell commands were skipped, each with a note on its cell, and the rest of the cell ran.
+    feedback = (tmp_path / "out" / "feedback" / "ada" / "attention.html").read_text()
+    assert "the shell command `echo checked` was not run: the grader runs no programs" in feedback
+    assert "the shell command `ls /` was not run" in feedback

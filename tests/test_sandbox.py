@@ -252,6 +252,51 @@ def probes():
         assert out[key].startswith("BannedOperation"), (key, out[key])
 
 
+def test_a_learner_process_runs_no_program_and_has_no_course_library(sandbox):
+    """A program started by learner code would run without the run-time refusals of banned
+    operators (a fresh `python -c "torch.softmax(...)"`): every way to start one is refused by the
+    seccomp filter, below any Python-level hook. The course library, whose functions answer the
+    exercises, is not in the sandbox at all (exec of its source needs no import)."""
+    source = """
+import importlib.util, os, subprocess, sys
+def attempt(fn):
+    try:
+        fn()
+        return "ok"
+    except Exception as exc:
+        return type(exc).__name__
+import _posixsubprocess
+out = {
+    "subprocess": attempt(lambda: subprocess.run([sys.executable, "-c", "pass"])),
+    "shell": attempt(lambda: subprocess.run("true", shell=True)),
+    "posix_spawn": attempt(lambda: os.waitpid(os.posix_spawn(sys.executable, [sys.executable, "-c", "pass"],
+                                                             dict(os.environ)), 0)),
+    "system": os.system("true"),  # the shell cannot start: a status, not an exception
+    "fork_then_exec": None,
+    "qkv_spec": importlib.util.find_spec("qkv") is None,
+    "qkv_files": [p for p in sys.path if os.path.isdir(os.path.join(p or ".", "qkv", "checks"))],
+}
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(sys.executable, [sys.executable, "-c", "pass"])
+    except OSError as exc:
+        os.write(w, type(exc).__name__.encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+os.close(w)
+out["fork_then_exec"] = os.read(r, 100).decode()
+def probes():
+    return out
+"""
+    _, out = _run(sandbox, source, "probes")
+    for key in ("subprocess", "shell", "posix_spawn", "fork_then_exec"):
+        assert out[key] == "PermissionError", (key, out[key])
+    assert out["system"] != 0
+    assert out["qkv_spec"] is True and out["qkv_files"] == []
+
+
 def test_files_under_tmp_are_capped_and_private(sandbox):
     source = ("def fill():\n    try:\n        open('/tmp/big', 'wb').write(b'x' * (200 * 2**20))\n"
               "    except OSError as exc:\n        return exc.errno\n    return 0")
