@@ -59,6 +59,10 @@ RUNTIME_OPS: dict[str, list[str]] = {
     "torch.tril": ["tril", "tril_"], "torch.Tensor.tril": ["tril", "tril_"],
     "torch.triu": ["triu", "triu_"], "torch.Tensor.triu": ["triu", "triu_"],
     "torch.tril_indices": ["tril_indices"], "torch.triu_indices": ["triu_indices"],
+    # a triangular solve reads one triangle of its matrix: solving twice against the identity
+    # gives the lower triangle of ones (a stop-21 red team's causal mask)
+    "torch.linalg.solve_triangular": ["linalg_solve_triangular"], "torch.triangular_solve": ["triangular_solve"],
+    "torch.Tensor.triangular_solve": ["triangular_solve"],
     "torch.repeat_interleave": ["repeat_interleave"], "torch.Tensor.repeat_interleave": ["repeat_interleave"],
     "torch.nn.functional.layer_norm": _LAYER_NORM, "torch.nn.LayerNorm": _LAYER_NORM, "torch.layer_norm": _LAYER_NORM,
     "torch.native_layer_norm": _LAYER_NORM,

@@ -132,8 +132,10 @@ class BannedAtRunTime(Exception):
 
 # The run-time layer's reports, by kind (sandbox_worker.py sends [kind, key] pairs; the words are
 # ours). A key the grader did not ask the sandbox to refuse is a forged report, and says so.
+# Modules that reach native memory or call native code without an audit event (cffi: the call
+# into torch's own CPU kernel, at::cpu::_softmax_out, skipped the refused operator; stop 21).
 NATIVE_MODULES = ("_testcapi", "_testinternalcapi", "_ctypes_test", "_testbuffer", "_testmultiphase",
-                  "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz")
+                  "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz", "cffi", "_cffi_backend")
 INTROSPECTION_KEYS = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
                                 "code.__new__", "sys.settrace", "sys.setprofile", "object.__setattr__", "ctypes",
                                 "/proc/self/mem", "sys._getframe", "sys._getframemodulename", "object.__getattr__"})
@@ -153,7 +155,7 @@ def runtime_label(report, ops: dict[str, str], functions, modules) -> str:
         return f"calls {key} (reached at run time), which this exercise asks you to implement yourself"
     if kind == "module" and key in modules:
         if key in NATIVE_MODULES:
-            return f"imports {key}, which reaches the grader's memory (not allowed)"
+            return f"imports {key}, which reaches the grader's memory or native code (not allowed)"
         return f"imports {key} at run time, which this exercise does not allow"
     if kind == "introspection" and key in INTROSPECTION_KEYS:
         return f"uses {key}, which is not allowed in the grader's process (it holds the grader's checks)"
@@ -258,6 +260,23 @@ def _mounts() -> list[Path]:
     return mounts
 
 
+def _hidden_site_packages() -> list[str]:
+    """The base interpreter's own package folders, when the grader runs from a venv: the venv is
+    what learner code may import; the base's folders (a system or pyenv Python may hold scipy,
+    whose softmax an answer could call) are covered by an empty, read-only folder."""
+    import sysconfig
+
+    if Path(sys.prefix).resolve() == Path(sys.base_prefix).resolve():
+        return []
+    base = {"base": sys.base_prefix, "platbase": sys.base_prefix}
+    found = {sysconfig.get_path(key, vars=base) for key in ("purelib", "platlib")}
+    for root in ("/usr/lib", "/usr/local/lib"):
+        found.update(str(p) for p in Path(root).glob("python3*/*-packages"))
+        found.update(str(p) for p in Path(root).glob("python3/dist-packages"))
+    venv = Path(sys.prefix).resolve()
+    return sorted(p for p in found if Path(p).is_dir() and venv not in Path(p).resolve().parents)
+
+
 def _under_tmp(paths: list[Path]) -> list[str]:
     """The mounted paths that live under /tmp: each learner process binds them again in its own /tmp."""
     return [str(p) for p in paths if Path(p).resolve().parts[:2] == ("/", "tmp") and len(Path(p).parts) > 2]
@@ -279,6 +298,8 @@ def command(limits: Limits, mode: str, control_fd: int) -> list[str]:
     # it (mounted after, it would be hidden by the tmpfs). The zygote never writes to it.
     argv += ["--size", str(1 * 2**20), "--perms", "0755", "--tmpfs", "/tmp"]
     argv += _ro_binds(mounts)
+    for folder in _hidden_site_packages():
+        argv += ["--perms", "0555", "--size", "4096", "--tmpfs", folder, "--remount-ro", folder]
     argv += ["--perms", "0755", "--dir", "/opt", "--perms", "0755", "--dir", INSIDE,
              "--perms", "0755", "--dir", f"{INSIDE}/newtmp",
              "--ro-bind", str(WORKER), f"{INSIDE}/sandbox_worker.py",

@@ -270,6 +270,31 @@ def _memory_path(path) -> bool:
     return path.rstrip("/").rsplit("/", 1)[-1] in ("mem", "map_files", "pagemap") or "map_files" in path
 
 
+# torch._C's switches that would let learner code compile operators into kernels of TorchScript's
+# fusers or NNC (the tensor-expression compiler), which compute them with their own loops, not
+# with the kernels _arm replaces (a stop-21 red team ran aten::softmax through
+# torch._C._te.TensorExprKernel for full marks).
+_COMPILER_SWITCHES = ("_jit_set_te_must_use_llvm_cpu", "_jit_set_texpr_fuser_enabled", "_jit_override_can_fuse_on_cpu",
+                      "_jit_override_can_fuse_on_cpu_legacy", "_jit_set_llga_enabled", "_jit_set_fusion_strategy",
+                      "_jit_set_texpr_reductions_enabled", "_jit_set_texpr_dynamic_shape_enabled",
+                      "_jit_texpr_set_fallback_allowed")
+
+
+def _disable_compilers() -> None:
+    """Turn the CPU fusers off and make NNC unable to build a kernel (it must use LLVM, which this
+    torch lacks), then remove the switches and the NNC module, so that learner code cannot turn
+    them back on. TorchScript itself still runs, operator by operator, through the dispatcher."""
+    C = torch._C
+    C._jit_override_can_fuse_on_cpu(False)
+    C._jit_set_texpr_fuser_enabled(False)
+    C._jit_set_llga_enabled(False)
+    C._jit_set_te_must_use_llvm_cpu(True)
+    for name in (*_COMPILER_SWITCHES, "_te"):
+        if hasattr(C, name):
+            delattr(C, name)
+    sys.modules.pop("torch._C._te", None)
+
+
 def _install_guard(refused_modules: frozenset, record: list, calling: list) -> None:
     """Add the audit hook (it cannot be removed once added). Its state is immutable but for the
     record it appends to and ``calling`` (``[True]`` while a function is called): turning either
@@ -499,6 +524,7 @@ def _learner(sock: socket.socket, config: dict) -> None:
         _load_seccomp(config["seccomp"])
         process = config.get("process") or {}
         _arm({str(k): str(v) for k, v in process.get("deny_ops", [])}, record, mode)
+        _disable_compilers()
         _install_guard(frozenset(str(m) for m in process.get("deny_modules", [])), record, calling)
     except BaseException as exc:  # nothing of the learner's has run yet: our failure
         try:

@@ -86,6 +86,49 @@ def softmax(x, dim=-1):
     _helper.stdin.flush()
     return pickle.load(_helper.stdout)
 '''
+NATIVE_CFFI = '''
+import os, cffi, torch
+_ffi = cffi.FFI()
+_ffi.cdef("void* _ZN2at3cpu12_softmax_outERNS_6TensorERKS1_lb(void**, void**, long, _Bool);")
+_lib = _ffi.dlopen(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+def softmax(x, dim=-1):
+    d = x.detach().double().contiguous()
+    out = torch.empty_like(d)
+    _lib._ZN2at3cpu12_softmax_outERNS_6TensorERKS1_lb(_ffi.new("void**", _ffi.cast("void*", out._cdata)),
+                                                      _ffi.new("void**", _ffi.cast("void*", d._cdata)), dim, False)
+    return out.nan_to_num(0.0).to(x.dtype)
+'''
+# The kernel class found without naming torch._C._te (which the sandbox removes), and LLVM off as
+# far as learner code can tell: the kernel must not build.
+COMPILED_NNC = '''
+import torch
+_base = type(torch._C.Graph()).__mro__[1]
+def _all(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all(sub)
+_Kernel = next(c for c in _all(_base) if c.__name__ == "TensorExprKernel")
+for _switch in ("_jit_set_te_must_use_llvm_cpu",):
+    if hasattr(torch._C, _switch):
+        getattr(torch._C, _switch)(False)
+_KERNELS = {}
+def softmax(x, dim=-1):
+    d = x.detach().double().contiguous()
+    if d.dim() == 0 or d.numel() == 0:
+        return (d - d).exp().to(x.dtype) if d.dim() == 0 else d.to(x.dtype)
+    shape, dim = tuple(d.shape), dim % d.dim()
+    d = (d - d.amax(dim, keepdim=True).nan_to_num(0.0, 0.0, 0.0)).contiguous()
+    if (shape, dim) not in _KERNELS:
+        strides = [1] * len(shape)
+        for i in range(len(shape) - 2, -1, -1):
+            strides[i] = strides[i + 1] * shape[i + 1]
+        ty = "Double(%s, strides=[%s], device=cpu)" % (", ".join(map(str, shape)), ", ".join(map(str, strides)))
+        graph = torch._C.parse_ir("graph(%%x : %s):\\n  %%d : int = prim::Constant[value=%d]()\\n"
+                                  "  %%n : NoneType = prim::Constant()\\n  %%y : %s = aten::softmax(%%x, %%d, %%n)\\n"
+                                  "  return (%%y)\\n" % (ty, dim, ty))
+        _KERNELS[(shape, dim)] = _Kernel(graph)
+    return _KERNELS[(shape, dim)].run((d,)).nan_to_num(0.0).to(x.dtype)
+'''
 # The reference functions, read from the course library's own file and run (no import event).
 EXEC_QKV_SOURCE = '''
 import importlib.util, os
@@ -381,6 +424,10 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
             "softmax": EXEC_QKV_SOURCE,
             "scaled_dot_product_attention": "scaled_dot_product_attention = _ns['scaled_dot_product_attention']",
             "additive_attention": "additive_attention = _ns['additive_attention']"}),
+        # torch's own CPU kernel called through cffi (no audit event), skipping the refused operator
+        "native_cffi": learner_notebook("attention", {**RIGHT, "softmax": NATIVE_CFFI}),
+        # aten::softmax compiled by NNC, torch's tensor-expression compiler: its loops, not the kernel
+        "compiled_nnc": learner_notebook("attention", {**RIGHT, "softmax": COMPILED_NNC}),
         "banned_sparse_log_softmax": learner_notebook("attention", {**RIGHT, "softmax": (
             "def softmax(x, dim=-1):\n    d = x.double()\n    idx = torch.ones_like(d).nonzero().T\n"
             "    s = torch.sparse_coo_tensor(idx, d[tuple(idx)], d.shape)\n"
@@ -619,9 +666,17 @@ def test_honest_submissions_get_exactly_their_scores(attacked_run, student, scor
 
 @pytest.mark.parametrize("student", ["custom_exc", "input_transformer", "patch_asserts", "read_course_files",
                                      "detached_editor", "network", "write_outside", "tampered_tests", "privileges",
-                                     "magic_run", "shell_read", "exec_helper", "exec_per_call", "exec_qkv_source"])
+                                     "magic_run", "shell_read", "exec_helper", "exec_per_call", "exec_qkv_source",
+                                     "compiled_nnc", "native_cffi"])
 def test_cheats_on_a_wrong_answer_score_zero(attacked_run, student):
     assert _row(attacked_run, student)[:2] == (0, "graded")
+
+
+def test_native_code_is_refused_with_a_reason(attacked_run):
+    """cffi would call torch's CPU kernel directly: its import is refused while the cells load, and
+    the cell's note says why."""
+    html = (attacked_run["out"] / "feedback" / "native_cffi" / "attention.html").read_text()
+    assert "importing cffi" in html
 
 
 def test_builtin_calls_are_banned_with_a_reason(attacked_run):

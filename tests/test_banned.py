@@ -31,6 +31,7 @@ def test_banned_spellings_are_found(source, expected):
     ("i, j = torch.tril_indices(n, n)", ["torch.tril_indices"]),
     ("m = torch.ones(n, n, dtype=torch.bool).tril()", ["torch.Tensor.tril"]),
     ("from torch import triu_indices as t\nt(n, n, 1)", ["torch.triu_indices"]),
+    ("torch.linalg.solve_triangular(a, eye, upper=False)", ["torch.linalg.solve_triangular"]),
 ])
 def test_the_masking_exercise_bans_every_built_in_triangle(source, expected):
     """The causal mask is the exercise: tril, triu and their _indices forms (stop 21's red team

@@ -297,6 +297,47 @@ def probes():
     assert out["qkv_spec"] is True and out["qkv_files"] == []
 
 
+def test_a_learner_process_has_no_compiler_no_ffi_and_no_base_packages(sandbox):
+    """What a stop-21 red team used to compute a banned built-in outside the refused kernels: NNC
+    (torch's tensor-expression compiler) and the fusers' switches are gone and no NNC kernel
+    builds; cffi is refused; the base interpreter's own package folders (scipy lived there) are
+    empty."""
+    from autograder.sandbox import _hidden_site_packages
+
+    hidden = _hidden_site_packages()
+    graph = ("graph(%x : Double(2, 3, strides=[3, 1], device=cpu)):\\n"
+             "  %y : Double(2, 3, strides=[3, 1], device=cpu) = aten::exp(%x)\\n  return (%y)\\n")
+    source = f"""
+import os, torch
+def attempt(fn):
+    try:
+        fn()
+        return "ok"
+    except Exception as exc:
+        return type(exc).__name__
+_base = type(torch._C.Graph()).__mro__[1]
+def _all(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all(sub)
+_kernel = next(c for c in _all(_base) if c.__name__ == "TensorExprKernel")
+out = {{
+    "te": hasattr(torch._C, "_te"),
+    "switch": hasattr(torch._C, "_jit_set_te_must_use_llvm_cpu"),
+    "kernel": attempt(lambda: _kernel(torch._C.parse_ir("{graph}"))),
+    "cffi": attempt(lambda: __import__("cffi")),
+    "hidden": [os.listdir(p) for p in {hidden!r}],
+}}
+def probes():
+    return out
+"""
+    _, out = _run(sandbox, source, "probes")
+    assert out["te"] is False and out["switch"] is False
+    assert out["kernel"] == "RuntimeError", out  # "LLVM Backend not found"
+    assert out["cffi"] == "BannedOperation", out
+    assert hidden and out["hidden"] == [[] for _ in hidden]
+
+
 def test_files_under_tmp_are_capped_and_private(sandbox):
     source = ("def fill():\n    try:\n        open('/tmp/big', 'wb').write(b'x' * (200 * 2**20))\n"
               "    except OSError as exc:\n        return exc.errno\n    return 0")

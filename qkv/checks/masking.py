@@ -396,5 +396,7 @@ HINTS = {
 # What answers may not call (read by the grader's static check; see autograder/banned.py).
 BANNED = {
     "*": ["torch.tril", "torch.triu", "torch.Tensor.tril", "torch.Tensor.triu", "torch.tril_indices",
-          "torch.triu_indices", "torch.nn.functional.scaled_dot_product_attention", "torch.nn.MultiheadAttention"],
+          "torch.triu_indices", "torch.linalg.solve_triangular", "torch.triangular_solve",
+          "torch.Tensor.triangular_solve", "torch.nn.functional.scaled_dot_product_attention",
+          "torch.nn.MultiheadAttention"],
 }
