@@ -19,6 +19,12 @@ import importlib
 from dataclasses import dataclass
 
 ALWAYS_BANNED_MODULES = ("qkv",)
+# torch's private Python implementations of its operators: softmax, tril, the norms, ... written
+# with allowed operators, so the refused kernels never run (a stop-21 red team called
+# torch._decomp.decomposition_table[aten._softmax] and torch._refs.softmax for full marks). No
+# answer needs them: banned in every exercise. Statically only: torch.func and torch.optim import
+# them, so the sandbox cannot refuse the modules (see book/instructors.md, "Known limits").
+ALWAYS_BANNED_NAMES = ("torch._refs", "torch._decomp", "torch._prims")
 
 # Every operator that computes a softmax itself: the sparse, masked and nested ones too (a learner
 # who writes torch.sparse.softmax(x.to_sparse(), dim) or torch._masked_softmax(x, mask) calls a
@@ -84,10 +90,10 @@ RUNTIME_OPS: dict[str, list[str]] = {
 RUNTIME_MODULES = ("qkv", "tiktoken", "tokenizers", "sentencepiece", "transformers", "functorch")
 # Banned names the run-time layer does not cover (book/instructors.md, "Known limits"): torch imports
 # these modules itself, or they are built only from operators that are allowed in their exercise.
-STATIC_ONLY = ("torch.optim", "torch.optim.lr_scheduler", "torch.autograd", "torch.func", "torch.Tensor.backward",
-               "torch.utils.flop_counter", "numpy.interp", "torch.nn.Transformer", "torch.nn.TransformerEncoder",
-               "torch.nn.TransformerEncoderLayer", "torch.nn.TransformerDecoder", "torch.nn.TransformerDecoderLayer",
-               "torch.nn.InstanceNorm2d", "torch.nn.InstanceNorm3d")
+STATIC_ONLY = (*ALWAYS_BANNED_NAMES, "torch.optim", "torch.optim.lr_scheduler", "torch.autograd", "torch.func",
+               "torch.Tensor.backward", "torch.utils.flop_counter", "numpy.interp", "torch.nn.Transformer",
+               "torch.nn.TransformerEncoder", "torch.nn.TransformerEncoderLayer", "torch.nn.TransformerDecoder",
+               "torch.nn.TransformerDecoderLayer", "torch.nn.InstanceNorm2d", "torch.nn.InstanceNorm3d")
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,15 @@ class Hit:
 
 
 def banned_for(assignment: str) -> dict[str, list[str]]:
-    """The BANNED table of ``qkv.checks.<assignment>``, or {} if it declares none."""
+    """The BANNED table of ``qkv.checks.<assignment>``, with ``ALWAYS_BANNED_NAMES`` for every
+    function ("*"); {} if the assignment has no checks module."""
     try:
         module = importlib.import_module(f"qkv.checks.{assignment}")
     except ImportError:
         return {}
-    return dict(getattr(module, "BANNED", {}))
+    table = dict(getattr(module, "BANNED", {}))
+    table["*"] = [*table.get("*", []), *ALWAYS_BANNED_NAMES]
+    return table
 
 
 def in_place_for(assignment: str) -> dict[str, tuple[str, ...]]:

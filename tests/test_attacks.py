@@ -428,6 +428,13 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
         "native_cffi": learner_notebook("attention", {**RIGHT, "softmax": NATIVE_CFFI}),
         # aten::softmax compiled by NNC, torch's tensor-expression compiler: its loops, not the kernel
         "compiled_nnc": learner_notebook("attention", {**RIGHT, "softmax": COMPILED_NNC}),
+        # torch's own Python softmax, built from allowed operators (warmed up while the cells load)
+        "private_decomposition": learner_notebook("attention", {**RIGHT, "softmax": (
+            "import torch._decomp.decompositions\n"
+            "_builtin = torch._decomp.decomposition_table[torch.ops.aten._softmax.default]\n"
+            "for _d in (torch.float32, torch.float64, torch.float16):\n"
+            "    _builtin(torch.ones(2, 3, dtype=_d), -1, False)\n"
+            "def softmax(x, dim=-1):\n    return _builtin(x, dim, False).nan_to_num(0.0)")}),
         "banned_sparse_log_softmax": learner_notebook("attention", {**RIGHT, "softmax": (
             "def softmax(x, dim=-1):\n    d = x.double()\n    idx = torch.ones_like(d).nonzero().T\n"
             "    s = torch.sparse_coo_tensor(idx, d[tuple(idx)], d.shape)\n"
@@ -811,6 +818,7 @@ def test_poisoned_inputs_do_not_reach_the_oracle(attacked_run, student, score, f
     ("banned_prompts", "calls torch.softmax (line"),
     ("banned_indented", "calls torch.nn.functional.softmax (line"),
     ("banned_log_softmax", "calls torch.log_softmax (reached at run time"),
+    ("private_decomposition", "calls torch._decomp"),
     ("banned_compiled", "sys._getframe"),  # torch.compile inspects frames: refused while a function is called
 ])
 def test_banned_calls_the_raw_source_hides_are_found(attacked_run, student, fragment):
@@ -872,7 +880,7 @@ def test_summary_and_report(attacked_run):
     out, stdout = attacked_run["out"], attacked_run["proc"].stdout
     graded = sum(r["status"] == "graded" for r in attacked_run["rows"].values())
     errors = len(attacked_run["rows"]) - graded
-    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 16 rejected cheats" in stdout
+    assert f"{len(attacked_run['rows'])} submissions: {graded} graded, {errors} errors, 17 rejected cheats" in stdout
     assert (out / "score-distribution.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "| test_softmax |" in report and "builtin_calls" in report

@@ -39,6 +39,20 @@ def test_the_masking_exercise_bans_every_built_in_triangle(source, expected):
     assert sorted({h.name for h in find(source, banned_for("masking")["*"])}) == expected
 
 
+@pytest.mark.parametrize("assignment", assignments())
+@pytest.mark.parametrize("source, expected", [
+    ("import torch._decomp\nf = torch._decomp.decomposition_table[torch.ops.aten._softmax.default]",
+     ["torch._decomp"]),
+    ("import torch._refs\nf = getattr(torch._refs, 'soft' + 'max')", ["torch._refs"]),
+    ("from torch._refs import tril", ["torch._refs"]),
+    ("import torch._prims as p", ["torch._prims"]),
+])
+def test_torchs_private_implementations_are_banned_everywhere(assignment, source, expected):
+    """torch._refs / _decomp / _prims compute softmax, tril and the norms from allowed operators,
+    past the refused kernels (a stop-21 red team's full marks): banned in every exercise."""
+    assert sorted({h.name for h in find(source, banned_for(assignment)["*"])}) == expected
+
+
 @pytest.mark.parametrize("source", [
     "def f(x):\n    e = torch.exp(x - x.amax(-1, keepdim=True))\n    return e / e.sum(-1, keepdim=True)",
     "softmax = my_softmax  # a name, not the built-in\nsoftmax(x)",
