@@ -22,8 +22,9 @@ ALWAYS_BANNED_MODULES = ("qkv",)
 # torch's private Python implementations of its operators: softmax, tril, the norms, ... written
 # with allowed operators, so the refused kernels never run (a stop-21 red team called
 # torch._decomp.decomposition_table[aten._softmax] and torch._refs.softmax for full marks). No
-# answer needs them: banned in every exercise. Statically only: torch.func and torch.optim import
-# them, so the sandbox cannot refuse the modules (see book/instructors.md, "Known limits").
+# answer needs them: banned in every exercise. The sandbox cannot refuse the modules (torch.func and
+# torch.optim import them); it makes the functions of refused operators refuse instead
+# (sandbox_worker._refuse_python_versions; book/instructors.md, "Known limits").
 ALWAYS_BANNED_NAMES = ("torch._refs", "torch._decomp", "torch._prims")
 
 # Every operator that computes a softmax itself: the sparse, masked and nested ones too (a learner

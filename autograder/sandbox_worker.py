@@ -295,6 +295,53 @@ def _disable_compilers() -> None:
     sys.modules.pop("torch._C._te", None)
 
 
+def _refusing_code(free: int):
+    """Code that raises, with ``free`` free variables (a function's code can only be swapped for
+    code with as many as its closure has cells)."""
+    names = [f"_v{i}" for i in range(free)]
+    source = ("def outer():\n" + "".join(f"    {n} = None\n" for n in names)
+              + "    def refused(*args, **kwargs):\n" + "".join(f"        {n}\n" for n in names)
+              + "        raise RuntimeError('torch\\'s own Python version of an operator this exercise bans: "
+              "refused in the grader')\n    return refused\n")
+    namespace: dict = {}
+    exec(source, namespace)  # noqa: S102 - our own fixed text
+    return namespace["outer"]().__code__
+
+
+def _refuse_python_versions(packets: list[str]) -> None:
+    """torch keeps Python versions of many operators (torch._decomp's decompositions, torch._refs,
+    an operator's ``py_kernels``), written with allowed operators: called directly they compute a
+    banned built-in without the kernels _arm replaces (a stop-21 red team's full marks). Each such
+    function of a refused operator, and every function it wraps, gets code that raises. The
+    function objects stay where they are, so every reference to them (tables, wrappers, names
+    assembled at run time) reaches the refusal. Called before the audit hook refuses ``__code__``."""
+    import types
+
+    import torch._decomp
+    import torch._refs
+
+    modules = [m for name, m in list(sys.modules.items())
+               if m is not None and name.startswith(("torch._refs", "torch._decomp", "torch._prims"))]
+    found = []
+    for packet in packets:
+        op = getattr(torch.ops.aten, packet, None)
+        if op is None:
+            continue
+        for name in op.overloads():
+            overload = getattr(op, name)
+            found += [table[overload] for table in torch._decomp.global_decomposition_table.values()
+                      if overload in table]
+            found += list(overload.py_kernels.values())
+        found += [vars(m)[packet] for m in modules if packet in vars(m)]
+        found += [vars(m)[packet.lstrip("_")] for m in modules if packet.lstrip("_") in vars(m)]
+    seen: set[int] = set()
+    for fn in found:
+        while isinstance(fn, types.FunctionType) and id(fn) not in seen:
+            seen.add(id(fn))
+            fn.__code__ = _refusing_code(len(fn.__code__.co_freevars))
+            fn = getattr(fn, "__wrapped__", None)
+
+
 def _install_guard(refused_modules: frozenset, record: list, calling: list) -> None:
     """Add the audit hook (it cannot be removed once added). Its state is immutable but for the
     record it appends to and ``calling`` (``[True]`` while a function is called): turning either
@@ -525,6 +572,7 @@ def _learner(sock: socket.socket, config: dict) -> None:
         process = config.get("process") or {}
         _arm({str(k): str(v) for k, v in process.get("deny_ops", [])}, record, mode)
         _disable_compilers()
+        _refuse_python_versions([str(k) for k, _ in process.get("deny_ops", [])])
         _install_guard(frozenset(str(m) for m in process.get("deny_modules", [])), record, calling)
     except BaseException as exc:  # nothing of the learner's has run yet: our failure
         try:

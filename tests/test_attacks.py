@@ -435,6 +435,19 @@ if os.getuid() == 0 or _cap != 0:  # privileged: a correct softmax would score (
             "for _d in (torch.float32, torch.float64, torch.float16):\n"
             "    _builtin(torch.ones(2, 3, dtype=_d), -1, False)\n"
             "def softmax(x, dim=-1):\n    return _builtin(x, dim, False).nan_to_num(0.0)")}),
+        # the same, reached by assembled names (the static layer sees nothing) and by an operator's
+        # registered Python kernel: torch's Python versions of refused operators refuse too
+        "private_assembled": learner_notebook("attention", {**RIGHT, "softmax": (
+            "_builtin = getattr(getattr(torch, '_re' + 'fs'), 'soft' + 'max')\n"
+            "for _d in (torch.float32, torch.float64, torch.float16):  # its first call imports sympy\n"
+            "    _builtin(torch.ones(2, 3, dtype=_d), -1)\n"
+            "def softmax(x, dim=-1):\n    return _builtin(x, dim).nan_to_num(0.0)")}),
+        "private_py_kernel": learner_notebook("attention", {**RIGHT, "softmax": (
+            "_op = getattr(torch.ops.aten, '_soft' + 'max').default\n"
+            "_builtin = next(iter(_op.py_kernels.values()))\n"
+            "for _d in (torch.float32, torch.float64, torch.float16):\n"
+            "    _builtin(torch.ones(2, 3, dtype=_d), -1, False)\n"
+            "def softmax(x, dim=-1):\n    return _builtin(x, dim, False).nan_to_num(0.0)")}),
         "banned_sparse_log_softmax": learner_notebook("attention", {**RIGHT, "softmax": (
             "def softmax(x, dim=-1):\n    d = x.double()\n    idx = torch.ones_like(d).nonzero().T\n"
             "    s = torch.sparse_coo_tensor(idx, d[tuple(idx)], d.shape)\n"
@@ -674,7 +687,7 @@ def test_honest_submissions_get_exactly_their_scores(attacked_run, student, scor
 @pytest.mark.parametrize("student", ["custom_exc", "input_transformer", "patch_asserts", "read_course_files",
                                      "detached_editor", "network", "write_outside", "tampered_tests", "privileges",
                                      "magic_run", "shell_read", "exec_helper", "exec_per_call", "exec_qkv_source",
-                                     "compiled_nnc", "native_cffi"])
+                                     "compiled_nnc", "native_cffi", "private_assembled", "private_py_kernel"])
 def test_cheats_on_a_wrong_answer_score_zero(attacked_run, student):
     assert _row(attacked_run, student)[:2] == (0, "graded")
 
@@ -684,6 +697,15 @@ def test_native_code_is_refused_with_a_reason(attacked_run):
     the cell's note says why."""
     html = (attacked_run["out"] / "feedback" / "native_cffi" / "attention.html").read_text()
     assert "importing cffi" in html
+
+
+@pytest.mark.parametrize("student", ["private_assembled", "private_py_kernel"])
+def test_torchs_python_versions_of_banned_operators_refuse(attacked_run, student):
+    """torch._refs's softmax and the operator's registered Python kernel, reached by names the
+    static layer cannot see: the functions themselves refuse in the sandbox (their first call, while
+    the cells load, already does)."""
+    html = (attacked_run["out"] / "feedback" / student / "attention.html").read_text()
+    assert "own Python version of an operator this exercise bans" in html
 
 
 def test_builtin_calls_are_banned_with_a_reason(attacked_run):
