@@ -274,7 +274,10 @@ def _hidden_site_packages() -> list[str]:
         found.update(str(p) for p in Path(root).glob("python3*/*-packages"))
         found.update(str(p) for p in Path(root).glob("python3/dist-packages"))
     venv = Path(sys.prefix).resolve()
-    return sorted(p for p in found if Path(p).is_dir() and venv not in Path(p).resolve().parents)
+    # A folder the grader itself imports from (a venv made with --system-site-packages) stays.
+    on_path = {Path(p).resolve() for p in sys.path if p}
+    return sorted(p for p in found if Path(p).is_dir() and venv not in Path(p).resolve().parents
+                  and Path(p).resolve() not in on_path)
 
 
 def _under_tmp(paths: list[Path]) -> list[str]:
